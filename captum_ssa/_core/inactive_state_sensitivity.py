@@ -1,0 +1,301 @@
+"""Inactive state sensitivity, Insens (METHODS.md §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional, Union
+
+import torch
+from captum.attr import GradientAttribution, LayerAttribution
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ssa._utils._compat import (
+    TensorOrTupleOfTensorsGeneric,
+    _format_output,
+    _is_tuple,
+    progress,
+)
+from captum_ssa._utils.hooks import (
+    check_layers_in_model,
+    layer_function,
+    no_grad_capture,
+    run_and_capture,
+)
+from captum_ssa._utils.jacobian import jacobian_row_norms, vector_jacobian_product
+from captum_ssa._utils.linearity import warn_once_if_not_piecewise_linear
+from captum_ssa._utils.model_state import untouched_model
+from captum_ssa._utils.validation import prepare_inputs, reference_batches
+
+_WEIGHTINGS = ("frequency", "uniform")
+
+
+class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
+    r"""
+    Inactive state sensitivity (Insens): what keeps a layer's inactive neurons off.
+
+    For a layer with pre-activations :math:`v_i(x)` and switched weights
+    :math:`w_i = \partial v_i / \partial x` (see
+    :class:`SwitchedLinearProjection`), every neuron that is off
+    (:math:`v_i \le 0`) contributes its signed sensitivity
+    :math:`\omega_i = (v_i / \lVert w_i \rVert^2)\, w_i`, the input direction
+    that pushes it further off, weighted by how often it is *on* over a
+    reference set (:math:`m_i / N_{ref}`):
+
+    .. math::
+        \Omega_l(x) = \sum_{i:\, v_{li}(x) \le 0} \frac{m_i}{N_{ref}}\, \omega_i(x).
+
+    :math:`\Omega_l(x)` has the shape of the input; positive entries are
+    directions that make the layer's current state more stable. Every element
+    of the layer output (channel x position for a conv) is a neuron.
+
+    Exact for piecewise-linear networks (ReLU, LeakyReLU, pooling, linear,
+    conv, eval-mode batch norm, residual additions); elsewhere the switched
+    weights are local gradients and the class warns once.
+
+    Paper: *State sensitivity for deep neural network interpretability*,
+    eq. 8, ``shared/papers/state-sensitivity-switched-linear-projections.md``.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: Union[Module, list[Module]],
+        device_ids: Optional[list[int]] = None,
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable): The model, or any function of the inputs
+                        that runs it.
+            layer (torch.nn.Module or list[torch.nn.Module]): The layer whose
+                        output holds the pre-activations (e.g. a ``Conv2d`` or
+                        ``Linear`` before its ReLU), or a list of such layers;
+                        a list gives a list of results, as in Captum's layer
+                        methods.
+            device_ids (list[int], optional): Passed on to Captum for
+                        ``DataParallel`` models. Default: None
+        """
+        self._layers: list[Module] = list(layer) if isinstance(layer, list) else [layer]
+        check_layers_in_model(forward_func, self._layers)
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+        self._active_counts: Optional[list[Tensor]] = None
+        self.reference_size = 0
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    @property
+    def activation_frequency(self) -> Union[Tensor, list[Tensor]]:
+        r"""
+        :math:`m_i / N_{ref}` for every neuron, shaped like the layer output
+        without the batch dimension (a list for a list of layers). Available
+        after :meth:`fit`.
+        """
+        counts = self._fitted_counts()
+        frequencies = [c / self.reference_size for c in counts]
+        return frequencies if isinstance(self.layer, list) else frequencies[0]
+
+    def _fitted_counts(self) -> list[Tensor]:
+        if self._active_counts is None:
+            raise RuntimeError(
+                "InactiveStateSensitivity has no activation frequencies yet: call "
+                "fit(reference) with reference data (e.g. the training set) first, "
+                'or use weighting="uniform"'
+            )
+        return self._active_counts
+
+    def fit(
+        self,
+        reference: Any,
+        additional_forward_args: Any = None,
+        show_progress: bool = False,
+    ) -> InactiveStateSensitivity:
+        r"""
+        Count on how many reference samples each neuron is active (:math:`m_i`).
+
+        Args:
+            reference (Tensor, tuple, or Iterable): The reference data: a
+                        tensor (a tuple of tensors for a multi-input model), or
+                        an iterable of batches such as a ``DataLoader``
+                        yielding tensors or ``(x, y)`` pairs.
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after each batch. Default: None
+            show_progress (bool, optional): Show a progress bar over the
+                        batches. Default: False
+
+        Returns:
+            *InactiveStateSensitivity*: ``self``, with
+            :attr:`activation_frequency` and :attr:`reference_size` set.
+
+        Examples::
+
+            >>> insens = InactiveStateSensitivity(net, net.fc1).fit(train_loader)
+            >>> insens.activation_frequency.shape   # like net.fc1's output
+        """
+        counts: Optional[list[Tensor]] = None
+        size = 0
+        with untouched_model(self.forward_func):
+            for batch in progress(
+                reference_batches(reference), desc="Reference batches",
+                disable=not show_progress,
+            ):
+                outputs = no_grad_capture(
+                    self.forward_func, batch, self._layers, additional_forward_args
+                )
+                batch_counts = [(output > 0).sum(0) for output in outputs]
+                counts = (
+                    batch_counts
+                    if counts is None
+                    else [c + b for c, b in zip(counts, batch_counts)]
+                )
+                size += batch[0].shape[0]
+        if counts is None or size == 0:
+            raise ValueError("the reference data is empty: fit needs at least one sample")
+        self._active_counts = counts
+        self.reference_size = size
+        return self
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        additional_forward_args: Any = None,
+        weighting: str = "frequency",
+        include_active: bool = False,
+        pool_layers: bool = False,
+        chunk_size: Optional[int] = None,
+        show_progress: bool = False,
+    ) -> Union[TensorOrTupleOfTensorsGeneric, list[TensorOrTupleOfTensorsGeneric]]:
+        r"""
+        Insens :math:`\Omega_l(x)` for every example.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Input for which Insens is
+                        computed; dimension 0 is the batch.
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs. Default: None
+            weighting (str, optional): ``"frequency"`` weights each inactive
+                        neuron by :math:`m_i / N_{ref}` (needs :meth:`fit`);
+                        ``"uniform"`` averages them,
+                        :math:`\frac{1}{|I|} \sum_{i \in I} \omega_i` (the
+                        paper's earlier version). Default: ``"frequency"``
+            include_active (bool, optional): Sum over all neurons, active ones
+                        too (the extension in the paper's conclusion).
+                        Default: False
+            pool_layers (bool, optional): With a list of layers, return one
+                        result pooled over all of them: the neuron set
+                        :math:`I` is the union over the layers (for
+                        ``"uniform"`` the average is over that union). Default:
+                        False
+            chunk_size (int, optional): How many Jacobian rows (reverse mode,
+                        over neurons) or columns (forward mode, over input
+                        features) exist at once; the direction with fewer
+                        passes is used. Default: a chunk of at most
+                        :math:`2^{24}` Jacobian entries.
+            show_progress (bool, optional): Show a progress bar over the
+                        chunks. Default: False
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
+            ``inputs``; a list of them for a list of layers (one, if
+            ``pool_layers``).
+
+        Examples::
+
+            >>> insens = InactiveStateSensitivity(net, net.fc1).fit(train_x)
+            >>> omega = insens.attribute(test_x[:4])
+            >>> omega.shape == test_x[:4].shape
+            True
+        """
+        if weighting not in _WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+        frequencies = (
+            [c / self.reference_size for c in self._fitted_counts()]
+            if weighting == "frequency"
+            else None
+        )
+        prepared = prepare_inputs(inputs)
+        with untouched_model(self.forward_func):
+            _, outputs = run_and_capture(
+                self.forward_func, prepared, self._layers, additional_forward_args,
+                stop_after_last=True,
+            )
+            coefficients = []
+            for position, (layer, output) in enumerate(zip(self._layers, outputs)):
+                warn_once_if_not_piecewise_linear(self, output, prepared)
+                squared_norms = jacobian_row_norms(
+                    output,
+                    layer_function(self.forward_func, layer, additional_forward_args),
+                    prepared,
+                    chunk_size=chunk_size,
+                    show_progress=show_progress,
+                ).reshape(output.shape)
+                frequency = None if frequencies is None else frequencies[position]
+                coefficients.append(
+                    _neuron_coefficients(
+                        output.detach(), squared_norms, frequency, include_active
+                    )
+                )
+            if weighting == "uniform":
+                coefficients = _average_over_selected(
+                    coefficients, outputs, include_active, pool_layers
+                )
+            per_layer = [
+                vector_jacobian_product(output, prepared, coefficient)
+                for output, coefficient in zip(outputs, coefficients)
+            ]
+        is_tuple = _is_tuple(inputs)
+        if pool_layers:
+            pooled = tuple(torch.stack(parts).sum(0) for parts in zip(*per_layer))
+            per_layer = [pooled]
+        results = [_format_output(is_tuple, tuple(t.detach() for t in r)) for r in per_layer]
+        return results if isinstance(self.layer, list) and not pool_layers else results[0]
+
+
+def _neuron_coefficients(
+    activity: Tensor,
+    squared_norms: Tensor,
+    frequency: Optional[Tensor],
+    include_active: bool,
+) -> Tensor:
+    """Per neuron, the factor of ``w_i`` in Omega: weight * v_i / ||w_i||^2.
+
+    Zero for neurons outside the sum (active ones, unless included) and for
+    neurons with ``w_i = 0``, whose centre is undefined.
+    """
+    if frequency is not None and frequency.shape != activity.shape[1:]:
+        raise ValueError(
+            f"the layer output is shaped {tuple(activity.shape[1:])} per example but "
+            f"fit() saw {tuple(frequency.shape)}; fit on inputs shaped like these"
+        )
+    selected = torch.ones_like(activity, dtype=torch.bool) if include_active else activity <= 0
+    selected = selected & (squared_norms > 0)
+    safe_norms = torch.where(squared_norms > 0, squared_norms, torch.ones_like(squared_norms))
+    weight = 1.0 if frequency is None else frequency.to(activity)
+    return torch.where(selected, weight * activity / safe_norms, torch.zeros_like(activity))
+
+
+def _average_over_selected(
+    coefficients: list[Tensor],
+    outputs: list[Tensor],
+    include_active: bool,
+    pool_layers: bool,
+) -> list[Tensor]:
+    """Divide by |I| per example: the neurons in the sum, per layer or pooled."""
+    counts = [
+        (torch.ones_like(o, dtype=torch.bool) if include_active else o <= 0)
+        .reshape(o.shape[0], -1)
+        .sum(1)
+        for o in outputs
+    ]
+    if pool_layers:
+        total = torch.stack(counts).sum(0)
+        counts = [total] * len(counts)
+    return [
+        c / n.clamp(min=1).reshape(-1, *([1] * (c.dim() - 1))).to(c)
+        for c, n in zip(coefficients, counts)
+    ]
+

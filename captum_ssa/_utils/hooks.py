@@ -1,0 +1,175 @@
+"""Observing layer outputs during a forward pass.
+
+Every method of the package reads intermediate tensors through
+:func:`run_and_capture`, so the rules below hold everywhere:
+
+- the captured tensor is the layer's own output, and the rest of the network
+  receives a *clone* of it, so an in-place op after the layer (``nn.ReLU(
+  inplace=True)``) cannot overwrite what we captured (Captum issue #156);
+- a layer that runs twice in one forward pass (a reused module) is an error,
+  since "its output" would be ambiguous (Captum issue #1104);
+- a layer that never runs is an error that says so;
+- hooks are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ssa._utils._compat import _format_additional_forward_args
+
+
+class ReusedLayerError(RuntimeError):
+    """Raised when an observed layer runs more than once in one forward pass."""
+
+
+class _StopForward(Exception):
+    """Raised from a hook to skip the part of the network above the last layer."""
+
+
+def layer_name(model: Optional[Module], layer: Module) -> str:
+    """The layer's name in ``model.named_modules()``, or its class name."""
+    if model is not None:
+        for name, module in model.named_modules():
+            if module is layer:
+                return name or type(layer).__name__
+    return type(layer).__name__
+
+
+def model_of(forward_func: Callable[..., Any]) -> Optional[Module]:
+    """The ``nn.Module`` behind ``forward_func`` (a module or its bound method)."""
+    if isinstance(forward_func, Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    return owner if isinstance(owner, Module) else None
+
+
+def check_layers_in_model(forward_func: Callable[..., Any], layers: Sequence[Module]) -> None:
+    """Raise a clear error when a layer is not a submodule of the model."""
+    for layer in layers:
+        if not isinstance(layer, Module):
+            raise TypeError(
+                f"layer must be a torch.nn.Module, got {type(layer).__name__}"
+            )
+    model = model_of(forward_func)
+    if model is None:
+        return  # an arbitrary callable: "never ran" is checked after the forward
+    members = {id(module) for module in model.modules()}
+    for layer in layers:
+        if id(layer) not in members:
+            raise ValueError(
+                f"layer {layer!r} is not part of the model "
+                f"{type(model).__name__}; pass a module from model.modules()"
+            )
+
+
+def call_forward(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    additional_forward_args: Any = None,
+) -> Any:
+    """Call ``forward_func(*inputs, *additional_forward_args)`` as Captum does."""
+    extra = _format_additional_forward_args(additional_forward_args)
+    return forward_func(*inputs, *(extra or ()))
+
+
+def run_and_capture(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    layers: Sequence[Module],
+    additional_forward_args: Any = None,
+    stop_after_last: bool = False,
+) -> tuple[Any, list[Tensor]]:
+    """Run the model once and return its output and each layer's output.
+
+    Args:
+        forward_func: the model or any callable taking ``*inputs, *extra``.
+        inputs: the formatted input tensors.
+        layers: the modules whose outputs are captured.
+        additional_forward_args: passed after the inputs, as in Captum.
+        stop_after_last: stop the forward pass as soon as every layer has run
+            (the model output is then ``None``); saves the cost of the layers
+            above when only intermediate outputs are needed.
+
+    Returns:
+        ``(model_output, [output of each layer])``.
+    """
+    captured: list[Optional[Tensor]] = [None] * len(layers)
+    calls = [0] * len(layers)
+
+    def make_hook(position: int) -> Callable[[Module, Any, Any], Tensor]:
+        def hook(module: Module, _args: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    f"layer {type(module).__name__} returns "
+                    f"{type(output).__name__}; only layers that return a single "
+                    "tensor can be observed"
+                )
+            calls[position] += 1
+            if calls[position] > 1:
+                raise ReusedLayerError(
+                    f"layer {type(module).__name__} runs more than once in one "
+                    "forward pass (a reused module); its output is ambiguous. "
+                    "Use a separate module instance for each use."
+                )
+            captured[position] = output
+            if stop_after_last and all(count > 0 for count in calls):
+                raise _StopForward
+            return output.clone()
+
+        return hook
+
+    handles = [
+        layer.register_forward_hook(make_hook(position))
+        for position, layer in enumerate(layers)
+    ]
+    model_output = None
+    try:
+        try:
+            model_output = call_forward(forward_func, inputs, additional_forward_args)
+        except _StopForward:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer, output in zip(layers, captured):
+        if output is None:
+            raise ValueError(
+                f"layer {type(layer).__name__} did not run during the forward "
+                "pass; is it part of the model and used by its forward?"
+            )
+    return model_output, [output for output in captured if output is not None]
+
+
+def layer_function(
+    forward_func: Callable[..., Any],
+    layer: Module,
+    additional_forward_args: Any = None,
+) -> Callable[..., Tensor]:
+    """``inputs -> output of layer``, a pure function for ``torch.func``."""
+
+    def evaluate(*inputs: Tensor) -> Tensor:
+        _, (output,) = run_and_capture(
+            forward_func, inputs, [layer], additional_forward_args, stop_after_last=True
+        )
+        return output
+
+    return evaluate
+
+
+def no_grad_capture(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    layers: Sequence[Module],
+    additional_forward_args: Any = None,
+) -> list[Tensor]:
+    """Layer outputs without building an autograd graph."""
+    with torch.no_grad():
+        return run_and_capture(
+            forward_func, inputs, layers, additional_forward_args, stop_after_last=True
+        )[1]

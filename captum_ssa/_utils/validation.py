@@ -1,0 +1,107 @@
+"""Checking user input once, with errors that name the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from captum_ssa._utils._compat import _format_tensor_into_tuples
+
+NeuronSelector = Union[int, tuple[Union[int, slice], ...], Callable[[Tensor], Tensor]]
+
+
+def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
+    """Format ``inputs`` into a tuple of fresh leaf tensors that require grad.
+
+    The user's tensors are never modified: each is detached, so their
+    ``requires_grad`` and any graph they belong to stay as they were.
+    """
+    if not isinstance(inputs, (Tensor, tuple)):
+        raise TypeError(
+            f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+        )
+    formatted = _format_tensor_into_tuples(inputs)
+    if len(formatted) == 0:
+        raise ValueError("inputs is an empty tuple")
+    for position, tensor in enumerate(formatted):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(
+                f"inputs[{position}] must be a tensor, got {type(tensor).__name__}"
+            )
+        if tensor.dim() == 0:
+            raise ValueError(
+                f"inputs[{position}] is a scalar; dimension 0 must be the batch"
+            )
+        if not tensor.is_floating_point():
+            raise TypeError(
+                f"inputs[{position}] has dtype {tensor.dtype}; gradients need a "
+                "floating-point input"
+            )
+        if tensor.shape[0] == 0:
+            raise ValueError(f"inputs[{position}] holds no examples (batch size 0)")
+        if torch.isnan(tensor).any():
+            raise ValueError(f"inputs[{position}] contains NaN")
+    sizes = {tensor.shape[0] for tensor in formatted}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"all input tensors need the same batch size, got {sorted(sizes)}"
+        )
+    return tuple(tensor.detach().requires_grad_() for tensor in formatted)
+
+
+def check_neuron_selector(layer_output: Tensor, selector: NeuronSelector) -> None:
+    """Raise a clear error for an index selector that does not fit the layer output."""
+    if callable(selector):
+        return
+    index = (selector,) if isinstance(selector, int) else selector
+    if not isinstance(index, tuple) or not all(
+        isinstance(i, (int, slice)) for i in index
+    ):
+        raise TypeError(
+            "neuron_selector must be an int, a tuple of ints/slices or a callable, "
+            f"got {selector!r}"
+        )
+    neuron_shape = tuple(layer_output.shape[1:])
+    if len(index) > len(neuron_shape):
+        raise ValueError(
+            f"neuron_selector {selector!r} has {len(index)} indices but the layer "
+            f"output has {len(neuron_shape)} dimensions after the batch: {neuron_shape}"
+        )
+    for dim, (i, size) in enumerate(zip(index, neuron_shape)):
+        if isinstance(i, int) and not -size <= i < size:
+            raise ValueError(
+                f"neuron_selector {selector!r} is out of range: index {i} in "
+                f"dimension {dim + 1} of a layer output shaped {neuron_shape}"
+            )
+
+
+def reference_batches(reference: Any) -> Iterator[tuple[Tensor, ...]]:
+    """Yield the input tuples of a reference set.
+
+    ``reference`` is a tensor (one batch), a tuple of tensors (one multi-input
+    batch), or an iterable of batches such as a ``DataLoader`` yielding tensors
+    or ``(x, y)`` pairs, whose first element is taken as the input.
+    """
+    if isinstance(reference, (Tensor, tuple)):
+        batches: Iterable[Any] = [reference]
+    elif isinstance(reference, Iterable):
+        batches = reference
+    else:
+        raise TypeError(
+            "reference must be a tensor or an iterable of batches, got "
+            f"{type(reference).__name__}"
+        )
+    for batch in batches:
+        if isinstance(batch, (list, tuple)) and not isinstance(batch, Tensor):
+            if isinstance(reference, tuple) and batch is reference:
+                inputs = batch  # a tuple of input tensors for a multi-input model
+            else:
+                inputs = batch[0]  # (x, y) as a DataLoader yields it
+        else:
+            inputs = batch
+        if isinstance(inputs, list):
+            inputs = tuple(inputs)
+        yield tuple(t.detach() for t in prepare_inputs(inputs))
