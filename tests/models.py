@@ -1,0 +1,124 @@
+"""Small random networks shared by the tests.
+
+Each builder returns ``(model, named layers, input shape per example)``; the
+models are in eval mode and piecewise linear unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes: tuple[int, ...] = (6, 8, 7, 4), leaky: bool = False) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(sizes[0], sizes[1])
+        self.act1 = nn.LeakyReLU(0.1) if leaky else nn.ReLU()
+        self.fc2 = nn.Linear(sizes[1], sizes[2])
+        self.act2 = nn.LeakyReLU(0.1) if leaky else nn.ReLU(inplace=True)
+        self.fc3 = nn.Linear(sizes[2], sizes[3])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    """conv -> ReLU(inplace) -> max-pool -> conv -> ReLU -> avg-pool -> fc -> ReLU -> fc."""
+
+    def __init__(self, channels: int = 1, classes: int = 3, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4) if batch_norm else nn.Identity()
+        self.relu1 = nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AvgPool2d(2)
+        self.fc1 = nn.Linear(5 * 2 * 2, 6)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(x.flatten(1))))
+
+
+class Residual(nn.Module):
+    """fc -> ReLU -> (fc -> ReLU -> fc) + skip -> ReLU -> fc."""
+
+    def __init__(self, features: int = 5, hidden: int = 7, classes: int = 3) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(features, hidden)
+        self.block1 = nn.Linear(hidden, hidden)
+        self.block2 = nn.Linear(hidden, hidden)
+        self.fc_out = nn.Linear(hidden, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.fc_in(x))
+        h = F.relu(h + self.block2(F.relu(self.block1(h))))
+        return self.fc_out(h)
+
+
+class TwoInputs(nn.Module):
+    """A model with a tuple of inputs: an image-like and a vector input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.vec = nn.Linear(4, 6)
+        self.fc = nn.Linear(3 * 4 * 4 + 6, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, image: Tensor, vector: Tensor) -> Tensor:
+        joined = torch.cat([F.relu(self.conv(image)).flatten(1), F.relu(self.vec(vector))], 1)
+        return self.out(F.relu(self.fc(joined)))
+
+
+def randomise_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial running statistics and affine parameters."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+            module.running_mean.copy_(torch.randn(size, generator=generator))
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.randn(size, generator=generator))
+            module.bias.data.copy_(torch.randn(size, generator=generator))
+    return model
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, nn.Module], tuple[int, ...]]:
+    """A seeded eval-mode model, its observable layers by name, and its input shape."""
+    torch.manual_seed(seed)
+    model: nn.Module
+    if name == "mlp":
+        model = MLP()
+        layers = {"fc1": model.fc1, "fc2": model.fc2, "fc3": model.fc3}
+        shape: tuple[int, ...] = (6,)
+    elif name == "leaky_mlp":
+        model = MLP(leaky=True)
+        layers = {"fc1": model.fc1, "fc2": model.fc2, "fc3": model.fc3}
+        shape = (6,)
+    elif name in ("cnn", "cnn_bn"):
+        model = CNN(batch_norm=name == "cnn_bn")
+        randomise_batch_norm(model, seed)
+        layers = {"conv1": model.conv1, "conv2": model.conv2, "fc1": model.fc1, "fc2": model.fc2}
+        shape = (1, 10, 10)
+    elif name == "residual":
+        model = Residual()
+        layers = {
+            "fc_in": model.fc_in,
+            "block1": model.block1,
+            "block2": model.block2,
+            "fc_out": model.fc_out,
+        }
+        shape = (5,)
+    else:
+        raise KeyError(name)
+    return model.eval(), layers, shape
+
+
+PIECEWISE_LINEAR_MODELS = ("mlp", "leaky_mlp", "cnn", "cnn_bn", "residual")
