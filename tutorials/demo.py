@@ -18,8 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed
 
-import demo_switched_projection  # noqa: E402
-from digits import accuracy, load_digits_tensors, train_digits_cnn  # noqa: E402
+import demo_switched_projection
+from digits import accuracy, load_digits_tensors, train_digits_cnn
 
 PARTS = [demo_switched_projection]
 

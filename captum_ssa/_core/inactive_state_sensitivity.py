@@ -139,7 +139,8 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
         size = 0
         with untouched_model(self.forward_func):
             for batch in progress(
-                reference_batches(reference), desc="Reference batches",
+                reference_batches(reference),
+                desc="Reference batches",
                 disable=not show_progress,
             ):
                 outputs = no_grad_capture(
@@ -220,7 +221,10 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func):
             _, outputs = run_and_capture(
-                self.forward_func, prepared, self._layers, additional_forward_args,
+                self.forward_func,
+                prepared,
+                self._layers,
+                additional_forward_args,
                 stop_after_last=True,
             )
             coefficients = []
@@ -235,9 +239,7 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
                 ).reshape(output.shape)
                 frequency = None if frequencies is None else frequencies[position]
                 coefficients.append(
-                    _neuron_coefficients(
-                        output.detach(), squared_norms, frequency, include_active
-                    )
+                    _neuron_coefficients(output.detach(), squared_norms, frequency, include_active)
                 )
             if weighting == "uniform":
                 coefficients = _average_over_selected(
@@ -298,4 +300,3 @@ def _average_over_selected(
         c / n.clamp(min=1).reshape(-1, *([1] * (c.dim() - 1))).to(c)
         for c, n in zip(coefficients, counts)
     ]
-

@@ -126,7 +126,10 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func):
             _, (layer_output,) = run_and_capture(
-                self.forward_func, prepared, [self.layer], additional_forward_args,
+                self.forward_func,
+                prepared,
+                [self.layer],
+                additional_forward_args,
                 stop_after_last=True,
             )
             check_neuron_selector(layer_output, neuron_selector)
@@ -186,9 +189,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             >>> weights.shape
             torch.Size([5, 4])
         """
-        _, _, weights = self._activity_and_weights(
-            inputs, neuron_selector, additional_forward_args
-        )
+        _, _, weights = self._activity_and_weights(inputs, neuron_selector, additional_forward_args)
         return _format_output(_is_tuple(inputs), weights)
 
     def project(
@@ -292,7 +293,10 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     ) -> Tensor:
         with torch.no_grad():
             _, (layer_output,) = run_and_capture(
-                self.forward_func, points, [self.layer], additional_forward_args,
+                self.forward_func,
+                points,
+                [self.layer],
+                additional_forward_args,
                 stop_after_last=True,
             )
             return _verify_select_neuron((layer_output,), neuron_selector)

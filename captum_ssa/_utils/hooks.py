@@ -53,9 +53,7 @@ def check_layers_in_model(forward_func: Callable[..., Any], layers: Sequence[Mod
     """Raise a clear error when a layer is not a submodule of the model."""
     for layer in layers:
         if not isinstance(layer, Module):
-            raise TypeError(
-                f"layer must be a torch.nn.Module, got {type(layer).__name__}"
-            )
+            raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
     model = model_of(forward_func)
     if model is None:
         return  # an arbitrary callable: "never ran" is checked after the forward
@@ -125,8 +123,7 @@ def run_and_capture(
         return hook
 
     handles = [
-        layer.register_forward_hook(make_hook(position))
-        for position, layer in enumerate(layers)
+        layer.register_forward_hook(make_hook(position)) for position, layer in enumerate(layers)
     ]
     model_output = None
     try:

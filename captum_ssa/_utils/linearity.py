@@ -18,18 +18,66 @@ from torch import Tensor
 # are, by their backward node's name without "Backward" and trailing digits.
 _PIECEWISE_LINEAR_OPS = frozenset(
     {
-        "AccumulateGrad", "Add", "Sub", "Neg", "Sum", "Mean", "View", "UnsafeView",
-        "Reshape", "ReshapeAlias", "Expand", "Squeeze", "Unsqueeze", "Permute",
-        "Transpose", "T", "Clone", "ToCopy", "Cat", "Stack", "Gather", "Narrow",
-        "Flip", "Roll", "Repeat", "ConstantPadNd", "Relu", "Threshold", "LeakyRelu",
-        "Hardtanh", "Clamp", "ClampMin", "ClampMax", "Abs", "Maximum", "Minimum",
-        "Max", "Min", "Addmm", "Addmv", "Alias", "AsStrided", "Flatten",
+        "AccumulateGrad",
+        "Add",
+        "Sub",
+        "Neg",
+        "Sum",
+        "Mean",
+        "View",
+        "UnsafeView",
+        "Reshape",
+        "ReshapeAlias",
+        "Expand",
+        "Squeeze",
+        "Unsqueeze",
+        "Permute",
+        "Transpose",
+        "T",
+        "Clone",
+        "ToCopy",
+        "Cat",
+        "Stack",
+        "Gather",
+        "Narrow",
+        "Flip",
+        "Roll",
+        "Repeat",
+        "ConstantPadNd",
+        "Relu",
+        "Threshold",
+        "LeakyRelu",
+        "Hardtanh",
+        "Clamp",
+        "ClampMin",
+        "ClampMax",
+        "Abs",
+        "Maximum",
+        "Minimum",
+        "Max",
+        "Min",
+        "Addmm",
+        "Addmv",
+        "Alias",
+        "AsStrided",
+        "Flatten",
     }
 )
 _PIECEWISE_LINEAR_FAMILIES = (
-    "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "Convolution",
-    "ReflectionPad", "ReplicationPad", "Upsample", "Index", "Slice", "Select",
-    "Split", "Unbind", "Copy",
+    "MaxPool",
+    "AvgPool",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
+    "Convolution",
+    "ReflectionPad",
+    "ReplicationPad",
+    "Upsample",
+    "Index",
+    "Slice",
+    "Select",
+    "Split",
+    "Unbind",
+    "Copy",
 )
 # Products: linear only while at most one factor depends on the inputs.
 _PRODUCT_OPS = frozenset({"Mul", "Div", "Mm", "Bmm", "Mv", "Dot", "NativeBatchNorm"})
@@ -96,10 +144,7 @@ def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
     return sorted(found)
 
 
-
-def warn_once_if_not_piecewise_linear(
-    owner: Any, output: Tensor, inputs: Sequence[Tensor]
-) -> None:
+def warn_once_if_not_piecewise_linear(owner: Any, output: Tensor, inputs: Sequence[Tensor]) -> None:
     """Warn, once per ``owner``, that a projection is only a local linearisation."""
     if getattr(owner, "_warned_not_piecewise_linear", False):
         return

@@ -28,13 +28,9 @@ def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
         raise ValueError("inputs is an empty tuple")
     for position, tensor in enumerate(formatted):
         if not isinstance(tensor, Tensor):
-            raise TypeError(
-                f"inputs[{position}] must be a tensor, got {type(tensor).__name__}"
-            )
+            raise TypeError(f"inputs[{position}] must be a tensor, got {type(tensor).__name__}")
         if tensor.dim() == 0:
-            raise ValueError(
-                f"inputs[{position}] is a scalar; dimension 0 must be the batch"
-            )
+            raise ValueError(f"inputs[{position}] is a scalar; dimension 0 must be the batch")
         if not tensor.is_floating_point():
             raise TypeError(
                 f"inputs[{position}] has dtype {tensor.dtype}; gradients need a "
@@ -46,9 +42,7 @@ def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
             raise ValueError(f"inputs[{position}] contains NaN")
     sizes = {tensor.shape[0] for tensor in formatted}
     if len(sizes) > 1:
-        raise ValueError(
-            f"all input tensors need the same batch size, got {sorted(sizes)}"
-        )
+        raise ValueError(f"all input tensors need the same batch size, got {sorted(sizes)}")
     return tuple(tensor.detach().requires_grad_() for tensor in formatted)
 
 
@@ -57,9 +51,7 @@ def check_neuron_selector(layer_output: Tensor, selector: NeuronSelector) -> Non
     if callable(selector):
         return
     index = (selector,) if isinstance(selector, int) else selector
-    if not isinstance(index, tuple) or not all(
-        isinstance(i, (int, slice)) for i in index
-    ):
+    if not isinstance(index, tuple) or not all(isinstance(i, (int, slice)) for i in index):
         raise TypeError(
             "neuron_selector must be an int, a tuple of ints/slices or a callable, "
             f"got {selector!r}"
@@ -91,8 +83,7 @@ def reference_batches(reference: Any) -> Iterator[tuple[Tensor, ...]]:
         batches = reference
     else:
         raise TypeError(
-            "reference must be a tensor or an iterable of batches, got "
-            f"{type(reference).__name__}"
+            f"reference must be a tensor or an iterable of batches, got {type(reference).__name__}"
         )
     for batch in batches:
         if isinstance(batch, (list, tuple)) and not isinstance(batch, Tensor):
