@@ -14,6 +14,7 @@ Every method of the package reads intermediate tensors through
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -127,10 +128,8 @@ def run_and_capture(
     ]
     model_output = None
     try:
-        try:
+        with contextlib.suppress(_StopForward):
             model_output = call_forward(forward_func, inputs, additional_forward_args)
-        except _StopForward:
-            pass
     finally:
         for handle in handles:
             handle.remove()

@@ -86,13 +86,10 @@ def reference_batches(reference: Any) -> Iterator[tuple[Tensor, ...]]:
             f"reference must be a tensor or an iterable of batches, got {type(reference).__name__}"
         )
     for batch in batches:
-        if isinstance(batch, (list, tuple)) and not isinstance(batch, Tensor):
-            if isinstance(reference, tuple) and batch is reference:
-                inputs = batch  # a tuple of input tensors for a multi-input model
-            else:
-                inputs = batch[0]  # (x, y) as a DataLoader yields it
-        else:
-            inputs = batch
+        # A DataLoader yields (x, y): x is the input. A tuple given as the
+        # reference itself is the inputs of a multi-input model.
+        is_pair = isinstance(batch, (list, tuple)) and batch is not reference
+        inputs = batch[0] if is_pair else batch
         if isinstance(inputs, list):
             inputs = tuple(inputs)
         yield tuple(t.detach() for t in prepare_inputs(inputs))
