@@ -498,65 +498,21 @@ class DependencyGraph:
             scatter collection with ``gid="dependency-graph-neurons"``.
         """
         import matplotlib.pyplot as plt
-        from matplotlib.collections import LineCollection
 
         widest = max([len(n) for n in self._neurons] + [1])
         if ax is None:
             figure, ax = plt.subplots(
                 figsize=(
-                    min(22.0, max(6.0, 0.32 * widest + 2.5)),
+                    min(22.0, max(6.0, 0.34 * widest + 2.5)),
                     max(3.0, 1.5 * len(self._layer_names)),
                 )
             )
         else:
             figure = ax.figure  # type: ignore[assignment]
-        positions = {
-            (name, index): ((slot + 1) / (len(kept) + 1), depth)
-            for depth, (name, kept) in enumerate(zip(self._layer_names, self._neurons))
-            for slot, index in enumerate(kept.tolist())
-        }
-        graph = self.to_networkx()
-        segments, widths = [], []
-        for lower in range(len(self._edges)):
-            pairs = [
-                (s, t, w)
-                for s, t, w in graph.edges(data="weight")
-                if graph.nodes[s]["depth"] == lower
-            ]
-            largest = max([abs(w) for _, _, w in pairs] + [1e-12])
-            for source, sink, weight in pairs:
-                segments.append([positions[source], positions[sink]])
-                widths.append(0.3 + 3.2 * abs(weight) / largest)
-        ax.add_collection(
-            LineCollection(segments, linewidths=widths, colors="0.45", alpha=0.55, zorder=1)
-        )
-        nodes = list(graph.nodes(data=True))
-        largest_per_layer = [
-            max([abs(d["relevance"]) for _, d in nodes if d["depth"] == depth] + [1e-12])
-            for depth in range(len(self._layer_names))
-        ]
-        colours = plt.get_cmap("tab10")
-        ax.scatter(
-            [positions[node][0] for node, _ in nodes],
-            [positions[node][1] for node, _ in nodes],
-            s=[40 + 360 * abs(d["relevance"]) / largest_per_layer[d["depth"]] for _, d in nodes],
-            c=[colours(d["depth"] % 10) for _, d in nodes],
-            edgecolors="black",
-            linewidths=0.6,
-            zorder=2,
-            gid="dependency-graph-neurons",
-        )
-        for node, data in nodes:
-            kept_here = len(self._neurons[data["depth"]])
-            if kept_here <= 40:
-                ax.annotate(
-                    str(data["index"]),
-                    positions[node],
-                    ha="center",
-                    va="center",
-                    fontsize=8 if kept_here <= 20 else 6,
-                    zorder=3,
-                )
+        # neuron j of the kept set of a layer sits at x = (j + 1) / (kept + 1), y = depth
+        x_positions = [(torch.arange(len(kept)) + 1.0) / (len(kept) + 1) for kept in self._neurons]
+        self._draw_edges(ax, x_positions)
+        self._draw_neurons(ax, x_positions)
         ax.set_yticks(range(len(self._layer_names)))
         ax.set_yticklabels(
             [
@@ -577,6 +533,67 @@ class DependencyGraph:
         ax.set_title(f"{title}: node size ~ relevance, edge width ~ weight")
         figure.tight_layout()
         return figure
+
+    def _draw_edges(self, ax: Axes, x_positions: list[Tensor]) -> None:
+        """One line collection per layer pair; width relative to the pair's largest weight."""
+        from matplotlib.collections import LineCollection
+
+        for lower, pairs in enumerate(self._edges):
+            if len(pairs) == 0:
+                continue
+            weights = self.edge_weights(lower).abs()
+            lower_x = x_positions[lower][
+                torch.searchsorted(self._neurons[lower], pairs[:, 0].contiguous())
+            ]
+            upper_x = x_positions[lower + 1][
+                torch.searchsorted(self._neurons[lower + 1], pairs[:, 1].contiguous())
+            ]
+            segments = [
+                [(float(a), lower), (float(b), lower + 1)]
+                for a, b in zip(lower_x.tolist(), upper_x.tolist())
+            ]
+            widths = 0.3 + 3.2 * weights / weights.max().clamp(min=1e-12)
+            # dense (global-mode) layer pairs would turn into a grey block when opaque
+            alpha = min(0.6, max(0.08, 40.0 / len(pairs)))
+            ax.add_collection(
+                LineCollection(
+                    segments, linewidths=widths.tolist(), colors="0.35", alpha=alpha, zorder=1
+                )
+            )
+
+    def _draw_neurons(self, ax: Axes, x_positions: list[Tensor]) -> None:
+        """One scatter of all kept neurons; area relative to the layer's most relevant."""
+        import matplotlib.pyplot as plt
+
+        xs, ys, sizes, colours = [], [], [], []
+        palette = plt.get_cmap("Pastel1")
+        for depth, kept in enumerate(self._neurons):
+            relevance = self._relevances[depth][kept].abs()
+            scaled = relevance / relevance.max().clamp(min=1e-12) if len(kept) else relevance
+            xs += x_positions[depth].tolist()
+            ys += [depth] * len(kept)
+            sizes += (120 + 480 * scaled).tolist()
+            colours += [palette(depth % 9)] * len(kept)
+            if len(kept) <= 40:  # beyond that the indices would overlap
+                for x, index in zip(x_positions[depth].tolist(), kept.tolist()):
+                    ax.annotate(
+                        str(index),
+                        (x, depth),
+                        ha="center",
+                        va="center",
+                        fontsize=8 if len(kept) <= 24 else 6.5,
+                        zorder=3,
+                    )
+        ax.scatter(
+            xs,
+            ys,
+            s=sizes,
+            c=colours,
+            edgecolors="black",
+            linewidths=0.7,
+            zorder=2,
+            gid="dependency-graph-neurons",
+        )
 
 
 def _as_index_vector(indices: Any) -> Tensor:
