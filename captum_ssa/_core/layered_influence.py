@@ -1,0 +1,557 @@
+"""Layered influence: explanations from the most influential hidden layer (METHODS.md §4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from captum.attr import GradientAttribution, LayerAttribution
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ssa._utils._compat import (
+    TensorOrTupleOfTensorsGeneric,
+    _format_output,
+    _is_tuple,
+)
+from captum_ssa._utils.deconvolution import deconvolve_from_layer
+from captum_ssa._utils.hooks import (
+    check_layers_in_model,
+    layer_name,
+    model_of,
+    run_and_capture,
+)
+from captum_ssa._utils.influence_measure import (
+    DEFAULT_CHUNK_SIZE,
+    Alpha,
+    check_alpha,
+    monotone_influence,
+)
+from captum_ssa._utils.layer_selection import (
+    gini_coefficient,
+    linear_probe_accuracy,
+    lowest_within_tolerance,
+    neuron_activities,
+)
+from captum_ssa._utils.model_state import untouched_model
+from captum_ssa._utils.validation import prepare_inputs, reference_batches
+
+_CRITERIA = ("linear", "dispersion")
+LayerChoice = Union[Module, str, None]
+
+
+@dataclass
+class _LayerReference:
+    """One candidate layer's activations on the reference set, centred."""
+
+    activations: Tensor  # (M, units): h(y) - mean, one row per reference point
+    mean: Tensor  # (units,)
+    shape: tuple[int, ...]  # the layer output's shape per example
+
+
+class LayeredInfluence(LayerAttribution, GradientAttribution):
+    r"""
+    Layered explanations: pick an influential hidden layer, score its units
+    with a monotone influence measure on data, and project the most
+    influential units back to the input with DeconvNet.
+
+    1. :meth:`fit` runs the model on a reference set :math:`R` (e.g. the
+       training data), keeps every candidate layer's activations and the
+       model's own labels :math:`f(y)`, and chooses the layer: with
+       ``criterion="linear"`` the *lowest* layer whose cross-validated linear
+       probe (logistic regression on the neuron activities, predicting the
+       model's labels) is within ``tolerance`` of the best layer's; with
+       ``criterion="dispersion"`` the layer whose units' mean :math:`|\phi|`
+       is most unequal (Gini coefficient).
+    2. :meth:`influence` scores every unit :math:`u` (every element of the
+       layer output, channel x position for a conv) for an input :math:`x`:
+
+       .. math::
+           \phi(x) = \sum_{y \in R,\ f(y) \ne f(x)}
+                     \alpha(\lVert h(x) - h(y) \rVert)\, (h(x) - h(y)),
+
+       where :math:`h` is the layer's output and :math:`\alpha \ge 0` is
+       non-increasing, by default :math:`\alpha(r) = 1/r^2` (pairs at
+       :math:`r = 0` are skipped). A unit points *away* from the
+       differently-labelled points near :math:`x`: large :math:`|\phi_u|`
+       means the unit separates :math:`x` from the other classes.
+    3. :meth:`attribute` keeps the top units by :math:`|\phi_u(x)|` and
+       backpropagates their raw activation values (all other units zero) to
+       the input with DeconvNet (Captum's :class:`~captum.attr.Deconvolution`
+       rule on every ``nn.ReLU`` module); the result equals Captum's
+       :class:`~captum.attr.NeuronDeconvolution` seeded with those values.
+
+    The measure is the Monotone Influence Measure family (Sliwinski, Strobel
+    and Zick) as we read it; the paper's exact normalisation could not be
+    checked, so :math:`\alpha` is pluggable. The labels are the model's
+    predictions (argmax over dim 1; a single output is read as a logit,
+    label ``output > 0``).
+
+    Paper: *Layered Explanations: Interpreting Neural Networks with Numerical
+    Influence Measures* (X.-V. Ho), ``shared/papers/
+    layered-explanations-influence.md``.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layers: Union[Module, Sequence[Module]],
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable): The model, or a bound method of it, or any
+                        function of the inputs that runs it. :meth:`attribute`
+                        needs the ``nn.Module`` (DeconvNet overrides its
+                        ``nn.ReLU`` modules); :meth:`fit` and :meth:`influence`
+                        work with any callable.
+            layers (torch.nn.Module or list[torch.nn.Module]): The candidate
+                        layers, any order; "lowest" means the first to run. The
+                        output layer is a candidate only if listed.
+        """
+        candidates = [layers] if isinstance(layers, Module) else list(layers)
+        if not candidates:
+            raise ValueError("layers is empty: give at least one candidate layer")
+        check_layers_in_model(forward_func, candidates)
+        if len({id(layer) for layer in candidates}) < len(candidates):
+            raise ValueError("layers lists the same module more than once")
+        LayerAttribution.__init__(self, forward_func, candidates)
+        GradientAttribution.__init__(self, forward_func)
+        self._candidates = candidates
+        self._names = _unique_names(
+            [layer_name(model_of(forward_func), layer) for layer in candidates]
+        )
+        self._references: Optional[list[_LayerReference]] = None
+        self._reference_labels: Optional[Tensor] = None
+        self._chosen = 0
+        self._scores: dict[str, float] = {}
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    @property
+    def chosen_layer(self) -> Module:
+        r"""The layer :meth:`fit` chose (or was given). Available after :meth:`fit`."""
+        self._fitted_references()
+        return self._candidates[self._chosen]
+
+    @property
+    def chosen_layer_name(self) -> str:
+        r"""The name of :attr:`chosen_layer` in the model."""
+        self._fitted_references()
+        return self._names[self._chosen]
+
+    @property
+    def layer_scores(self) -> dict[str, float]:
+        r"""
+        The per-layer score table of the last :meth:`fit`, layer name to score
+        (probe accuracy for ``"linear"``, Gini coefficient for
+        ``"dispersion"``), from the lowest layer to the highest; empty when
+        :meth:`fit` was given a ``layer``.
+        """
+        self._fitted_references()
+        return dict(self._scores)
+
+    @property
+    def reference_size(self) -> int:
+        r"""The number of reference points seen by :meth:`fit`."""
+        return 0 if self._reference_labels is None else len(self._reference_labels)
+
+    def fit(
+        self,
+        reference: Any,
+        batch_size: Optional[int] = None,
+        criterion: str = "linear",
+        tolerance: float = 0.02,
+        layer: LayerChoice = None,
+        additional_forward_args: Any = None,
+    ) -> LayeredInfluence:
+        r"""
+        Record the reference activations and labels, and choose the layer.
+
+        Args:
+            reference (Tensor, tuple, or Iterable): The reference set :math:`R`:
+                        a tensor (a tuple of tensors for a multi-input model),
+                        or an iterable of batches such as a ``DataLoader``
+                        yielding tensors or ``(x, y)`` pairs (``y`` is ignored:
+                        the labels are the model's predictions). Every
+                        candidate layer's activations are kept, so memory grows
+                        with ``len(R)`` times the layers' sizes.
+            batch_size (int, optional): Run the model on at most this many
+                        reference points at a time. Default: None (each batch
+                        as given)
+            criterion (str, optional): ``"linear"``: the lowest layer whose
+                        cross-validated logistic-regression probe on the neuron
+                        activities (a unit's value, a conv channel's spatial
+                        mean) predicts the model's labels within ``tolerance``
+                        of the best layer's accuracy. ``"dispersion"``: the
+                        layer with the largest Gini coefficient of its units'
+                        mean :math:`|\phi|` over the reference points (default
+                        :math:`\alpha`). Default: ``"linear"``
+            tolerance (float, optional): The accuracy a layer may lose to the
+                        best one and still be chosen (``"linear"`` only).
+                        Default: 0.02
+            layer (torch.nn.Module or str, optional): Use this candidate layer
+                        (a module or its name) and skip the scoring.
+                        Default: None
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs of every batch.
+                        Default: None
+
+        Returns:
+            *LayeredInfluence*: ``self``, with :attr:`chosen_layer`,
+            :attr:`chosen_layer_name` and :attr:`layer_scores` set.
+
+        Examples::
+
+            >>> explainer = LayeredInfluence(net, [net.conv1, net.conv2, net.fc1])
+            >>> explainer.fit(train_x)
+            >>> explainer.layer_scores   # {'conv1': 0.97, 'conv2': 0.99, ...}
+            >>> explainer.chosen_layer_name
+            'conv2'
+        """
+        if criterion not in _CRITERIA:
+            raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
+        if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        given = None if layer is None else self._candidate_index(layer)
+        with untouched_model(self.forward_func), torch.no_grad():
+            references, labels, call_order = self._run_reference(
+                reference, batch_size, additional_forward_args
+            )
+        classes = labels.unique()
+        if classes.numel() < 2:
+            raise ValueError(
+                f"the model predicts one class ({classes.tolist()}) for every "
+                "reference point: the influence measure compares each point with "
+                "differently-labelled points, so the reference set needs at "
+                "least two predicted classes"
+            )
+        self._references = references
+        self._reference_labels = labels
+        if given is not None:
+            self._chosen, self._scores = given, {}
+            return self
+        scores = [self._layer_score(position, criterion) for position in call_order]
+        lowest = (
+            lowest_within_tolerance(scores, tolerance)
+            if criterion == "linear"
+            else max(range(len(scores)), key=scores.__getitem__)
+        )
+        self._chosen = call_order[lowest]
+        self._scores = {self._names[p]: s for p, s in zip(call_order, scores)}
+        return self
+
+    def influence(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        layer: LayerChoice = None,
+        alpha: Optional[Alpha] = None,
+        additional_forward_args: Any = None,
+        chunk_size: Optional[int] = None,
+    ) -> Tensor:
+        r"""
+        The influence :math:`\phi(x)` of every unit of the layer.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): The inputs :math:`x`;
+                        dimension 0 is the batch.
+            layer (torch.nn.Module or str, optional): A candidate layer (module
+                        or name). Default: None (:attr:`chosen_layer`)
+            alpha (Callable, optional): The weighting :math:`\alpha(r)`, applied
+                        elementwise to a tensor of distances
+                        :math:`r = \lVert h(x) - h(y) \rVert > 0`; it must be
+                        non-negative and non-increasing. Default: None, which
+                        is :math:`\alpha(r) = 1/r^2`
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs. Default: None
+            chunk_size (int, optional): The most queries and reference points
+                        in one block of the computation; memory grows with it,
+                        not with the reference set. Default: 1024
+
+        Returns:
+            *Tensor* of **influence** shaped like the layer's output,
+            ``(N, *layer_shape)``.
+
+        Examples::
+
+            >>> phi = explainer.influence(test_x[:4])
+            >>> phi.shape     # like the chosen layer's output
+            >>> phi = explainer.influence(test_x[:4], alpha=lambda r: torch.exp(-r))
+        """
+        position = self._layer_position(layer)
+        check_alpha(alpha)
+        prepared = prepare_inputs(inputs)
+        with untouched_model(self.forward_func), torch.no_grad():
+            output, (activation,) = run_and_capture(
+                self.forward_func,
+                prepared,
+                [self._candidates[position]],
+                additional_forward_args,
+            )
+            return self._influence_of(activation, model_labels(output), position, alpha, chunk_size)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        top_fraction: float = 0.013,
+        top_k: Optional[int] = None,
+        layer: LayerChoice = None,
+        alpha: Optional[Alpha] = None,
+        additional_forward_args: Any = None,
+        chunk_size: Optional[int] = None,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""
+        DeconvNet reconstruction of the input from the most influential units.
+
+        For each example the units with the largest :math:`|\phi_u(x)|` keep
+        their activation value, every other unit is set to zero, and this is
+        backpropagated to the input with DeconvNet (the backward of each
+        ``nn.ReLU`` module is the ReLU of the incoming gradient; max-pool
+        routes through its switches). Functional ReLUs (``F.relu``) cannot be
+        overridden: a warning says so.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Input to explain; dimension
+                        0 is the batch.
+            top_fraction (float, optional): Keep the smallest number of units
+                        covering this fraction of the layer,
+                        :math:`\lceil q \cdot U \rceil` (at least one).
+                        Default: 0.013 (1.3%, as in the paper)
+            top_k (int, optional): Keep exactly this many units instead of a
+                        fraction. Default: None
+            layer (torch.nn.Module or str, optional): A candidate layer (module
+                        or name). Default: None (:attr:`chosen_layer`)
+            alpha (Callable, optional): The weighting :math:`\alpha(r)` of
+                        :meth:`influence`. Default: None (:math:`1/r^2`)
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs. Default: None
+            chunk_size (int, optional): Block size of the influence
+                        computation (see :meth:`influence`). Default: 1024
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
+            ``inputs``: the DeconvNet reconstructions.
+
+        Examples::
+
+            >>> explainer = LayeredInfluence(net, [net.conv1, net.conv2]).fit(train_x)
+            >>> reconstruction = explainer.attribute(test_x[:4], top_fraction=0.025)
+            >>> reconstruction.shape == test_x[:4].shape
+            True
+        """
+        position = self._layer_position(layer)
+        check_alpha(alpha)
+        model = model_of(self.forward_func)
+        if model is None:
+            raise TypeError(
+                "attribute needs forward_func to be an nn.Module or a bound "
+                "method of one: DeconvNet overrides the model's nn.ReLU modules"
+            )
+        layer_module = self._candidates[position]
+        prepared = prepare_inputs(inputs)
+        with untouched_model(self.forward_func):
+            with torch.no_grad():
+                output, (activation,) = run_and_capture(
+                    self.forward_func, prepared, [layer_module], additional_forward_args
+                )
+                influence = self._influence_of(
+                    activation, model_labels(output), position, alpha, chunk_size
+                )
+                seed = top_unit_seed(activation, influence, top_fraction, top_k)
+            reconstruction = deconvolve_from_layer(
+                model,
+                self.forward_func,
+                prepared,
+                layer_module,
+                seed,
+                additional_forward_args,
+            )
+        return _format_output(_is_tuple(inputs), reconstruction)
+
+    def _fitted_references(self) -> list[_LayerReference]:
+        if self._references is None:
+            raise RuntimeError(
+                "LayeredInfluence is not fitted: call fit(reference) with "
+                "reference data (e.g. the training set) first"
+            )
+        return self._references
+
+    def _candidate_index(self, layer: Union[Module, str]) -> int:
+        for position, (candidate, name) in enumerate(zip(self._candidates, self._names)):
+            if layer is candidate or (isinstance(layer, str) and layer == name):
+                return position
+        shown = layer if isinstance(layer, str) else type(layer).__name__
+        raise ValueError(
+            f"layer {shown!r} is not one of the candidate layers {self._names}; "
+            "pass one of them (a module or its name) or add it to layers"
+        )
+
+    def _layer_position(self, layer: LayerChoice) -> int:
+        self._fitted_references()
+        return self._chosen if layer is None else self._candidate_index(layer)
+
+    def _run_reference(
+        self, reference: Any, batch_size: Optional[int], additional_forward_args: Any
+    ) -> tuple[list[_LayerReference], Tensor, list[int]]:
+        """Every candidate's centred activations, the labels, and the order in
+        which the candidates run (lowest first)."""
+        activations: list[list[Tensor]] = [[] for _ in self._candidates]
+        shapes: list[Optional[tuple[int, ...]]] = [None] * len(self._candidates)
+        labels: list[Tensor] = []
+        call_order: list[int] = []
+        for batch in reference_batches(reference):
+            step = batch[0].shape[0] if batch_size is None else batch_size
+            for start in range(0, batch[0].shape[0], step):
+                part = tuple(t[start : start + step] for t in batch)
+                with _recording_call_order(self._candidates) as order:
+                    output, outputs = run_and_capture(
+                        self.forward_func, part, self._candidates, additional_forward_args
+                    )
+                call_order = call_order or order
+                labels.append(model_labels(output))
+                for position, layer_output in enumerate(outputs):
+                    shape = tuple(layer_output.shape[1:])
+                    if shapes[position] not in (None, shape):
+                        raise ValueError(
+                            f"layer {self._names[position]} outputs {shape} per "
+                            f"example in one reference batch and {shapes[position]} "
+                            "in another; give reference inputs of one shape"
+                        )
+                    shapes[position] = shape
+                    activations[position].append(
+                        layer_output.detach().reshape(len(layer_output), -1)
+                    )
+        if not labels:
+            raise ValueError("the reference data is empty: fit needs reference points")
+        references = [
+            _centred(torch.cat(parts), shape)
+            for parts, shape in zip(activations, shapes)
+            if shape is not None
+        ]
+        return references, torch.cat(labels), call_order
+
+    def _layer_score(self, position: int, criterion: str) -> float:
+        reference = self._fitted_references()[position]
+        labels = self._reference_labels
+        assert labels is not None
+        if criterion == "linear":
+            layer_output = reference.activations.reshape(-1, *reference.shape)
+            return linear_probe_accuracy(neuron_activities(layer_output), labels)
+        mean_abs_influence = torch.zeros_like(reference.mean)
+        for start in range(0, len(labels), DEFAULT_CHUNK_SIZE):
+            block = slice(start, start + DEFAULT_CHUNK_SIZE)
+            influence = monotone_influence(
+                reference.activations[block],
+                labels[block],
+                reference.activations,
+                labels,
+            )
+            mean_abs_influence += influence.abs().sum(0) / len(labels)
+        return gini_coefficient(mean_abs_influence)
+
+    def _influence_of(
+        self,
+        activation: Tensor,
+        labels: Tensor,
+        position: int,
+        alpha: Optional[Alpha],
+        chunk_size: Optional[int],
+    ) -> Tensor:
+        reference = self._fitted_references()[position]
+        reference_labels = self._reference_labels
+        assert reference_labels is not None
+        if tuple(activation.shape[1:]) != reference.shape:
+            raise ValueError(
+                f"layer {self._names[position]} outputs {tuple(activation.shape[1:])} "
+                f"per example here but {reference.shape} in fit(); fit on inputs "
+                "shaped like these"
+            )
+        device = activation.device
+        queries = activation.detach().reshape(len(activation), -1)
+        queries = queries.to(reference.activations.dtype) - reference.mean.to(device)
+        influence = monotone_influence(
+            queries,
+            labels.to(device),
+            reference.activations.to(device),
+            reference_labels.to(device),
+            alpha=alpha,
+            chunk_size=chunk_size,
+        )
+        return influence.reshape(activation.shape)
+
+
+def model_labels(output: Any) -> Tensor:
+    """The model's labels: argmax over dim 1, or ``output > 0`` for one logit."""
+    if not isinstance(output, Tensor) or output.dim() == 0:
+        raise TypeError(
+            "LayeredInfluence labels points by the model's prediction, so the "
+            "model must return a tensor of scores shaped (N, classes) or (N,); "
+            f"got {type(output).__name__}"
+        )
+    if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
+        return (output.reshape(-1) > 0).long()
+    if output.dim() != 2:
+        raise ValueError(
+            "LayeredInfluence needs a classifier output shaped (N, classes) or "
+            f"(N,), got {tuple(output.shape)}"
+        )
+    return output.argmax(1)
+
+
+def top_unit_seed(
+    activation: Tensor, influence: Tensor, top_fraction: float, top_k: Optional[int]
+) -> Tensor:
+    """The activation at each example's top units by |influence|, zero elsewhere."""
+    units = influence[0].numel()
+    if top_k is None:
+        if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+        # the tiny margin keeps e.g. 0.025 * 1000 = 25.000000000000004 at 25
+        top_k = max(1, math.ceil(top_fraction * units - 1e-9))
+    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= units:
+        raise ValueError(
+            f"top_k must be an integer from 1 to the layer's {units} units, got {top_k!r}"
+        )
+    scores = influence.reshape(len(influence), -1).abs()
+    top = scores.topk(top_k, dim=1).indices
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+    flat_activation = activation.detach().reshape(len(activation), -1)
+    seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
+    return seed.reshape(activation.shape)
+
+
+def _centred(activations: Tensor, shape: tuple[int, ...]) -> _LayerReference:
+    mean = activations.mean(0)
+    return _LayerReference(activations - mean, mean, shape)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Layer names, with a position added where two are the same."""
+    return [
+        f"{name}#{position}" if names.count(name) > 1 else name
+        for position, name in enumerate(names)
+    ]
+
+
+@contextmanager
+def _recording_call_order(layers: Sequence[Module]) -> Iterator[list[int]]:
+    """The positions of ``layers`` in the order they run in the block."""
+    order: list[int] = []
+    handles = [
+        layer.register_forward_hook(lambda *_, position=position: order.append(position))
+        for position, layer in enumerate(layers)
+    ]
+    try:
+        yield order
+    finally:
+        for handle in handles:
+            handle.remove()
