@@ -164,6 +164,11 @@ class DependencyGraph:
         return list(self._layer_names)
 
     @property
+    def layers(self) -> Optional[list[Module]]:
+        """The layers' modules, lowest first; None for a graph read from a file."""
+        return None if self._layers is None else list(self._layers)
+
+    @property
     def target(self) -> Target:
         """The class(es) the graph was built for, or None."""
         return self._target
@@ -224,17 +229,29 @@ class DependencyGraph:
             *Tensor* shaped ``(len(neurons(upper)), K_lower)``: row ``j`` is the
             upper neuron ``neurons(upper)[j]``, column ``k`` lower neuron ``k``.
         """
+        lower_depth = self._lower_depth(upper, lower)
+        return self._relevance_matrices[lower_depth].clone()
+
+    def _lower_depth(self, upper: LayerRef, lower: LayerRef) -> int:
+        """The depth of ``lower``, checking that ``upper`` is directly above it."""
         upper_depth, lower_depth = self.depth_of(upper), self.depth_of(lower)
         if upper_depth != lower_depth + 1:
             raise ValueError(
-                "relevance matrices relate consecutive layers, upper first: "
+                "relevance matrices and edges relate consecutive layers, upper first: "
                 f"{self._layer_names[upper_depth]!r} is not directly above "
                 f"{self._layer_names[lower_depth]!r} (layers: {self._layer_names})"
             )
-        return self._relevance_matrices[lower_depth].clone()
+        return lower_depth
 
-    def edge_weights(self, lower_depth: int) -> Tensor:
-        """The weight of every edge in ``edges[lower_depth]``, in the same order."""
+    def edges(self, upper: LayerRef, lower: LayerRef) -> Tensor:
+        """The ``(E, 2)`` ``(lower index, upper index)`` pairs between two consecutive layers."""
+        return self._edges[self._lower_depth(upper, lower)].clone()
+
+    def edge_weights(self, upper: LayerRef, lower: LayerRef) -> Tensor:
+        r"""The weight :math:`\omega[n, k]` of every edge of :meth:`edges`, in the same order."""
+        return self._edge_weights(self._lower_depth(upper, lower))
+
+    def _edge_weights(self, lower_depth: int) -> Tensor:
         pairs = self._edges[lower_depth]
         rows = torch.searchsorted(self._neurons[lower_depth + 1], pairs[:, 1].contiguous())
         return self._relevance_matrices[lower_depth][rows, pairs[:, 0]]
@@ -258,7 +275,7 @@ class DependencyGraph:
                 )
         for lower, pairs in enumerate(self._edges):
             lower_name, upper_name = self._layer_names[lower], self._layer_names[lower + 1]
-            for (source, sink), weight in zip(pairs.tolist(), self.edge_weights(lower).tolist()):
+            for (source, sink), weight in zip(pairs.tolist(), self._edge_weights(lower).tolist()):
                 graph.add_edge(
                     node_id(lower_name, source), node_id(upper_name, sink), weight=weight
                 )
@@ -541,7 +558,7 @@ class DependencyGraph:
         for lower, pairs in enumerate(self._edges):
             if len(pairs) == 0:
                 continue
-            weights = self.edge_weights(lower).abs()
+            weights = self._edge_weights(lower).abs()
             lower_x = x_positions[lower][
                 torch.searchsorted(self._neurons[lower], pairs[:, 0].contiguous())
             ]

@@ -1,0 +1,311 @@
+"""Measuring dependency graphs against the network (METHODS.md §3, "Uses of a graph").
+
+- a graph as a compressed classifier: the network with every hidden neuron
+  outside the graph set to zero (:func:`evaluate_graph`), and the
+  class-specific ensemble (:func:`ensemble_predict`);
+- the ablation gold standard (:func:`ablation_importance`) and its Spearman
+  agreement with a relevance ranking (:func:`spearman_agreement`), the paper's
+  Table 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from scipy.stats import spearmanr
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ssa._core.dependency_graph import DependencyGraph
+from captum_ssa._utils.hooks import check_layers_in_model, no_grad_capture
+from captum_ssa._utils.model_state import warn_if_training
+
+Inputs = Union[Tensor, tuple[Tensor, ...]]
+
+# Rows per forward pass when no batch size is given: small enough for any
+# reasonable model's activations, large enough to keep the passes few.
+_DEFAULT_BATCH_ROWS = 4096
+
+
+class GraphEvaluation(NamedTuple):
+    """How well the network restricted to a dependency graph classifies.
+
+    ``accuracy`` and ``model_accuracy`` are over all inputs, with and without
+    the mask. ``true_positive_rate`` is the fraction of the inputs labelled
+    with the graph's own class(es) that the masked network assigns to their
+    label (None for a graph without a target; NaN when no input has that
+    label). ``kept_fraction`` is the fraction of the hidden layers' neurons
+    that the graph keeps.
+    """
+
+    accuracy: float
+    true_positive_rate: Optional[float]
+    kept_fraction: float
+    model_accuracy: float
+
+
+def evaluate_graph(
+    model: Module,
+    graph: DependencyGraph,
+    inputs: Inputs,
+    labels: Tensor,
+    batch_size: Optional[int] = None,
+) -> GraphEvaluation:
+    r"""
+    The graph as a compressed classifier: run ``model`` with every neuron of
+    the graph's hidden layers that is not in the graph set to zero
+    (:meth:`DependencyGraph.mask`), and compare its predictions with ``labels``.
+
+    For a class-specific graph (SSA on one class's inputs, starting from that
+    class) the paper reports the true-positive rate on the class's own inputs
+    next to the original network's accuracy, with about half the neurons kept.
+
+    Args:
+        model (torch.nn.Module): The classifier the graph was built on; its
+                    output is ``(N, classes)`` scores.
+        graph (DependencyGraph): The graph to evaluate.
+        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
+                    batch.
+        labels (Tensor): The ``(N,)`` true classes.
+        batch_size (int, optional): Examples per forward pass. Default: all
+                    at once, up to 4096.
+
+    Returns:
+        *GraphEvaluation* with ``accuracy``, ``true_positive_rate``,
+        ``kept_fraction`` and ``model_accuracy``.
+
+    Examples::
+
+        >>> graph = StepwiseSensitivity(net, layers).attribute(x[y == 3], target=3)
+        >>> evaluate_graph(net, graph, x, y).true_positive_rate
+    """
+    inputs, labels = _check_inputs(inputs, labels)
+    masked = _predictions(model, inputs, batch_size, graph)
+    plain = _predictions(model, inputs, batch_size)
+    labels = labels.to(masked.device)
+    true_positive_rate = None
+    if graph.target is not None:
+        classes = [graph.target] if isinstance(graph.target, int) else graph.target
+        own = torch.isin(labels, torch.tensor(classes, device=labels.device))
+        true_positive_rate = (
+            (masked[own] == labels[own]).float().mean().item() if own.any() else math.nan
+        )
+    return GraphEvaluation(
+        accuracy=(masked == labels).float().mean().item(),
+        true_positive_rate=true_positive_rate,
+        kept_fraction=graph.kept_fraction,
+        model_accuracy=(plain == labels).float().mean().item(),
+    )
+
+
+def ensemble_predict(
+    model: Module,
+    class_graphs: Mapping[int, DependencyGraph],
+    inputs: Inputs,
+    batch_size: Optional[int] = None,
+) -> Tensor:
+    r"""
+    The class-specific ensemble: for each input, the class whose masked
+    network gives that class the highest score.
+
+    Each class's graph masks the network in turn (:meth:`DependencyGraph.mask`);
+    the score of class ``c`` is output column ``c`` of the network masked by
+    ``c``'s graph, as the model returns it (logits for a logits model).
+
+    Args:
+        model (torch.nn.Module): The classifier the graphs were built on.
+        class_graphs (Mapping[int, DependencyGraph]): One graph per class, e.g.
+                    from ``StepwiseSensitivity.class_graphs``.
+        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
+                    batch.
+        batch_size (int, optional): Examples per forward pass. Default: all
+                    at once, up to 4096.
+
+    Returns:
+        *Tensor* ``(N,)`` of predicted classes (keys of ``class_graphs``).
+
+    Examples::
+
+        >>> graphs = StepwiseSensitivity(net, layers).class_graphs(x, y)
+        >>> accuracy = (ensemble_predict(net, graphs, x) == y).float().mean()
+    """
+    if not class_graphs:
+        raise ValueError("class_graphs is empty: the ensemble needs at least one graph")
+    inputs, _ = _check_inputs(inputs, None)
+    classes = list(class_graphs)
+    scores = torch.stack(
+        [_outputs(model, inputs, batch_size, class_graphs[label])[:, label] for label in classes],
+        dim=1,
+    )
+    return torch.tensor(classes, device=scores.device)[scores.argmax(1)]
+
+
+def ablation_importance(
+    model: Module,
+    layer: Union[str, Module],
+    inputs: Inputs,
+    labels: Tensor,
+    batch_size: Optional[int] = None,
+) -> Tensor:
+    r"""
+    The ablation gold standard: the drop in accuracy when one neuron of
+    ``layer`` alone is zeroed, for every neuron.
+
+    A neuron is a position along dim 1 of the layer's output (a unit, or a
+    whole conv channel); zeroing it sets its output to 0 for every input. The
+    ablations run in batches: the inputs are repeated once per ablated neuron
+    in a chunk, and a forward hook zeroes neuron ``k`` in the ``k``-th copy.
+
+    Args:
+        model (torch.nn.Module): The classifier, output ``(N, classes)``.
+        layer (str or torch.nn.Module): The layer, or its name in
+                    ``model.named_modules()``.
+        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
+                    batch.
+        labels (Tensor): The ``(N,)`` true classes.
+        batch_size (int, optional): Rows (copies x examples) per forward
+                    pass. Default: 4096, or one ablation per pass if the
+                    inputs are more.
+
+    Returns:
+        *Tensor* ``(K,)``: accuracy of the model minus accuracy with neuron
+        ``k`` zeroed (positive for neurons the decision needs).
+
+    Examples::
+
+        >>> importance = ablation_importance(net, net.fc1, x, y)
+        >>> spearman_agreement(importance, graph.relevance(net.fc1))
+    """
+    module = _resolve_layer(model, layer)
+    inputs, labels = _check_inputs(inputs, labels)
+    warn_if_training(model)
+    examples = len(labels)
+    size = _neuron_count(model, module, inputs)
+    correct_with = torch.zeros(size, dtype=torch.long)
+    rows = batch_size or _DEFAULT_BATCH_ROWS
+    per_pass = max(1, rows // examples)
+    predictions = _predictions(model, inputs, batch_size)
+    base_correct = (predictions == labels.to(predictions.device)).sum().item()
+    with torch.no_grad():
+        for first in range(0, size, per_pass):
+            ablated = torch.arange(first, min(first + per_pass, size))
+            copies = len(ablated)
+            handle = module.register_forward_hook(_ablation_hook(ablated, size, examples))
+            try:
+                outputs = model(*(_repeat(t, copies) for t in inputs))
+            finally:
+                handle.remove()
+            hits = outputs.argmax(1) == labels.to(outputs.device).repeat(copies)
+            correct_with[first : first + copies] = hits.reshape(copies, examples).sum(1).cpu()
+    return (base_correct - correct_with).to(torch.get_default_dtype()) / examples
+
+
+def spearman_agreement(importance: Tensor, relevance: Tensor) -> float:
+    r"""
+    Spearman's :math:`\rho` between two rankings of the same neurons, e.g. the
+    ablation gold standard and a layer's SSA relevance (the paper's Table 2).
+
+    Args:
+        importance (Tensor): ``(K,)`` scores, e.g. from
+                    :func:`ablation_importance`.
+        relevance (Tensor): ``(K,)`` scores, e.g.
+                    ``graph.relevance(layer)``.
+
+    Returns:
+        *float* in [-1, 1]; NaN when either ranking is constant.
+    """
+    first = torch.as_tensor(importance).detach().cpu().reshape(-1)
+    second = torch.as_tensor(relevance).detach().cpu().reshape(-1)
+    if first.shape != second.shape:
+        raise ValueError(
+            f"the rankings cover different neurons: {first.numel()} and {second.numel()} values"
+        )
+    if first.numel() < 2 or bool((first == first[0]).all()) or bool((second == second[0]).all()):
+        return math.nan  # rank correlation is undefined for constant rankings
+    return float(spearmanr(first.double().numpy(), second.double().numpy()).statistic)
+
+
+def _check_inputs(inputs: Inputs, labels: Optional[Tensor]) -> tuple[tuple[Tensor, ...], Tensor]:
+    """Inputs as a tuple of detached tensors, labels as a 1-D tensor, sizes checked."""
+    if isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, tuple) or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError("inputs must be a tensor or a tuple of tensors")
+    if not inputs or any(t.dim() == 0 for t in inputs):
+        raise ValueError("inputs need a batch dimension")
+    examples = {len(t) for t in inputs}
+    if len(examples) != 1 or 0 in examples:
+        raise ValueError(f"inputs need one non-zero batch size, got {sorted(examples)}")
+    if labels is None:
+        return tuple(t.detach() for t in inputs), torch.empty(0, dtype=torch.long)
+    labels = torch.as_tensor(labels).reshape(-1)
+    if len(labels) != len(inputs[0]):
+        raise ValueError(f"{len(labels)} labels for {len(inputs[0])} inputs")
+    return tuple(t.detach() for t in inputs), labels
+
+
+def _batches(inputs: tuple[Tensor, ...], batch_size: Optional[int]) -> Iterator[tuple[Tensor, ...]]:
+    size = batch_size or _DEFAULT_BATCH_ROWS
+    for first in range(0, len(inputs[0]), size):
+        yield tuple(t[first : first + size] for t in inputs)
+
+
+def _outputs(
+    model: Module,
+    inputs: tuple[Tensor, ...],
+    batch_size: Optional[int],
+    graph: Optional[DependencyGraph] = None,
+) -> Tensor:
+    """The model's outputs, masked by ``graph`` if one is given, without gradients."""
+    warn_if_training(model)
+    with torch.no_grad(), graph.mask(model) if graph is not None else nullcontext():
+        return torch.cat([model(*batch) for batch in _batches(inputs, batch_size)])
+
+
+def _predictions(
+    model: Module,
+    inputs: tuple[Tensor, ...],
+    batch_size: Optional[int],
+    graph: Optional[DependencyGraph] = None,
+) -> Tensor:
+    return _outputs(model, inputs, batch_size, graph).argmax(1)
+
+
+def _resolve_layer(model: Module, layer: Union[str, Module]) -> Module:
+    if isinstance(layer, str):
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise ValueError(f"no layer named {layer!r} in {type(model).__name__}")
+        return modules[layer]
+    check_layers_in_model(model, [layer])
+    return layer
+
+
+def _neuron_count(model: Module, layer: Module, inputs: tuple[Tensor, ...]) -> int:
+    """The size of dim 1 of the layer's output, from one example."""
+    (output,) = no_grad_capture(model, tuple(t[:1] for t in inputs), [layer])
+    if output.dim() < 2:
+        raise ValueError(f"the layer's output {tuple(output.shape)} has no neuron axis (dim 1)")
+    return output.shape[1]
+
+
+def _repeat(tensor: Tensor, copies: int) -> Tensor:
+    return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
+
+
+def _ablation_hook(ablated: Tensor, size: int, examples: int) -> Any:
+    """Zero neuron ``ablated[j]`` in the ``j``-th copy of the examples."""
+
+    def hook(_module: Module, _args: Any, output: Tensor) -> Tensor:
+        copies = len(ablated)
+        keep = torch.ones(copies, size, dtype=torch.bool, device=output.device)
+        keep[torch.arange(copies), ablated.to(output.device)] = False
+        keep = keep.repeat_interleave(examples, dim=0)
+        keep = keep.reshape(copies * examples, size, *([1] * (output.dim() - 2)))
+        return torch.where(keep, output, torch.zeros((), dtype=output.dtype, device=output.device))
+
+    return hook
