@@ -1,0 +1,218 @@
+"""The monotone influence measure and the layer-scoring helpers of LayeredInfluence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captum_ssa._utils.influence_measure import check_alpha, monotone_influence
+from captum_ssa._utils.layer_selection import (
+    gini_coefficient,
+    linear_probe_accuracy,
+    lowest_within_tolerance,
+    neuron_activities,
+)
+
+
+def slow_influence(queries, query_labels, reference, reference_labels, alpha=None):
+    """phi(x) = sum over differently-labelled y of alpha(r) (h(x) - h(y)), pair by pair."""
+    influence = torch.zeros_like(queries)
+    for i in range(len(queries)):
+        for j in range(len(reference)):
+            if int(query_labels[i]) == int(reference_labels[j]):
+                continue
+            difference = queries[i] - reference[j]
+            distance = math.sqrt(float((difference * difference).sum()))
+            if distance == 0:
+                continue
+            weight = (
+                1 / distance**2
+                if alpha is None
+                else float(alpha(torch.tensor(distance, dtype=torch.float64)))
+            )
+            influence[i] += weight * difference
+    return influence
+
+
+def random_problem(seed, queries, references, units, classes):
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(queries, units, generator=generator, dtype=torch.float64),
+        torch.randint(0, classes, (queries,), generator=generator),
+        torch.randn(references, units, generator=generator, dtype=torch.float64),
+        torch.randint(0, classes, (references,), generator=generator),
+    )
+
+
+problems = st.tuples(
+    st.integers(0, 10_000),  # seed
+    st.integers(1, 6),  # queries
+    st.integers(1, 9),  # reference points
+    st.integers(1, 5),  # units
+    st.integers(2, 3),  # classes
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(problems, st.integers(1, 4))
+def test_equals_the_pair_loop(problem, chunk_size):
+    queries, query_labels, reference, reference_labels = random_problem(*problem)
+    fast = monotone_influence(
+        queries, query_labels, reference, reference_labels, chunk_size=chunk_size
+    )
+    slow = slow_influence(queries, query_labels, reference, reference_labels)
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "alpha",
+    [lambda r: torch.exp(-r), lambda r: 1 / (1 + r), lambda r: torch.ones_like(r)],
+    ids=["exp", "cauchy", "constant"],
+)
+def test_pluggable_alpha_equals_the_pair_loop(alpha):
+    queries, query_labels, reference, reference_labels = random_problem(3, 5, 8, 4, 2)
+    check_alpha(alpha)
+    fast = monotone_influence(
+        queries, query_labels, reference, reference_labels, alpha=alpha, chunk_size=3
+    )
+    slow = slow_influence(queries, query_labels, reference, reference_labels, alpha)
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+def test_known_answer_in_one_dimension():
+    # class 0 at -1, class 1 at +1: each query sees only the other class's point
+    reference = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    reference_labels = torch.tensor([0, 1])
+    queries = torch.tensor([[2.0], [-3.0]], dtype=torch.float64)
+    influence = monotone_influence(queries, torch.tensor([1, 0]), reference, reference_labels)
+    # (2 - (-1)) / 3^2 = 1/3 and (-3 - 1) / 4^2 = -1/4: each points away from the other class
+    torch.testing.assert_close(influence, torch.tensor([[1 / 3], [-1 / 4]], dtype=torch.float64))
+
+
+def test_known_sign_and_ranking_in_two_dimensions():
+    # class 0 stacked at x0 = -1 symmetrically in x1; query of class 1 at (1, 0)
+    reference = torch.tensor([[-1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, 5.0]])
+    reference_labels = torch.tensor([0, 0, 0, 1])
+    influence = monotone_influence(
+        torch.tensor([[1.0, 0.0]]), torch.tensor([1]), reference, reference_labels
+    )
+    # (2, 0)/4 + (2, -1)/5 + (2, 1)/5: x0 decides (positive), x1 cancels out exactly
+    torch.testing.assert_close(influence, torch.tensor([[1.3, 0.0]]))
+    assert influence.abs().argmax().item() == 0
+
+
+def test_points_of_the_same_label_are_ignored():
+    queries, query_labels, reference, reference_labels = random_problem(1, 4, 6, 3, 2)
+    extra = torch.randn(5, 3, dtype=torch.float64)
+    base = monotone_influence(queries[:1], query_labels[:1], reference, reference_labels)
+    more = monotone_influence(
+        queries[:1],
+        query_labels[:1],
+        torch.cat([reference, extra]),
+        torch.cat([reference_labels, query_labels[:1].expand(5)]),
+    )
+    torch.testing.assert_close(base, more)
+
+
+@settings(max_examples=15, deadline=None)
+@given(problems, st.randoms(use_true_random=False))
+def test_permuting_the_reference_changes_nothing(problem, random):
+    queries, query_labels, reference, reference_labels = random_problem(*problem)
+    order = list(range(len(reference)))
+    random.shuffle(order)
+    permuted = torch.tensor(order)
+    torch.testing.assert_close(
+        monotone_influence(queries, query_labels, reference, reference_labels, chunk_size=2),
+        monotone_influence(
+            queries, query_labels, reference[permuted], reference_labels[permuted], chunk_size=2
+        ),
+    )
+
+
+@settings(max_examples=15, deadline=None)
+@given(problems, st.floats(-50, 50))
+def test_translation_invariance(problem, shift):
+    queries, query_labels, reference, reference_labels = random_problem(*problem)
+    offset = shift * torch.linspace(-1, 1, queries.shape[1], dtype=torch.float64)
+    torch.testing.assert_close(
+        monotone_influence(queries, query_labels, reference, reference_labels),
+        monotone_influence(queries + offset, query_labels, reference + offset, reference_labels),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_coincident_points_are_skipped_not_infinite():
+    point = torch.tensor([[0.3, -0.2, 0.5]])
+    reference = torch.cat([point, point + 1])
+    influence = monotone_influence(point, torch.tensor([0]), reference, torch.tensor([1, 1]))
+    torch.testing.assert_close(influence, -torch.ones(1, 3) / 3)
+
+
+def test_float32_agrees_with_float64():
+    queries, query_labels, reference, reference_labels = random_problem(5, 20, 300, 64, 2)
+    exact = monotone_influence(queries, query_labels, reference, reference_labels)
+    single = monotone_influence(
+        queries.float(), query_labels, reference.float(), reference_labels, chunk_size=64
+    )
+    torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "error"),
+    [
+        (2.0, TypeError),
+        (lambda r: r, ValueError),  # increasing
+        (lambda r: -torch.ones_like(r), ValueError),  # negative
+        (lambda r: r.sum(), ValueError),  # wrong shape
+        (lambda r: 1 / (r - 1), ValueError),  # infinite, and negative below 1
+    ],
+)
+def test_bad_alpha_is_a_clear_error(alpha, error):
+    with pytest.raises(error, match="alpha"):
+        check_alpha(alpha)
+
+
+def test_bad_chunk_size():
+    queries, query_labels, reference, reference_labels = random_problem(0, 2, 3, 2, 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        monotone_influence(queries, query_labels, reference, reference_labels, chunk_size=0)
+
+
+def test_gini_known_answers():
+    assert gini_coefficient(torch.tensor([2.0, 0.0, 0.0, 0.0])) == pytest.approx(0.75)
+    assert gini_coefficient(torch.full((5,), 3.0)) == pytest.approx(0.0)
+    assert gini_coefficient(torch.zeros(4)) == 0.0
+    assert gini_coefficient(torch.tensor([1.0, 3.0])) == pytest.approx(0.25)
+
+
+def test_lowest_within_tolerance():
+    assert lowest_within_tolerance([0.75, 0.99, 1.0, 1.0], 0.02) == 1
+    assert lowest_within_tolerance([0.75, 0.9, 1.0, 1.0], 0.02) == 2
+    assert lowest_within_tolerance([0.75, 0.9, 1.0, 1.0], 0.3) == 0
+
+
+def test_neuron_activities_are_channel_means():
+    output = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 2)
+    torch.testing.assert_close(neuron_activities(output), output.mean((2, 3)))
+    flat = torch.randn(4, 5)
+    assert torch.equal(neuron_activities(flat), flat)
+
+
+def test_linear_probe_needs_two_points_per_class():
+    activities = torch.randn(6, 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        linear_probe_accuracy(activities, torch.tensor([0, 0, 0, 0, 0, 1]))
+
+
+def test_linear_probe_scores_a_separable_and_a_useless_feature():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    separable = (labels.float() * 2 - 1)[:, None] + 0.1 * torch.randn(200, 1, generator=generator)
+    noise = torch.randn(200, 1, generator=generator)
+    assert linear_probe_accuracy(separable, labels) == 1.0
+    assert linear_probe_accuracy(noise, labels) < 0.7
