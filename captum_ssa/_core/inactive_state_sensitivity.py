@@ -225,7 +225,6 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
                 prepared,
                 self._layers,
                 additional_forward_args,
-                stop_after_last=True,
             )
             coefficients = []
             for position, (layer, output) in enumerate(zip(self._layers, outputs)):

@@ -130,7 +130,6 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                 prepared,
                 [self.layer],
                 additional_forward_args,
-                stop_after_last=True,
             )
             check_neuron_selector(layer_output, neuron_selector)
             activity = _verify_select_neuron((layer_output,), neuron_selector)
@@ -297,7 +296,6 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                 points,
                 [self.layer],
                 additional_forward_args,
-                stop_after_last=True,
             )
             return _verify_select_neuron((layer_output,), neuron_selector)
 

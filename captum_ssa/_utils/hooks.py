@@ -93,7 +93,9 @@ def run_and_capture(
         additional_forward_args: passed after the inputs, as in Captum.
         stop_after_last: stop the forward pass as soon as every layer has run
             (the model output is then ``None``); saves the cost of the layers
-            above when only intermediate outputs are needed.
+            above when re-evaluating. A reused module is only detected when
+            it runs twice before the stop, so use it only after a full pass
+            has checked the layers.
 
     Returns:
         ``(model_output, [output of each layer])``.
@@ -166,6 +168,4 @@ def no_grad_capture(
 ) -> list[Tensor]:
     """Layer outputs without building an autograd graph."""
     with torch.no_grad():
-        return run_and_capture(
-            forward_func, inputs, layers, additional_forward_args, stop_after_last=True
-        )[1]
+        return run_and_capture(forward_func, inputs, layers, additional_forward_args)[1]

@@ -1,0 +1,238 @@
+"""InactiveStateSensitivity against a slow plain reference of METHODS.md §2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_ssa import InactiveStateSensitivity
+from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build
+
+SETTINGS = settings(max_examples=10, deadline=None)
+
+
+def layer_output_of(model: nn.Module, layer: nn.Module, example: Tensor) -> Tensor:
+    """The layer's output for one example, flattened, with its graph."""
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o.clone()))
+    try:
+        model(example[None])
+    finally:
+        handle.remove()
+    return captured[0][0].flatten()
+
+
+def reference_active_counts(model: nn.Module, layer: nn.Module, reference: Tensor) -> Tensor:
+    with torch.no_grad():
+        return sum((layer_output_of(model, layer, y) > 0).float() for y in reference)
+
+
+def reference_insens(
+    model: nn.Module,
+    layer: nn.Module,
+    x: Tensor,
+    reference: Tensor,
+    weighting: str = "frequency",
+    include_active: bool = False,
+) -> Tensor:
+    """One example and one neuron at a time: Omega = sum_i weight_i (v_i / |w_i|^2) w_i."""
+    frequency = reference_active_counts(model, layer, reference) / len(reference)
+    results = []
+    for example in x:
+        example = example.clone().requires_grad_()
+        activity = layer_output_of(model, layer, example)
+        omega = torch.zeros_like(example)
+        selected = 0
+        for i in range(activity.numel()):
+            if activity[i] > 0 and not include_active:
+                continue
+            selected += 1
+            (w,) = torch.autograd.grad(activity[i], example, retain_graph=True)
+            if w.norm() == 0:
+                continue
+            weight = frequency[i] if weighting == "frequency" else 1.0
+            omega += weight * activity[i].detach() / w.square().sum() * w
+        if weighting == "uniform":
+            omega /= max(selected, 1)
+        results.append(omega)
+    return torch.stack(results)
+
+
+@SETTINGS
+@given(
+    name=st.sampled_from(PIECEWISE_LINEAR_MODELS),
+    seed=st.integers(0, 10_000),
+    weighting=st.sampled_from(["frequency", "uniform"]),
+    include_active=st.booleans(),
+    chunk_size=st.sampled_from([None, 1, 3, 50]),
+)
+def test_insens_equals_the_plain_reference(name, seed, weighting, include_active, chunk_size):
+    model, layers, shape = build(name, seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, *shape, generator=generator)
+    reference = torch.randn(20, *shape, generator=generator)
+    insens = InactiveStateSensitivity(model, list(layers.values())).fit(reference)
+    results = insens.attribute(
+        x, weighting=weighting, include_active=include_active, chunk_size=chunk_size
+    )
+    assert isinstance(results, list) and len(results) == len(layers)
+    for layer, result in zip(layers.values(), results):
+        expected = reference_insens(model, layer, x, reference, weighting, include_active)
+        torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_frequency_counts_active_reference_samples():
+    model, layers, shape = build("cnn", 2)
+    reference = torch.randn(30, *shape)
+    insens = InactiveStateSensitivity(model, layers["conv2"]).fit(reference)
+    expected = reference_active_counts(model, layers["conv2"], reference) / 30
+    assert insens.reference_size == 30
+    assert insens.activation_frequency.shape == (5, 4, 4)
+    torch.testing.assert_close(insens.activation_frequency.flatten(), expected)
+
+
+def test_fit_accepts_a_dataloader_of_pairs_and_equals_fit_on_a_tensor():
+    model, layers, shape = build("mlp", 4)
+    reference = torch.randn(25, *shape)
+    loader = DataLoader(TensorDataset(reference, torch.zeros(25)), batch_size=7)
+    from_loader = InactiveStateSensitivity(model, layers["fc2"]).fit(loader)
+    from_tensor = InactiveStateSensitivity(model, layers["fc2"]).fit(reference)
+    torch.testing.assert_close(from_loader.activation_frequency, from_tensor.activation_frequency)
+    assert from_loader.reference_size == 25
+
+
+def hand_network() -> nn.Sequential:
+    """x (2) -> Linear(2, 2) -> ReLU -> Linear(2, 1)."""
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        net[0].bias.copy_(torch.tensor([0.0, -4.0]))
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        net[2].bias.zero_()
+    return net.eval()
+
+
+def test_known_answer_on_a_hand_computed_network():
+    # Reference: (1, 1) turns unit 0 on only, (3, 3) both: m = (2, 1), N = 2.
+    # At x = (1, 2): v = (1, -1); unit 1 is off with w = (1, 1), |w|^2 = 2, so
+    # omega_1 = (-1 / 2) (1, 1) and Omega = (1 / 2) omega_1 = (-0.25, -0.25).
+    net = hand_network()
+    insens = InactiveStateSensitivity(net, net[0]).fit(torch.tensor([[1.0, 1.0], [3.0, 3.0]]))
+    torch.testing.assert_close(insens.activation_frequency, torch.tensor([1.0, 0.5]))
+    omega = insens.attribute(torch.tensor([[1.0, 2.0]]))
+    torch.testing.assert_close(omega, torch.tensor([[-0.25, -0.25]]))
+    # Uniform: the mean over the one inactive neuron, omega_1 itself.
+    uniform = insens.attribute(torch.tensor([[1.0, 2.0]]), weighting="uniform")
+    torch.testing.assert_close(uniform, torch.tensor([[-0.5, -0.5]]))
+    # All neurons: unit 0 adds (1 / 1) (1, 0) with weight 1.
+    everything = insens.attribute(torch.tensor([[1.0, 2.0]]), include_active=True)
+    torch.testing.assert_close(everything, torch.tensor([[0.75, -0.25]]))
+
+
+def test_pooled_layers_sum_frequency_results_and_average_uniform_over_the_union():
+    model, layers, shape = build("cnn", 5)
+    x, reference = torch.randn(2, *shape), torch.randn(15, *shape)
+    chosen = [layers["conv2"], layers["fc1"]]
+    insens = InactiveStateSensitivity(model, chosen).fit(reference)
+    separate = insens.attribute(x)
+    pooled = insens.attribute(x, pool_layers=True)
+    torch.testing.assert_close(pooled, separate[0] + separate[1])
+
+    uniform_separate = insens.attribute(x, weighting="uniform")
+    uniform_pooled = insens.attribute(x, weighting="uniform", pool_layers=True)
+    with torch.no_grad():
+        counts = [
+            (layer_output_of(model, layer, example) <= 0).sum()
+            for layer in chosen
+            for example in x[:1]
+        ]
+    expected_first = (counts[0] * uniform_separate[0][0] + counts[1] * uniform_separate[1][0]) / (
+        counts[0] + counts[1]
+    )
+    torch.testing.assert_close(uniform_pooled[0], expected_first)
+
+
+def test_frequency_weighting_before_fit_says_to_call_fit():
+    model, layers, shape = build("mlp", 0)
+    insens = InactiveStateSensitivity(model, layers["fc1"])
+    with pytest.raises(RuntimeError, match=r"fit\(reference\)"):
+        insens.attribute(torch.randn(2, *shape))
+    assert insens.attribute(torch.randn(2, *shape), weighting="uniform").shape == (2, *shape)
+
+
+def test_empty_reference_is_a_clear_error():
+    model, layers, shape = build("mlp", 0)
+    insens = InactiveStateSensitivity(model, layers["fc1"])
+    with pytest.raises(ValueError, match="no examples|empty"):
+        insens.fit(torch.empty(0, *shape))
+    with pytest.raises(ValueError, match="empty"):
+        insens.fit([])
+
+
+def test_unknown_weighting_and_bad_chunk_size_are_errors():
+    model, layers, shape = build("mlp", 0)
+    insens = InactiveStateSensitivity(model, layers["fc1"]).fit(torch.randn(5, *shape))
+    with pytest.raises(ValueError, match="weighting"):
+        insens.attribute(torch.randn(2, *shape), weighting="median")
+    with pytest.raises(ValueError, match="chunk_size"):
+        insens.attribute(torch.randn(2, *shape), chunk_size=0)
+
+
+def test_inputs_of_another_size_than_fit_are_a_clear_error():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(1))
+    model(torch.randn(1, 1, 6, 6))
+    model.eval()
+    insens = InactiveStateSensitivity(model, model[0]).fit(torch.randn(4, 1, 6, 6))
+    with pytest.raises(ValueError, match="fit"):
+        insens.attribute(torch.randn(2, 1, 5, 5))
+
+
+def test_tuple_inputs_give_a_tuple_equal_to_the_reference_on_the_joint_input():
+    model = TwoInputs().eval()
+    image, vector = torch.randn(2, 1, 6, 6), torch.randn(2, 4)
+    insens = InactiveStateSensitivity(model, model.fc).fit(
+        (torch.randn(10, 1, 6, 6), torch.randn(10, 4))
+    )
+    omega = insens.attribute((image, vector), weighting="uniform")
+    assert (
+        isinstance(omega, tuple)
+        and omega[0].shape == image.shape
+        and omega[1].shape == vector.shape
+    )
+
+    # The same network written on one flat input: the reference applies to it.
+    class Joined(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, flat: Tensor) -> Tensor:
+            return self.inner(flat[:, :36].reshape(-1, 1, 6, 6), flat[:, 36:])
+
+    joined = Joined().eval()
+    flat = torch.cat([image.flatten(1), vector], 1)
+    expected = reference_insens(joined, model.fc, flat, flat, weighting="uniform")
+    torch.testing.assert_close(torch.cat([omega[0].flatten(1), omega[1]], 1), expected)
+
+
+def test_batch_results_equal_per_example_results():
+    model, layers, shape = build("cnn_bn", 3)
+    x = torch.randn(4, *shape)
+    insens = InactiveStateSensitivity(model, layers["conv2"]).fit(torch.randn(10, *shape))
+    batch = insens.attribute(x)
+    for i in range(4):
+        torch.testing.assert_close(insens.attribute(x[i : i + 1]), batch[i : i + 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_the_model_device():
+    model, layers, shape = build("cnn", 0)
+    model = model.cuda()
+    reference = torch.randn(10, *shape, device="cuda")
+    insens = InactiveStateSensitivity(model, [layers["conv1"], layers["fc1"]]).fit(reference)
+    results = insens.attribute(torch.randn(2, *shape, device="cuda"))
+    assert all(r.device.type == "cuda" for r in results)
