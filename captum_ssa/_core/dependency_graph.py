@@ -119,16 +119,17 @@ class DependencyGraph:
             raise ValueError("a dependency graph needs at least one layer")
         if len(set(self._layer_names)) != depth:
             raise ValueError(f"layer names must be unique, got {self._layer_names}")
-        per_layer = {"neurons": self._neurons, "relevances": self._relevances}
+        counts = {
+            "neurons": (len(self._neurons), depth, "layers"),
+            "relevances": (len(self._relevances), depth, "layers"),
+            "relevance_matrices": (len(self._relevance_matrices), depth - 1, "layer pairs"),
+            "edges": (len(self._edges), depth - 1, "layer pairs"),
+        }
         if self._layers is not None:
-            per_layer["layers"] = self._layers  # type: ignore[assignment]
-        per_pair = {"relevance_matrices": self._relevance_matrices, "edges": self._edges}
-        for label, values in per_layer.items():
-            if len(values) != depth:
-                raise ValueError(f"{label} has {len(values)} entries for {depth} layers")
-        for label, values in per_pair.items():
-            if len(values) != depth - 1:
-                raise ValueError(f"{label} has {len(values)} entries for {depth - 1} layer pairs")
+            counts["layers"] = (len(self._layers), depth, "layer names")
+        for label, (given, expected, per) in counts.items():
+            if given != expected:
+                raise ValueError(f"{label} has {given} entries for {expected} {per}")
         for name, kept, relevance in zip(self._layer_names, self._neurons, self._relevances):
             if relevance.dim() != 1:
                 raise ValueError(f"relevances of {name!r} must be 1-D")
@@ -140,13 +141,15 @@ class DependencyGraph:
                 raise ValueError(f"neurons of {name!r} must be sorted and unique")
         for lower in range(depth - 1):
             matrix = self._relevance_matrices[lower]
-            expected = (len(self._neurons[lower + 1]), len(self._relevances[lower]))
-            if tuple(matrix.shape) != expected:
+            shape = (len(self._neurons[lower + 1]), len(self._relevances[lower]))
+            if tuple(matrix.shape) != shape:
                 raise ValueError(
                     f"relevance_matrices[{lower}] ({self._layer_names[lower + 1]} x "
-                    f"{self._layer_names[lower]}) must be shaped {expected}, got "
+                    f"{self._layer_names[lower]}) must be shaped {shape}, got "
                     f"{tuple(matrix.shape)}"
                 )
+            if len(self._edges[lower].unique(dim=0)) != len(self._edges[lower]):
+                raise ValueError(f"edges[{lower}] lists a (lower, upper) pair twice")
             for end, layer in ((0, lower), (1, lower + 1)):
                 stray = ~torch.isin(self._edges[lower][:, end], self._neurons[layer])
                 if stray.any():
@@ -542,11 +545,9 @@ class DependencyGraph:
         ax.set_ylim(-0.5, len(self._layer_names) - 0.5)
         for side in ("top", "right", "bottom"):
             ax.spines[side].set_visible(False)
-        title = (
-            "Dependency graph"
-            if self._target is None
-            else (f"Dependency graph of target {self._target}")
-        )
+        title = "Dependency graph"
+        if self._target is not None:
+            title += f" of target {self._target}"
         ax.set_title(f"{title}: node size ~ relevance, edge width ~ weight")
         figure.tight_layout()
         return figure
