@@ -203,10 +203,16 @@ def test_neuron_activities_are_channel_means():
     assert torch.equal(neuron_activities(flat), flat)
 
 
-def test_linear_probe_needs_two_points_per_class():
+def test_linear_probe_needs_two_classes_with_two_points():
     activities = torch.randn(6, 2)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="at least two"):
         linear_probe_accuracy(activities, torch.tensor([0, 0, 0, 0, 0, 1]))
+
+
+def test_linear_probe_leaves_out_a_single_point_class():
+    activities = torch.tensor([[-1.0], [-1.1], [-0.9], [1.0], [1.1], [0.9], [5.0]])
+    with pytest.warns(UserWarning, match=r"leaves out classes \[2\]"):
+        assert linear_probe_accuracy(activities, torch.tensor([0, 0, 0, 1, 1, 1, 2])) == 1.0
 
 
 def test_linear_probe_scores_a_separable_and_a_useless_feature():

@@ -152,7 +152,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         The per-layer score table of the last :meth:`fit`, layer name to score
         (probe accuracy for ``"linear"``, Gini coefficient for
         ``"dispersion"``), from the lowest layer to the highest; empty when
-        :meth:`fit` was given a ``layer``.
+        :meth:`fit` was given a ``layer`` or there is a single candidate.
         """
         self._fitted_references()
         return dict(self._scores)
@@ -197,8 +197,8 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
                         best one and still be chosen (``"linear"`` only).
                         Default: 0.02
             layer (torch.nn.Module or str, optional): Use this candidate layer
-                        (a module or its name) and skip the scoring.
-                        Default: None
+                        (a module or its name) and skip the scoring, as with a
+                        single candidate. Default: None
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs of every batch.
                         Default: None
@@ -236,10 +236,12 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
             )
         self._references = references
         self._reference_labels = labels
-        if given is not None:
-            self._chosen, self._scores = given, {}
+        if given is not None or len(self._candidates) == 1:
+            self._chosen, self._scores = given or 0, {}
             return self
-        scores = [self._layer_score(position, criterion) for position in call_order]
+        scores = []
+        for position in call_order:  # a loop, so warnings point at the caller
+            scores.append(self._layer_score(position, criterion))
         lowest = (
             lowest_within_tolerance(scores, tolerance)
             if criterion == "linear"

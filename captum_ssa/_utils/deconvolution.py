@@ -80,7 +80,7 @@ def deconvolve_from_layer(
             "nn.ReLU modules: DeconvNet cannot override them, so their ordinary "
             "gradient is used there and the result is not a pure DeconvNet "
             "reconstruction. Use nn.ReLU modules for exact DeconvNet.",
-            stacklevel=3,
+            stacklevel=4,  # the caller of attribute, through Captum's log_usage
         )
     return tuple(t.detach() for t in result)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,21 +28,31 @@ def linear_probe_accuracy(activities: Tensor, labels: Tensor) -> float:
     """Cross-validated accuracy of a logistic regression predicting ``labels``.
 
     Features are standardised inside each fold; folds are stratified and
-    seeded, so the score is deterministic.
+    seeded, so the score is deterministic. A class with a single reference
+    point cannot be cross-validated and is left out, with a warning.
     """
     label_array = labels.cpu().numpy()
-    smallest_class = int(np.unique(label_array, return_counts=True)[1].min())
-    if smallest_class < 2:
+    classes, counts = np.unique(label_array, return_counts=True)
+    kept = np.isin(label_array, classes[counts >= 2])
+    if len(classes[counts >= 2]) < 2:
         raise ValueError(
-            'criterion="linear" cross-validates a linear probe, so every predicted '
-            "class needs at least 2 reference points; one class has "
-            f"{smallest_class}. Use more reference data or "
-            'criterion="dispersion"'
+            'criterion="linear" cross-validates a linear probe, so at least two '
+            "predicted classes need 2 or more reference points each; got counts "
+            f"{dict(zip(classes.tolist(), counts.tolist()))}. Use more reference "
+            'data or criterion="dispersion"'
         )
-    folds = StratifiedKFold(n_splits=min(_MAX_FOLDS, smallest_class), shuffle=True, random_state=0)
+    if not kept.all():
+        warnings.warn(
+            f"the linear probe leaves out classes {classes[counts < 2].tolist()}, "
+            "predicted for only one reference point each",
+            stacklevel=4,
+        )
+    folds = StratifiedKFold(
+        n_splits=min(_MAX_FOLDS, int(counts[counts >= 2].min())), shuffle=True, random_state=0
+    )
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    features = activities.detach().to(torch.float64).cpu().numpy()
-    return float(cross_val_score(probe, features, label_array, cv=folds).mean())
+    features = activities.detach().to(torch.float64).cpu().numpy()[kept]
+    return float(cross_val_score(probe, features, label_array[kept], cv=folds).mean())
 
 
 def gini_coefficient(values: Tensor) -> float:

@@ -1,0 +1,532 @@
+"""LayeredInfluence (METHODS.md §4): influence, layer choice, DeconvNet backprojection."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import NeuronDeconvolution, visualization
+from captum.metrics import infidelity, sensitivity_max
+from torch import Tensor, nn
+
+from captum_ssa import ReusedLayerError
+from captum_ssa._core.layered_influence import LayeredInfluence
+from tests.models import TwoInputs, build
+
+matplotlib.use("Agg")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def slow_influence(queries, query_labels, reference, reference_labels):
+    """phi(x) with alpha = 1/r^2, one pair at a time."""
+    influence = torch.zeros_like(queries)
+    for i in range(len(queries)):
+        for j in range(len(reference)):
+            difference = queries[i] - reference[j]
+            squared = float((difference * difference).sum())
+            if int(query_labels[i]) != int(reference_labels[j]) and squared > 0:
+                influence[i] += difference / squared
+    return influence
+
+
+def layer_output(model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
+    captured = []
+    handle = layer.register_forward_hook(lambda _m, _i, output: captured.append(output.clone()))
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def linear(weight, bias=None) -> nn.Linear:
+    weight = torch.tensor(weight, dtype=torch.float64)
+    module = nn.Linear(weight.shape[1], weight.shape[0]).double()
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else torch.tensor(bias))
+    return module
+
+
+class SignOfFirstFeature(nn.Module):
+    """layer = identity on R^2, logits (-h0, h0): the label is h0 > 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = linear([[1.0, 0.0], [0.0, 1.0]])
+        self.head = linear([[-1.0, 0.0], [1.0, 0.0]])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.layer(x))
+
+
+class AbsoluteValueModel(nn.Module):
+    """Label |x0| > 1. identity -> (x0, -x0) -> ReLU -> |x0| - 1 -> logits.
+
+    A linear probe on ``identity`` or ``split`` cannot separate |x0| > 1;
+    ``magnitude`` (and the logits) separate it exactly.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = linear([[1.0, 0.0], [0.0, 1.0]])
+        self.split = linear([[1.0, 0.0], [-1.0, 0.0]])
+        self.relu = nn.ReLU()
+        self.magnitude = linear([[1.0, 1.0]], [-1.0])
+        self.logits = linear([[-1.0], [1.0]])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(self.magnitude(self.relu(self.split(self.identity(x)))))
+
+
+class ConcentratedThenSpread(nn.Module):
+    """``concentrated`` = (x0, 0, 0, 0), ``spread`` = (x0, x0, x0, x0), label x0 > 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.concentrated = linear([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+        self.spread = linear([[1.0, 0.0, 0.0, 0.0]] * 4)
+        self.head = linear([[-0.25] * 4, [0.25] * 4])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.spread(self.concentrated(x)))
+
+
+class ScaledMLP(nn.Module):
+    """A model with an extra forward argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor, scale: float) -> Tensor:
+        return self.fc2(self.relu(self.fc1(x * scale)))
+
+
+_HEADS = {"cnn": "fc2", "cnn_bn": "fc2", "mlp": "fc3", "residual": "fc_out"}
+
+
+def zoo_model(name: str, seed: int = 0):
+    """A zoo model whose output bias is shifted so that it predicts every class:
+    a random network predicts one class almost everywhere, and the influence
+    measure needs differently-labelled points."""
+    model, layers, shape = build(name, seed)
+    calibration = torch.randn(64, *shape, generator=torch.Generator().manual_seed(seed + 100))
+    with torch.no_grad():
+        getattr(model, _HEADS[name]).bias -= model(calibration).mean(0)
+    return model, layers, shape
+
+
+def two_class_data(count: int = 200, seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    x0 = torch.linspace(-2, 2, count, dtype=torch.float64)
+    return torch.stack([x0, torch.randn(count, generator=generator, dtype=torch.float64)], 1)
+
+
+def fitted_cnn(layer: str = "conv2", seed: int = 0, double: bool = False):
+    model, layers, shape = zoo_model("cnn", seed)
+    if double:
+        model = model.double()
+    generator = torch.Generator().manual_seed(seed)
+    reference = torch.randn(40, *shape, generator=generator)
+    if double:
+        reference = reference.double()
+    explainer = LayeredInfluence(model, list(layers.values())[:3]).fit(
+        reference, layer=getattr(model, layer)
+    )
+    return model, explainer, reference
+
+
+def hooks_left(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+# ---------------------------------------------------------------- influence
+
+
+def test_influence_equals_the_pair_loop_on_model_activations():
+    model, explainer, reference = fitted_cnn("conv2", double=True)
+    queries = torch.randn(3, 1, 10, 10, dtype=torch.float64)
+    influence = explainer.influence(queries)
+    with torch.no_grad():
+        query_labels, reference_labels = model(queries).argmax(1), model(reference).argmax(1)
+    expected = slow_influence(
+        layer_output(model, model.conv2, queries).flatten(1),
+        query_labels,
+        layer_output(model, model.conv2, reference).flatten(1),
+        reference_labels,
+    )
+    assert influence.shape == (3, 5, 4, 4)
+    torch.testing.assert_close(influence.flatten(1), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_influence_known_answer_and_reconstruction():
+    model = SignOfFirstFeature()
+    reference = torch.tensor(
+        [[-1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, 5.0]], dtype=torch.float64
+    )
+    explainer = LayeredInfluence(model, model.layer).fit(reference, layer=model.layer)
+    query = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    # (2, 0)/4 + (2, -1)/5 + (2, 1)/5 = (1.3, 0): the first feature decides
+    torch.testing.assert_close(explainer.influence(query), torch.tensor([[1.3, 0.0]]).double())
+    # the top unit (unit 0) keeps its activation 1 and goes back through the identity
+    torch.testing.assert_close(
+        explainer.attribute(query, top_k=1), torch.tensor([[1.0, 0.0]]).double()
+    )
+
+
+def test_permuting_the_reference_set_changes_nothing():
+    model, explainer, reference = fitted_cnn("fc1", double=True)
+    permuted = LayeredInfluence(model, model.fc1).fit(
+        reference[torch.randperm(len(reference), generator=torch.Generator().manual_seed(1))]
+    )
+    queries = torch.randn(4, 1, 10, 10, dtype=torch.float64)
+    torch.testing.assert_close(explainer.influence(queries), permuted.influence(queries))
+
+
+def test_batched_and_iterable_reference_equal_one_tensor():
+    model, explainer, reference = fitted_cnn("conv1", double=True)
+    loader = [(reference[:15], torch.zeros(15)), (reference[15:], torch.zeros(25))]
+    batched = LayeredInfluence(model, [model.conv1, model.conv2, model.fc1]).fit(
+        loader, batch_size=7, layer="conv1"
+    )
+    queries = torch.randn(2, 1, 10, 10, dtype=torch.float64)
+    torch.testing.assert_close(explainer.influence(queries), batched.influence(queries))
+    assert batched.reference_size == len(reference) == explainer.reference_size
+
+
+def test_alpha_is_pluggable():
+    model = SignOfFirstFeature()
+    reference = torch.tensor([[-1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    explainer = LayeredInfluence(model, model.layer).fit(reference)
+    query = torch.tensor([[3.0, 0.0]], dtype=torch.float64)
+    constant = explainer.influence(query, alpha=lambda r: torch.full_like(r, 2.0))
+    torch.testing.assert_close(constant, torch.tensor([[8.0, 0.0]]).double())  # 2 * (3 - (-1))
+
+
+# ---------------------------------------------------------------- layer choice
+
+
+def test_linear_criterion_picks_the_lowest_separating_layer():
+    model = AbsoluteValueModel()
+    # listed out of order: "lowest" is the first to run, not the first listed
+    layers = [model.logits, model.split, model.magnitude, model.identity]
+    explainer = LayeredInfluence(model, layers).fit(two_class_data())
+    assert explainer.chosen_layer is model.magnitude
+    assert explainer.chosen_layer_name == "magnitude"
+    scores = explainer.layer_scores
+    assert list(scores) == ["identity", "split", "magnitude", "logits"]
+    assert scores["magnitude"] == pytest.approx(1.0, abs=0.011)
+    assert scores["logits"] == pytest.approx(1.0, abs=0.011)
+    assert scores["identity"] < 0.8 and scores["split"] < 0.8
+
+
+def test_linear_criterion_tolerance_moves_the_choice_down():
+    model = AbsoluteValueModel()
+    explainer = LayeredInfluence(model, [model.identity, model.magnitude, model.logits])
+    explainer.fit(two_class_data(), tolerance=0.6)
+    assert explainer.chosen_layer is model.identity
+
+
+def test_dispersion_criterion_known_scores():
+    model = ConcentratedThenSpread()
+    explainer = LayeredInfluence(model, [model.spread, model.concentrated])
+    explainer.fit(two_class_data(60), criterion="dispersion")
+    # mean |phi| is (a, 0, 0, 0) on one layer, (a, a, a, a) on the other
+    assert explainer.layer_scores == pytest.approx({"concentrated": 0.75, "spread": 0.0}, abs=1e-9)
+    assert explainer.chosen_layer is model.concentrated
+
+
+def test_given_layer_skips_scoring():
+    model, explainer, _ = fitted_cnn("conv2")
+    assert explainer.chosen_layer is model.conv2
+    assert explainer.layer_scores == {}
+
+
+# ---------------------------------------------------------------- DeconvNet
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2", "fc1"])
+def test_backprojection_equals_captum_neuron_deconvolution(layer):
+    model, explainer, _ = fitted_cnn(layer)
+    inputs = torch.randn(3, 1, 10, 10)
+    top_fraction = 0.05
+    reconstruction = explainer.attribute(inputs, top_fraction=top_fraction)
+
+    influence = explainer.influence(inputs).flatten(1).abs()
+    count = math.ceil(top_fraction * influence.shape[1])
+    activation = layer_output(model, getattr(model, layer), inputs)
+    mask = torch.zeros_like(influence)
+    mask.scatter_(1, influence.topk(count, dim=1).indices, 1.0)
+    seed = activation * mask.reshape(activation.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = NeuronDeconvolution(model, getattr(model, layer)).attribute(
+            inputs.clone().requires_grad_(), lambda output: (output * seed).flatten(1).sum(1)
+        )
+    assert torch.count_nonzero(mask[0]) == count
+    torch.testing.assert_close(reconstruction, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_backprojection_by_hand_on_an_mlp():
+    model, layers, _ = zoo_model("mlp")  # fc1 -> ReLU -> fc2 -> ReLU(inplace) -> fc3
+    reference = torch.randn(30, 6)
+    explainer = LayeredInfluence(model, layers["fc2"]).fit(reference)
+    inputs = torch.randn(4, 6)
+    seed = layer_output(model, layers["fc2"], inputs)  # every unit kept
+    # DeconvNet: linear layers transpose, the ReLU passes the ReLU of its gradient
+    expected = F.relu(seed @ model.fc2.weight) @ model.fc1.weight
+    torch.testing.assert_close(explainer.attribute(inputs, top_k=7), expected.detach())
+
+
+def test_functional_relu_warns():
+    model, layers, _ = zoo_model("residual")  # F.relu everywhere
+    explainer = LayeredInfluence(model, layers["block2"]).fit(torch.randn(40, 5))
+    with pytest.warns(UserWarning, match=r"functional \(F\.relu"):
+        explainer.attribute(torch.randn(2, 5))
+
+
+def test_module_relus_do_not_warn():
+    explainer = fitted_cnn("fc1")[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer.attribute(torch.randn(2, 1, 10, 10))
+    assert not [w for w in caught if "functional" in str(w.message)]
+
+
+def test_top_fraction_counts_units():
+    explainer = fitted_cnn("conv2")[1]  # 5 x 4 x 4 = 80 units
+    inputs = torch.randn(1, 1, 10, 10)
+    for fraction, expected_units in [(0.001, 1), (0.013, 2), (0.025, 2), (0.1, 8), (1.0, 80)]:
+        by_fraction = explainer.attribute(inputs, top_fraction=fraction)
+        by_count = explainer.attribute(inputs, top_k=expected_units)
+        torch.testing.assert_close(by_fraction, by_count)
+
+
+# ---------------------------------------------------------------- Captum interop
+
+
+def test_captum_metrics_and_visualisation():
+    model, explainer, _ = fitted_cnn("conv1")
+    inputs = torch.randn(2, 1, 10, 10)
+    attributions = explainer.attribute(inputs)
+
+    def perturb(x: Tensor):
+        noise = 0.01 * torch.randn_like(x)
+        return noise, x - noise
+
+    score = infidelity(model, perturb, inputs, attributions, target=0, n_perturb_samples=4)
+    assert score.shape == (2,) and torch.isfinite(score).all()
+    with torch.no_grad():
+        sensitivity = sensitivity_max(explainer.attribute, (inputs,), n_perturb_samples=3)
+    assert sensitivity.shape == (2,) and torch.isfinite(sensitivity).all()
+    figure, _ = visualization.visualize_image_attr(
+        attributions[0].permute(1, 2, 0).numpy(), method="heat_map", sign="all", use_pyplot=False
+    )
+    assert figure is not None
+
+
+def test_tuple_inputs_give_tuple_outputs():
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    reference = (torch.randn(40, 1, 6, 6), torch.randn(40, 4))
+    with torch.no_grad():
+        model.out.bias -= model(*reference).mean(0)
+    explainer = LayeredInfluence(model, model.fc).fit(reference)
+    inputs = (torch.randn(2, 1, 6, 6), torch.randn(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TwoInputs uses F.relu
+        result = explainer.attribute(inputs, top_fraction=0.5)
+    assert isinstance(result, tuple)
+    assert [r.shape for r in result] == [i.shape for i in inputs]
+
+
+def test_additional_forward_args():
+    torch.manual_seed(0)
+    model = ScaledMLP().eval()
+    reference = torch.randn(40, 4)
+    explainer = LayeredInfluence(model, model.fc1).fit(reference, additional_forward_args=2.0)
+    inputs = torch.randn(3, 4)
+    scaled = explainer.attribute(inputs, top_k=6, additional_forward_args=2.0)
+    # all units kept: DeconvNet of fc1(2x) is 2 * W^T seed
+    seed = model.fc1(2.0 * inputs).detach()
+    torch.testing.assert_close(scaled, 2.0 * seed @ model.fc1.weight.detach())
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_equals_per_example_on_device(device):
+    model, explainer, reference = fitted_cnn("conv2")
+    model.to(device)
+    explainer.fit(reference.to(device), layer="conv2")
+    inputs = torch.randn(4, 1, 10, 10, device=device)
+    batch = explainer.attribute(inputs)
+    single = torch.cat([explainer.attribute(inputs[i : i + 1]) for i in range(4)])
+    assert batch.device == inputs.device
+    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_relu_after_the_layer():
+    model, explainer, reference = fitted_cnn("conv1")  # relu1 is inplace
+    assert model.relu1.inplace
+    plain = copy.deepcopy(model)
+    plain.relu1.inplace = False
+    plain_explainer = LayeredInfluence(plain, plain.conv1).fit(reference)
+    inputs = torch.randn(3, 1, 10, 10)
+    torch.testing.assert_close(explainer.influence(inputs), plain_explainer.influence(inputs))
+    torch.testing.assert_close(explainer.attribute(inputs), plain_explainer.attribute(inputs))
+
+
+def test_leaves_no_trace():
+    model, explainer, _ = fitted_cnn("conv2")
+    inputs = torch.randn(2, 1, 10, 10)
+    marker = torch.ones_like(model.conv1.weight)
+    model.conv1.weight.grad = marker
+    explainer.attribute(inputs)
+    assert hooks_left(model) == 0
+    assert not model.training and not inputs.requires_grad
+    assert model.conv1.weight.grad is marker and model.fc1.weight.grad is None
+    with pytest.raises(ValueError, match="top_fraction"):
+        explainer.attribute(torch.randn(2, 1, 10, 10), top_fraction=2.0)
+    with pytest.raises(ValueError, match="fit on inputs shaped like these"):
+        explainer.attribute(torch.randn(2, 1, 12, 12))  # conv2 grows to 5 x 5
+    with pytest.raises(RuntimeError):
+        explainer.attribute(torch.randn(2, 1, 9, 9))  # the model's fc cannot take it
+    assert hooks_left(model) == 0
+
+
+def test_leaves_no_trace_when_deconvnet_fails():
+    class FailsWithGradients(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = zoo_model("mlp")[0]
+
+        def forward(self, x: Tensor) -> Tensor:
+            if torch.is_grad_enabled():  # only the DeconvNet pass runs with gradients
+                raise RuntimeError("boom")
+            return self.net(x)
+
+    model = FailsWithGradients().eval()
+    explainer = LayeredInfluence(model, model.net.fc2).fit(torch.randn(40, 6))
+    with pytest.raises(RuntimeError, match="boom"):
+        explainer.attribute(torch.randn(2, 6))
+    assert hooks_left(model) == 0
+
+
+def test_training_mode_with_batch_norm_warns():
+    model = zoo_model("cnn_bn")[0]
+    explainer = LayeredInfluence(model, model.conv2).fit(torch.randn(30, 1, 10, 10))
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        explainer.attribute(torch.randn(3, 1, 10, 10))
+    assert model.training
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_attribute_and_influence_before_fit():
+    model, layers, _ = zoo_model("mlp")
+    explainer = LayeredInfluence(model, [layers["fc1"], layers["fc2"]])
+    for call in (explainer.attribute, explainer.influence):
+        with pytest.raises(RuntimeError, match="call fit"):
+            call(torch.randn(2, 6))
+    with pytest.raises(RuntimeError, match="call fit"):
+        explainer.chosen_layer  # noqa: B018
+
+
+def test_single_predicted_class_is_an_error():
+    model = SignOfFirstFeature()
+    explainer = LayeredInfluence(model, model.layer)
+    with pytest.raises(ValueError, match="at least two predicted classes"):
+        explainer.fit(torch.rand(10, 2, dtype=torch.float64) + 0.1)  # all x0 > 0
+
+
+def test_layer_not_a_candidate():
+    model, layers, _ = zoo_model("mlp")
+    explainer = LayeredInfluence(model, [layers["fc1"], layers["fc2"]])
+    reference = torch.randn(100, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="not one of the candidate layers"):
+        explainer.fit(reference, layer=layers["fc3"])
+    explainer.fit(reference)
+    for call in (explainer.attribute, explainer.influence):
+        with pytest.raises(ValueError, match="not one of the candidate layers"):
+            call(torch.randn(2, 6), layer=layers["fc3"])
+        with pytest.raises(ValueError, match="not one of the candidate layers"):
+            call(torch.randn(2, 6), layer="fc9")
+
+
+def test_layer_not_in_model_and_reused_module():
+    model, layers, _ = zoo_model("mlp")
+    with pytest.raises(ValueError, match="not part of the model"):
+        LayeredInfluence(model, [layers["fc1"], nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="empty"):
+        LayeredInfluence(model, [])
+    with pytest.raises(ValueError, match="more than once"):
+        LayeredInfluence(model, [layers["fc1"], layers["fc1"]])
+
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(torch.relu(self.fc(x)))
+
+    reused = Reused()
+    with pytest.raises(ReusedLayerError):
+        LayeredInfluence(reused, reused.fc).fit(torch.randn(10, 3))
+    assert hooks_left(reused) == 0
+
+
+@pytest.mark.parametrize(
+    ("fit_kwargs", "match"),
+    [
+        ({"criterion": "best"}, "criterion"),
+        ({"tolerance": -0.1}, "tolerance"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_fit_arguments(fit_kwargs, match):
+    model, layers, _ = zoo_model("mlp")
+    with pytest.raises(ValueError, match=match):
+        LayeredInfluence(model, layers["fc1"]).fit(torch.randn(20, 6), **fit_kwargs)
+
+
+def test_bad_attribute_arguments_and_inputs():
+    model, layers, _ = zoo_model("mlp")
+    explainer = LayeredInfluence(model, layers["fc2"]).fit(torch.randn(40, 6))
+    inputs = torch.randn(2, 6)
+    for kwargs in ({"top_fraction": 0.0}, {"top_k": 0}, {"top_k": 8}, {"top_k": 1.5}):
+        with pytest.raises(ValueError, match="top_"):
+            explainer.attribute(inputs, **kwargs)
+    with pytest.raises(ValueError, match="alpha"):
+        explainer.attribute(inputs, alpha=lambda r: r)
+    with pytest.raises(ValueError, match="NaN"):
+        explainer.attribute(torch.full((2, 6), float("nan")))
+    with pytest.raises(TypeError, match="inputs"):
+        explainer.influence([1.0, 2.0])
+    with pytest.raises(ValueError, match="empty"):
+        explainer.fit([])
+
+
+def test_attribute_needs_a_module():
+    model, layers, _ = zoo_model("mlp")
+    explainer = LayeredInfluence(lambda x: model(x), layers["fc2"]).fit(torch.randn(40, 6))
+    assert explainer.influence(torch.randn(2, 6)).shape == (2, 7)
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        explainer.attribute(torch.randn(2, 6))
