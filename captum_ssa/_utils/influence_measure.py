@@ -12,7 +12,9 @@ with :math:`w_{xy} = \alpha(r_{xy})`, so a block of queries needs one matrix
 product for the squared distances
 (:math:`\lVert a \rVert^2 + \lVert b \rVert^2 - 2 a \cdot b`) and one for
 :math:`W R`. Blocks of at most ``chunk_size`` queries by ``chunk_size``
-reference points bound the temporary memory, whatever the size of ``R``.
+reference points bound the temporary memory, whatever the size of ``R``: the
+result is accumulated in place, so besides it only a few
+``chunk_size x chunk_size`` blocks (and one number per reference point) exist.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ def monotone_influence(
             applied elementwise to a tensor of distances; None for
             :math:`1 / r^2`. Pairs at distance 0 are skipped.
         chunk_size: the most queries and the most reference points in one
-            block; temporary memory is about ``chunk_size * (chunk_size + U)``
-            values. Default: 1024.
+            block; besides the ``(B, U)`` result, temporary memory is a few
+            ``chunk_size x chunk_size`` blocks. Default: 1024.
 
     Returns:
         ``(B, U)`` influence, one row per query.
@@ -99,7 +101,8 @@ def monotone_influence(
     reference_squared = (reference * reference).sum(1)
     for start in range(0, queries.shape[0], chunk_size):
         block = slice(start, start + chunk_size)
-        influence[block] = _influence_of_query_block(
+        _influence_of_query_block(
+            influence[block],
             queries[block],
             query_labels[block],
             reference,
@@ -112,6 +115,7 @@ def monotone_influence(
 
 
 def _influence_of_query_block(
+    out: Tensor,
     queries: Tensor,
     query_labels: Tensor,
     reference: Tensor,
@@ -119,11 +123,13 @@ def _influence_of_query_block(
     reference_labels: Tensor,
     alpha: Optional[Alpha],
     chunk_size: int,
-) -> Tensor:
+) -> None:
+    """Write phi for a block of queries into ``out``, which is their only
+    query-sized buffer: ``out = queries * sum_y w - sum_y w h(y)``."""
     queries_squared = (queries * queries).sum(1)
     weight_totals = torch.zeros_like(queries_squared)
-    weighted_reference = torch.zeros_like(queries)  # sum_y w_xy h(y)
     coincident_eps = _COINCIDENT_EPS_FACTOR * torch.finfo(queries.dtype).eps
+    out.zero_()
     for start in range(0, reference.shape[0], chunk_size):
         block = slice(start, start + chunk_size)
         squared_norms = queries_squared[:, None] + reference_squared[None, block]
@@ -133,8 +139,8 @@ def _influence_of_query_block(
         )
         weights = _pair_weights(squared_distances, counted, alpha)
         weight_totals += weights.sum(1)
-        weighted_reference.addmm_(weights, reference[block])
-    return queries * weight_totals[:, None] - weighted_reference
+        out.addmm_(weights, reference[block], alpha=-1)
+    out.addcmul_(queries, weight_totals[:, None])
 
 
 def _pair_weights(squared_distances: Tensor, counted: Tensor, alpha: Optional[Alpha]) -> Tensor:
