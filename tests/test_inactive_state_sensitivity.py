@@ -183,9 +183,10 @@ def test_unknown_weighting_and_bad_chunk_size_are_errors():
 
 
 def test_inputs_of_another_size_than_fit_are_a_clear_error():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(1))
-    model(torch.randn(1, 1, 6, 6))
-    model.eval()
+    # Global pooling lets the model itself accept any image size.
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1)
+    ).eval()
     insens = InactiveStateSensitivity(model, model[0]).fit(torch.randn(4, 1, 6, 6))
     with pytest.raises(ValueError, match="fit"):
         insens.attribute(torch.randn(2, 1, 5, 5))
