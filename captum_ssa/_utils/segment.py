@@ -1,0 +1,318 @@
+"""The stretch of network between two observed layers, and gradients across it.
+
+Step-wise sensitivity analysis needs, for a pair of layers, the gradient of
+every selected upper neuron's activity with respect to the lower layer's
+output. The forward pass is run once; each gradient then backpropagates only
+through the *segment* between the two layers (``torch.autograd.grad`` executes
+just the autograd nodes that lead to the lower output).
+
+When the upper layer is a plain ``nn.Linear`` or ``nn.ConvNd``, the gradient of
+one of its neurons with respect to the layer's own *input* does not depend on
+the input: a Linear unit's weight row, or for a conv channel's spatial mean the
+kernel spread over the input positions (one transposed convolution of a
+constant map). The backward pass is then seeded at the layer's input, skipping
+the layer's matrix product or convolution, which on wide layers is most of the
+cost. This is exact whenever the layer's output is that affine map of the
+captured input, which holds for these exact module types whatever lies between
+the lower layer and the upper layer's input; the chain rule does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import Module
+from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
+
+from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.linearity import _op_name
+
+# Modules whose output is exactly an affine map of their single input with
+# their own weights; subclasses may override ``forward``, so the types are exact.
+_CONVOLUTIONS: dict[type, Callable[..., Tensor]] = {
+    nn.Conv1d: conv1d_input,
+    nn.Conv2d: conv2d_input,
+    nn.Conv3d: conv3d_input,
+}
+
+# Autograd nodes that map each element to the element at the same place (up to
+# a reshape): a path made only of these keeps "lower neuron k" and "upper input
+# channel k" the same neuron, so the upper layer's weights connect them directly.
+_ELEMENTWISE_OPS = frozenset(
+    {
+        "Clone",
+        "View",
+        "UnsafeView",
+        "Reshape",
+        "ReshapeAlias",
+        "Alias",
+        "ToCopy",
+        "Relu",
+        "LeakyRelu",
+        "Threshold",
+        "Hardtanh",
+        "Clamp",
+        "ClampMin",
+        "ClampMax",
+        "Sigmoid",
+        "Tanh",
+        "Gelu",
+        "Silu",
+        "Elu",
+        "Softplus",
+        "Mish",
+        "Hardswish",
+        "Hardsigmoid",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Neg",
+        "NativeDropout",
+        "NativeBatchNorm",
+        "CudnnBatchNorm",
+        "MiopenBatchNorm",
+    }
+)
+
+
+def is_weighted_layer(layer: Module) -> bool:
+    """Whether ``layer`` is a plain ``nn.Linear`` or ``nn.Conv1d/2d/3d``."""
+    return type(layer) is nn.Linear or type(layer) in _CONVOLUTIONS
+
+
+@dataclass
+class LayerCalls:
+    """What :func:`observe_layer_calls` saw: call order and kept layer inputs."""
+
+    order: list[int] = field(default_factory=list)
+    inputs: dict[int, Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def observe_layer_calls(
+    layers: Sequence[Module], keep_input: Sequence[bool]
+) -> Iterator[LayerCalls]:
+    """Record the order in which ``layers`` first run, and some of their inputs.
+
+    A layer with ``keep_input`` set receives a clone of its first positional
+    input, and that clone is recorded: nothing but the layer uses it, so an
+    in-place operation elsewhere cannot change it or its autograd history.
+    Hooks are removed whatever happens.
+    """
+    calls = LayerCalls()
+
+    def make_hook(position: int) -> Callable[[Module, tuple[Any, ...]], Any]:
+        def hook(_module: Module, args: tuple[Any, ...]) -> Any:
+            if position in calls.order:
+                return None  # a reused module: run_and_capture reports it
+            calls.order.append(position)
+            if keep_input[position] and args and isinstance(args[0], Tensor):
+                kept = args[0].clone()
+                calls.inputs[position] = kept
+                return (kept, *args[1:])
+            return None
+
+        return hook
+
+    handles = [
+        layer.register_forward_pre_hook(make_hook(position))
+        for position, layer in enumerate(layers)
+    ]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def spatial_mean(tensor: Tensor, leading_dims: int = 1) -> Tensor:
+    """Mean over every dim after the neuron axis: (..., K, *P) -> (..., K)."""
+    keep = leading_dims + 1
+    return tensor.reshape(*tensor.shape[:keep], -1).mean(-1)
+
+
+def _activity_seed(output: Tensor, neuron: int) -> Tensor:
+    """The gradient of neuron ``neuron``'s activity (spatial mean) w.r.t. ``output``."""
+    seed = torch.zeros_like(output)
+    positions = output[0, 0].numel()
+    seed[:, neuron] = 1.0 / positions
+    return seed
+
+
+def seeds_at_layer_input(
+    layer: Module, layer_input: Tensor, layer_output: Tensor, neurons: Tensor
+) -> Optional[Tensor]:
+    """``d activity_n / d layer_input`` per neuron, or None where it is not fixed.
+
+    Returns a tensor shaped ``(len(neurons), *layer_input.shape[1:])``, the same
+    for every example: a Linear unit's weight row, or a conv channel's kernel
+    spread over the input positions by one transposed convolution of the map
+    that is ``1 / positions`` in that channel.
+    """
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, Tensor):
+        return None
+    if type(layer) is nn.Linear and layer_input.dim() == 2:
+        return weight.detach()[neurons.to(weight.device)]
+    convolution_input = _CONVOLUTIONS.get(type(layer))
+    if convolution_input is None:
+        return None
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return None  # padding applied outside the convolution: seed at the output instead
+    neurons = neurons.to(weight.device)
+    spatial = layer_output.shape[2:]
+    constant_maps = torch.zeros(
+        len(neurons), layer_output.shape[1], *spatial, dtype=weight.dtype, device=weight.device
+    )
+    constant_maps[torch.arange(len(neurons), device=weight.device), neurons] = (
+        1.0 / layer_output[0, 0].numel()
+    )
+    return convolution_input(
+        (len(neurons), *layer_input.shape[1:]),
+        weight.detach(),
+        constant_maps,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+    )
+
+
+def activity_gradients(
+    lower_output: Tensor,
+    upper_layer: Module,
+    upper_output: Tensor,
+    upper_input: Optional[Tensor],
+    neurons: Tensor,
+    reduce: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``reduce(d activity_n / d lower_output)`` for every upper neuron ``n``.
+
+    Args:
+        lower_output: the lower layer's output (N, K, *P), in the autograd graph.
+        upper_layer: the upper layer.
+        upper_output: its output (N, C, *Q), computed from ``lower_output``.
+        upper_input: its (cloned) input, or None when not observed; used to
+            seed the backward pass below the layer when that is exact.
+        neurons: indices of upper neurons (along dim 1 of ``upper_output``).
+        reduce: maps one gradient (N, K, *P) to what is kept of it, e.g. the
+            spatial mean of its absolute value (N, K); applied at once, so the
+            full gradients never coexist.
+
+    Returns:
+        The reduced gradients stacked over ``neurons``: (len(neurons), ...).
+
+    One backward pass through the segment per upper neuron, all examples at
+    once (they do not interact in eval mode). Vectorising over neurons with
+    ``is_grads_batched`` was measured slower on CPU: vmap has no batching rule
+    for max-pool's backward, loops over the seeds itself and then copies the
+    results together.
+    """
+    seeds = None
+    if upper_input is not None and upper_input.requires_grad:
+        seeds = seeds_at_layer_input(upper_layer, upper_input, upper_output, neurons)
+    batch_size = lower_output.shape[0]
+    reduced = []
+    for position, neuron in enumerate(neurons.tolist()):
+        if seeds is not None and upper_input is not None:
+            output = upper_input
+            seed = seeds[position].to(upper_input.dtype).expand_as(upper_input)
+        else:
+            output, seed = upper_output, _activity_seed(upper_output, neuron)
+        (gradient,) = torch.autograd.grad(
+            output, lower_output, grad_outputs=seed, retain_graph=True, allow_unused=True
+        )
+        if gradient is None:  # the upper layer does not depend on the lower one
+            gradient = torch.zeros_like(lower_output)
+        reduced.append(reduce(gradient))
+    if not reduced:
+        return lower_output.new_zeros(0, batch_size, lower_output.shape[1])
+    return torch.stack(reduced)
+
+
+def connects_directly(upper_input: Optional[Tensor], lower_output: Tensor) -> bool:
+    """Whether ``upper_input`` is ``lower_output`` up to element-wise ops and reshapes.
+
+    Walks the autograd graph down from the upper layer's input; every node on
+    the way must be element-wise (ReLU, batch norm, adding a constant, ...) with
+    a single input that depends on the network, until the lower layer's output.
+    """
+    if upper_input is None:
+        return False
+    target = lower_output.grad_fn
+    node = upper_input.grad_fn
+    while node is not None and target is not None:
+        if node is target:
+            return True
+        if _op_name(node) not in _ELEMENTWISE_OPS:
+            return False
+        children = [
+            child
+            for child, _ in node.next_functions
+            if child is not None and type(child).__name__ != "AccumulateGrad"
+        ]
+        if len(children) != 1:
+            return False
+        node = children[0]
+    return False
+
+
+def connection_weights(upper_layer: Module, lower_output: Tensor, absolute: bool) -> Tensor:
+    """The upper layer's weights as a (C, K) matrix between upper and lower neurons.
+
+    For a conv the entry is the mean over the kernel; for a Linear reading a
+    flattened (N, K, *P) output, the mean over the P columns of channel k.
+    ``absolute`` takes the absolute value before the mean.
+    """
+    weight = getattr(upper_layer, "weight").detach()  # noqa: B009 (a Tensor, not a Module)
+    lower_neurons = lower_output.shape[1]
+    if type(upper_layer) is nn.Linear:
+        positions = lower_output[0, 0].numel()
+        blocks = weight.reshape(weight.shape[0], lower_neurons, positions)
+        return spatial_mean(blocks.abs() if absolute else blocks)
+    groups: int = getattr(upper_layer, "groups")  # noqa: B009
+    kernels = weight.reshape(*weight.shape[:2], -1)
+    per_group = spatial_mean(kernels.abs() if absolute else kernels)
+    matrix = weight.new_zeros(weight.shape[0], lower_neurons)
+    outputs_per_group = weight.shape[0] // groups
+    inputs_per_group = weight.shape[1]
+    for group in range(groups):
+        rows = slice(group * outputs_per_group, (group + 1) * outputs_per_group)
+        columns = slice(group * inputs_per_group, (group + 1) * inputs_per_group)
+        matrix[rows, columns] = per_group[rows]
+    return matrix
+
+
+def weights_fit(upper_layer: Module, upper_input: Tensor, lower_output: Tensor) -> bool:
+    """Whether the upper layer's input features line up with the lower neurons."""
+    if type(upper_layer) is nn.Linear:
+        return upper_input.dim() == 2 and upper_input.shape[1] == lower_output[0].numel()
+    return upper_input.shape[1:] == lower_output.shape[1:]
+
+
+def activity_function(
+    forward_func: Callable[..., Any],
+    layer: Module,
+    num_inputs: int,
+) -> Callable[..., Tensor]:
+    """``(*inputs, *extra) -> activity of layer's neurons`` (N, C), spatial means.
+
+    The forward function handed to a Captum attribution used between two
+    hidden layers: its outputs are the upper layer's neurons, so ``target=n``
+    picks neuron ``n``.
+    """
+
+    def activity(*arguments: Any) -> Tensor:
+        inputs, extra = arguments[:num_inputs], arguments[num_inputs:]
+        _, (output,) = run_and_capture(
+            forward_func, tuple(inputs), [layer], extra or None, stop_after_last=True
+        )
+        return spatial_mean(output)
+
+    return activity

@@ -1,0 +1,808 @@
+"""StepwiseSensitivity against a slow plain reference, known answers, and behaviour.
+
+The reference runs one full forward and backward pass per upper neuron and per
+example, and does Steps II-IV with Python loops and NumPy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerIntegratedGradients
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from captum_ssa._core.dependency_graph import DependencyGraph
+from captum_ssa._core.stepwise_sensitivity import (
+    StepwiseSensitivity,
+    aggregate_datapoints,
+    aggregate_upper_neurons,
+    relevance_tensor,
+    threshold,
+)
+from captum_ssa._utils import relevance as relevance_functions
+from captum_ssa._utils.hooks import ReusedLayerError, run_and_capture
+from captum_ssa._utils.relevance import LayerPair
+from captum_ssa._utils.segment import observe_layer_calls
+from tests.models import MLP, TwoInputs, build
+
+# ---------------------------------------------------------------- test models
+
+
+class DirectCNN(nn.Module):
+    """Convs whose weights connect the listed layers directly (no pooling between)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 6, 3)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(6, 4, 3, stride=2, padding=1, groups=2)
+        self.relu2 = nn.ReLU()
+        self.fc1 = nn.Linear(4 * 3 * 3, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc2(torch.relu(self.fc1(hidden.flatten(1))))
+
+
+def case(name: str) -> tuple[nn.Module, list[nn.Module], tuple[int, ...], dict[str, Any]]:
+    """A model, its listed layers, its input shape and the starting neurons."""
+    if name == "direct_cnn":
+        torch.manual_seed(3)
+        model = DirectCNN().eval()
+        return model, [model.conv1, model.conv2, model.fc1, model.fc2], (2, 7, 7), {"target": 1}
+    if name == "residual_blocks":  # the block layers only: a top layer that is not the output
+        model, layers, shape = build("residual", 0)
+        chosen = [layers["fc_in"], layers["block1"], layers["block2"]]
+        return model, chosen, shape, {"top_neurons": [0, 4]}
+    model, layers, shape = build(name, 0)
+    return model, list(layers.values()), shape, {"target": 1}
+
+
+# ---------------------------------------------------------------- the reference
+
+
+def capture(model: nn.Module, layers: list[nn.Module], x: Tensor) -> list[Tensor]:
+    """The layers' outputs for ``x``; the network continues on clones (in-place ReLU)."""
+    outputs: dict[int, Tensor] = {}
+
+    def hook(module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+        outputs[id(module)] = output
+        return output.clone()
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [outputs[id(layer)] for layer in layers]
+
+
+def plain_weight_row(upper: nn.Module, neuron: int, lower_size: int, absolute: bool) -> Tensor:
+    """|W[n, k]| for every lower neuron k, written out with loops."""
+    weight = upper.weight.detach()
+    row = torch.zeros(lower_size, dtype=weight.dtype)
+    if isinstance(upper, nn.Linear):
+        columns = weight.shape[1] // lower_size
+        for k in range(lower_size):
+            block = weight[neuron, k * columns : (k + 1) * columns]
+            row[k] = (block.abs() if absolute else block).mean()
+        return row
+    per_group_in = weight.shape[1]
+    group = neuron // (weight.shape[0] // upper.groups)
+    for k in range(lower_size):
+        if group * per_group_in <= k < (group + 1) * per_group_in:
+            kernel = weight[neuron, k - group * per_group_in]
+            row[k] = (kernel.abs() if absolute else kernel).mean()
+    return row
+
+
+def reference_step_one(
+    model: nn.Module,
+    lower: nn.Module,
+    upper: nn.Module,
+    x: Tensor,
+    neuron: int,
+    relevance: str,
+    absolute: bool,
+) -> np.ndarray:
+    """omega[i, k] for one upper neuron: one forward and backward per example."""
+    rows = []
+    for i in range(len(x)):
+        lower_output, upper_output = capture(model, [lower, upper], x[i : i + 1].clone())
+        activation = lower_output[0].detach()
+        size = activation.shape[0]
+
+        def over_positions(values: Tensor, size: int = size) -> Tensor:
+            return values.reshape(size, -1).mean(1)
+
+        mean_activation = over_positions(activation)
+        if absolute:
+            mean_activation = mean_activation.abs()
+        if relevance in ("gradient", "gradient_x_activation"):
+            activity = upper_output[0, neuron].mean()
+            (grad,) = torch.autograd.grad(activity, lower_output)
+            grad = grad[0] * activation if relevance == "gradient_x_activation" else grad[0]
+            row = over_positions(grad.abs() if absolute else grad)
+        elif relevance == "activation":
+            row = mean_activation
+        elif relevance == "weight":
+            row = plain_weight_row(upper, neuron, size, absolute)
+        elif relevance == "weight_activation":
+            row = plain_weight_row(upper, neuron, size, absolute) * mean_activation
+        else:  # LayerIntegratedGradients between the two layers, one example at a time
+
+            def activity_of_upper(inputs: Tensor) -> Tensor:
+                (output,) = capture(model, [upper], inputs)
+                return output.reshape(output.shape[0], output.shape[1], -1).mean(2)
+
+            attribution = LayerIntegratedGradients(activity_of_upper, lower).attribute(
+                x[i : i + 1], target=neuron, n_steps=10
+            )[0]
+            row = over_positions(attribution.abs() if absolute else attribution)
+        rows.append(row.detach().double().numpy())
+    return np.stack(rows)
+
+
+def most_relevant(values: np.ndarray, percentile: float, branching: Optional[int]) -> list[int]:
+    if branching is not None:
+        return sorted(sorted(range(len(values)), key=lambda k: (-values[k], k))[:branching])
+    cut = np.percentile(values, percentile)
+    return [k for k in range(len(values)) if values[k] > cut or values[k] == values.max()]
+
+
+def reference_graph(
+    model: nn.Module,
+    layers: list[nn.Module],
+    x: Tensor,
+    start: list[int],
+    examples_of: Optional[dict[int, list[int]]] = None,
+    relevance: str = "gradient",
+    absolute: bool = True,
+    aggregation: str = "mean",
+    mode: str = "global",
+    percentile: float = 50,
+    branching: Optional[int] = None,
+    max_neurons: Optional[int] = None,
+) -> dict[str, Any]:
+    """Neurons, edges, relevance vectors and matrices of SSA, computed plainly."""
+    upper_set = sorted(start)
+    kept = {len(layers) - 1: upper_set}
+    vectors, matrices, edges = {}, {}, {}
+    for upper in range(len(layers) - 1, 0, -1):
+        lower = upper - 1
+        matrix = []
+        for neuron in upper_set:
+            omega = reference_step_one(
+                model, layers[lower], layers[upper], x, neuron, relevance, absolute
+            )
+            if examples_of is not None and upper == len(layers) - 1:
+                omega = omega[examples_of[neuron]]
+            if aggregation == "tukey":
+                first, third = np.percentile(omega, [25, 75], axis=1, keepdims=True)
+                omega = (omega > third + 1.5 * (third - first)).astype(float)
+            matrix.append(omega.mean(0))
+        matrix_array = np.array(matrix)
+        vector = matrix_array.mean(0)
+        if mode == "global":
+            chosen = most_relevant(vector, percentile, branching)
+            if max_neurons is not None and len(chosen) > max_neurons:
+                chosen = sorted(sorted(chosen, key=lambda k: (-vector[k], k))[:max_neurons])
+            pairs = {(k, n) for k in chosen for n in upper_set}
+        else:
+            choices = {
+                n: most_relevant(matrix_array[j], percentile, branching)
+                for j, n in enumerate(upper_set)
+            }
+            chosen = sorted(set().union(*choices.values()))
+            if max_neurons is not None and len(chosen) > max_neurons:
+                count = {k: sum(k in c for c in choices.values()) for k in chosen}
+                weight = {
+                    k: sum(matrix_array[j][k] for j, n in enumerate(upper_set) if k in choices[n])
+                    for k in chosen
+                }
+                ranked = sorted(chosen, key=lambda k: (-count[k], -weight[k], k))
+                chosen = sorted(ranked[:max_neurons])
+            pairs = {(k, n) for n in upper_set for k in choices[n] if k in chosen}
+        kept[lower], vectors[lower], matrices[lower], edges[lower] = (
+            chosen,
+            vector,
+            matrix_array,
+            pairs,
+        )
+        upper_set = chosen
+    return {"neurons": kept, "vectors": vectors, "matrices": matrices, "edges": edges}
+
+
+def assert_matches_reference(graph: DependencyGraph, expected: dict[str, Any]) -> None:
+    names = graph.layer_names
+    for depth, name in enumerate(names):
+        assert graph.neurons(name).tolist() == expected["neurons"][depth], name
+    for lower in range(len(names) - 1):
+        upper_name, lower_name = names[lower + 1], names[lower]
+        np.testing.assert_allclose(
+            graph.relevance(lower_name).double().numpy(),
+            expected["vectors"][lower],
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        np.testing.assert_allclose(
+            graph.relevance_matrix(upper_name, lower_name).double().numpy(),
+            expected["matrices"][lower],
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        pairs = {tuple(p) for p in graph.edges(upper_name, lower_name).tolist()}
+        assert pairs == expected["edges"][lower], (upper_name, lower_name)
+
+
+def starting_set(model: nn.Module, layers: list[nn.Module], start: dict[str, Any]) -> list[int]:
+    chosen = start.get("target", start.get("top_neurons"))
+    return [chosen] if isinstance(chosen, int) else list(chosen)
+
+
+# Each relevance and model meets both aggregations and both modes.
+OPTIONS = {
+    "mean_global": {"aggregation": "mean", "mode": "global"},
+    "tukey_global_capped": {
+        "aggregation": "tukey",
+        "mode": "global",
+        "percentile": 30,
+        "max_neurons": 3,
+    },
+    "mean_local_top": {"aggregation": "mean", "mode": "local", "branching": 2, "max_neurons": 3},
+    "tukey_local_percentile": {"aggregation": "tukey", "mode": "local", "percentile": 60},
+}
+GRADIENT_FAMILY = ("gradient", "activation", "gradient_x_activation")
+ALL_RELEVANCES = (*GRADIENT_FAMILY, "weight", "weight_activation")
+CASES = [
+    (name, relevance)
+    for name in ("mlp", "direct_cnn", "residual_blocks")
+    for relevance in ALL_RELEVANCES
+] + [(name, relevance) for name in ("cnn", "residual") for relevance in GRADIENT_FAMILY]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize(("model_name", "relevance"), CASES)
+def test_graph_equals_the_plain_reference(model_name, relevance, options):
+    model, layers, shape, start = case(model_name)
+    torch.manual_seed(7)
+    x = torch.randn(4, *shape)
+    kwargs = {"relevance": relevance, **OPTIONS[options]}
+    graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
+    expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
+    assert_matches_reference(graph, expected)
+
+
+@pytest.mark.parametrize("relevance", GRADIENT_FAMILY)
+@pytest.mark.parametrize("model_name", ["cnn", "direct_cnn"])
+def test_signed_relevance_equals_the_plain_reference(model_name, relevance):
+    model, layers, shape, start = case(model_name)
+    x = torch.randn(5, *shape)
+    kwargs = {"relevance": relevance, "absolute": False, "branching": 2}
+    graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
+    expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
+    assert_matches_reference(graph, expected)
+
+
+def test_per_example_targets_aggregate_each_class_over_its_own_examples():
+    model, layers, shape, _ = case("cnn")
+    x = torch.randn(6, *shape)
+    targets = torch.tensor([0, 2, 2, 0, 1, 0])
+    graph = StepwiseSensitivity(model, layers).attribute(x, target=targets)
+    examples_of = {c: (targets == c).nonzero().flatten().tolist() for c in range(3)}
+    expected = reference_graph(model, layers, x, [0, 1, 2], examples_of=examples_of)
+    assert_matches_reference(graph, expected)
+    assert graph.target == [0, 1, 2]
+
+
+def test_captum_layer_integrated_gradients_as_relevance_equals_per_example_calls():
+    model, layers, shape = build("cnn", 0)
+    chosen = [layers["conv2"], layers["fc1"], layers["fc2"]]
+    x = torch.randn(3, *shape)
+    relevance = relevance_functions.CaptumRelevance(LayerIntegratedGradients, n_steps=10)
+    graph = StepwiseSensitivity(model, chosen).attribute(
+        x, target=2, relevance=relevance, mode="local", branching=2
+    )
+    expected = reference_graph(
+        model, chosen, x, [2], relevance="integrated_gradients", mode="local", branching=2
+    )
+    assert_matches_reference(graph, expected)
+    assert graph.metadata["relevance"] == "LayerIntegratedGradients"
+
+
+def test_captum_class_and_instance_are_accepted_as_relevance():
+    model, layers, shape = build("mlp", 0)
+    chosen = [layers["fc1"], layers["fc2"], layers["fc3"]]
+    x = torch.randn(3, *shape)
+    ssa = StepwiseSensitivity(model, chosen)
+    from captum.attr import LayerGradientXActivation
+
+    by_class = ssa.attribute(x, target=0, relevance=LayerGradientXActivation)
+    instance = LayerGradientXActivation(model, layers["fc1"], multiply_by_inputs=True)
+    by_instance = ssa.attribute(x, target=0, relevance=instance)
+    builtin = ssa.attribute(x, target=0, relevance="gradient_x_activation")
+    for graph in (by_class, by_instance):
+        for name in builtin.layer_names[:-1]:
+            torch.testing.assert_close(graph.relevance(name), builtin.relevance(name))
+            assert graph.neurons(name).tolist() == builtin.neurons(name).tolist()
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def test_step_functions_on_a_small_example():
+    omega = torch.tensor([[[1.0, 0.0, 0.0, 0.0, 9.0], [0.0, 0.0, 5.0, 0.0, 0.0]]])
+    mean = aggregate_datapoints(omega, "mean")
+    torch.testing.assert_close(mean, torch.tensor([[0.5, 0.0, 2.5, 0.0, 4.5]]))
+    tukey = aggregate_datapoints(omega, "tukey")
+    torch.testing.assert_close(
+        tukey, torch.tensor([[0.0, 0.0, 0.5, 0.0, 0.5]])
+    )  # 1 is inside the fence
+    vector = aggregate_upper_neurons(torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
+    torch.testing.assert_close(vector, torch.tensor([2.0, 1.0]))
+    kept, edges = threshold(mean, mean[0], torch.tensor([3]), "global", percentile=50)
+    assert kept.tolist() == [2, 4]
+    assert edges.tolist() == [[2, 3], [4, 3]]
+
+
+@st.composite
+def integer_matrices(draw: Any) -> Tensor:
+    rows = draw(st.integers(1, 4))
+    columns = draw(st.integers(1, 7))
+    values = draw(st.lists(st.integers(0, 3), min_size=rows * columns, max_size=rows * columns))
+    return torch.tensor(values, dtype=torch.float32).reshape(rows, columns)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    matrix=integer_matrices(),
+    mode=st.sampled_from(["global", "local"]),
+    percentile=st.sampled_from([0, 25, 50, 90, 100]),
+    branching=st.one_of(st.none(), st.integers(1, 4)),
+    max_neurons=st.one_of(st.none(), st.integers(1, 4)),
+)
+def test_threshold_breaks_ties_by_lower_index_like_the_reference(
+    matrix, mode, percentile, branching, max_neurons
+):
+    """Small integers make ties common; the result must match the plain rules."""
+    upper = torch.arange(len(matrix)) * 2
+    vector = aggregate_upper_neurons(matrix)
+    kept, edges = threshold(matrix, vector, upper, mode, percentile, branching, max_neurons)
+    values = matrix.double().numpy()
+    if mode == "global":
+        chosen = most_relevant(vector.double().numpy(), percentile, branching)
+        if max_neurons is not None and len(chosen) > max_neurons:
+            chosen = sorted(sorted(chosen, key=lambda k: (-vector[k], k))[:max_neurons])
+        pairs = {(k, int(n)) for k in chosen for n in upper}
+    else:
+        choices = {j: most_relevant(values[j], percentile, branching) for j in range(len(values))}
+        chosen = sorted(set().union(*choices.values()))
+        if max_neurons is not None and len(chosen) > max_neurons:
+            count = {k: sum(k in c for c in choices.values()) for k in chosen}
+            weight = {k: sum(values[j][k] for j in choices if k in choices[j]) for k in chosen}
+            chosen = sorted(sorted(chosen, key=lambda k: (-count[k], -weight[k], k))[:max_neurons])
+        pairs = {(k, 2 * j) for j in choices for k in choices[j] if k in chosen}
+    assert kept.tolist() == chosen
+    assert {tuple(p) for p in edges.tolist()} == pairs
+    assert edges.tolist() == sorted(edges.tolist())
+
+
+def make_pair(model: nn.Module, lower: nn.Module, upper: nn.Module, x: Tensor) -> LayerPair:
+    inputs = (x.clone().requires_grad_(),)
+    with observe_layer_calls([lower, upper], [False, True]) as calls:
+        _, (lower_output, upper_output) = run_and_capture(model, inputs, [lower, upper])
+    return LayerPair(
+        "lower",
+        "upper",
+        lower,
+        upper,
+        lower_output,
+        upper_output,
+        calls.inputs.get(1),
+        model,
+        inputs,
+    )
+
+
+@pytest.mark.parametrize("relevance", ALL_RELEVANCES)
+def test_step_one_on_a_batch_equals_step_one_per_example(relevance):
+    model, layers, shape, _ = case("direct_cnn")
+    x = torch.randn(5, *shape)
+    neurons = torch.tensor([0, 3])
+    function = relevance_functions.BUILT_IN[relevance]
+    batch = relevance_tensor(make_pair(model, layers[0], layers[1], x), neurons, function)
+    for i in range(len(x)):
+        single = relevance_tensor(
+            make_pair(model, layers[0], layers[1], x[i : i + 1]), neurons, function
+        )
+        torch.testing.assert_close(batch[:, i : i + 1], single)
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def block_diagonal_mlp(classes: int = 5, block: int = 2) -> MLP:
+    """Class k's logit reads only fc2 units of block k, which read only fc1 units of block k."""
+    hidden = classes * block
+    model = MLP((4, hidden, hidden, classes)).eval()
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.rand(hidden, 4) + 0.1)
+        model.fc1.bias.fill_(0.1)
+        model.fc2.weight.copy_(
+            torch.block_diag(*[torch.rand(block, block) + 0.5 for _ in range(classes)])
+        )
+        model.fc2.bias.fill_(0.1)
+        model.fc3.weight.zero_()
+        for k in range(classes):
+            model.fc3.weight[k, k * block : (k + 1) * block] = torch.rand(block) + 0.5
+    return model
+
+
+@pytest.mark.parametrize(
+    "relevance", ["gradient", "gradient_x_activation", "weight", "weight_activation"]
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "global"},
+        {"mode": "global", "aggregation": "tukey"},
+        {"mode": "local", "branching": 2},
+        {"mode": "local", "branching": 3, "max_neurons": 2},
+    ],
+)
+def test_block_diagonal_network_graph_is_exactly_the_class_block(relevance, options):
+    torch.manual_seed(0)
+    model = block_diagonal_mlp()
+    x = torch.rand(12, 4)  # positive inputs: every unit is active
+    ssa = StepwiseSensitivity(model, [model.fc1, model.fc2, model.fc3])
+    graphs = ssa.class_graphs(x, torch.arange(12) % 5, relevance=relevance, **options)
+    for k, graph in graphs.items():
+        block = [2 * k, 2 * k + 1]
+        assert graph.neurons("fc1").tolist() == block
+        assert graph.neurons("fc2").tolist() == block
+        assert graph.target == k
+        if options["mode"] == "local":
+            edges = {tuple(p) for p in graph.edges("fc2", "fc1").tolist()}
+            assert edges == {(lower, upper) for lower in block for upper in block}
+
+
+def test_grouped_convolution_graph_is_exactly_the_class_group():
+    """Class k reads conv2 group k (channels 2k, 2k+1), which reads conv1 channels 2k, 2k+1."""
+
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 6, 3)
+            self.conv2 = nn.Conv2d(6, 6, 3, groups=3)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            hidden = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.fc(hidden.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Grouped().eval()
+    with torch.no_grad():
+        for layer in (model.conv1, model.conv2):
+            layer.weight.uniform_(0.1, 1.0)
+            layer.bias.fill_(0.1)
+        model.fc.weight.zero_()
+        for k in range(3):
+            model.fc.weight[k, 2 * k : 2 * k + 2] = 1.0
+    x = torch.rand(4, 1, 8, 8)
+    ssa = StepwiseSensitivity(model, [model.conv1, model.conv2, model.fc])
+    for k in range(3):
+        graph = ssa.attribute(x, target=k, mode="local", branching=2)
+        assert graph.neurons("conv2").tolist() == [2 * k, 2 * k + 1]
+        assert graph.neurons("conv1").tolist() == [2 * k, 2 * k + 1]
+    on_weights = StepwiseSensitivity(model, [model.conv1, model.conv2]).attribute(
+        x, top_neurons=4, relevance="weight"
+    )
+    assert on_weights.neurons("conv1").tolist() == [4, 5]
+    assert (on_weights.relevance("conv1")[:4] == 0).all()
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_inputs_give_the_same_graph_and_ties_go_to_the_lower_index():
+    model = MLP((3, 4, 4, 2)).eval()
+    with torch.no_grad():
+        for layer in (model.fc1, model.fc2, model.fc3):
+            layer.weight.fill_(1.0)  # every relevance ties
+            layer.bias.fill_(0.0)
+    x = torch.rand(5, 3)
+    ssa = StepwiseSensitivity(model, [model.fc1, model.fc2, model.fc3])
+    first = ssa.attribute(x, target=0, mode="local", branching=2)
+    second = ssa.attribute(x, target=0, mode="local", branching=2)
+    assert first.neurons("fc2").tolist() == [0, 1]
+    assert first.neurons("fc1").tolist() == [0, 1]
+    capped = ssa.attribute(x, target=0, mode="local", branching=3, max_neurons=2)
+    assert capped.neurons("fc2").tolist() == [0, 1]
+    assert capped.neurons("fc1").tolist() == [0, 1]
+    a, b = first.to_networkx(), second.to_networkx()
+    assert dict(a.nodes(data=True)) == dict(b.nodes(data=True))
+    assert sorted(a.edges(data=True)) == sorted(b.edges(data=True))
+    top = ssa.attribute(x, target=0, branching=3)
+    assert top.neurons("fc2").tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- graph contents
+
+
+def test_graph_carries_layer_names_target_and_options():
+    model, layers, shape = build("cnn", 0)
+    graph = StepwiseSensitivity(model, list(layers.values())).attribute(
+        torch.randn(3, *shape), target=2, mode="local", branching=2
+    )
+    assert graph.layer_names == ["conv1", "conv2", "fc1", "fc2"]
+    assert graph.neurons("fc2").tolist() == [2]
+    assert graph.relevance("fc2").tolist() == [0.0, 0.0, 1.0]
+    assert graph.relevance(model.conv1).shape == (4,)
+    assert graph.target == 2
+    assert graph.metadata["mode"] == "local" and graph.metadata["branching"] == 2
+    assert graph.metadata["relevance"] == "gradient"
+
+
+def test_default_starts_from_every_neuron_of_the_top_layer():
+    model, layers, shape = build("mlp", 0)
+    graph = StepwiseSensitivity(model, list(layers.values())).attribute(torch.randn(3, *shape))
+    assert graph.neurons("fc3").tolist() == [0, 1, 2, 3]
+    assert graph.target is None
+
+
+def test_chunk_size_does_not_change_the_graph():
+    model, layers, shape = build("cnn", 1)
+    x = torch.randn(4, *shape)
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    whole = ssa.attribute(x, percentile=20)
+    chunked = ssa.attribute(x, percentile=20, chunk_size=1)
+    for name in whole.layer_names:
+        assert whole.neurons(name).tolist() == chunked.neurons(name).tolist()
+        torch.testing.assert_close(whole.relevance(name), chunked.relevance(name))
+
+
+def test_class_graphs_equal_attribute_on_each_class_subset():
+    model, layers, shape = build("cnn", 2)
+    x = torch.randn(9, *shape)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    graphs = ssa.class_graphs(x, labels.tolist(), classes=[2, 0], mode="local", branching=2)
+    assert list(graphs) == [2, 0]
+    for label, graph in graphs.items():
+        alone = ssa.attribute(x[labels == label], target=label, mode="local", branching=2)
+        for name in graph.layer_names:
+            assert graph.neurons(name).tolist() == alone.neurons(name).tolist()
+            torch.testing.assert_close(graph.relevance(name), alone.relevance(name))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_layers_out_of_forward_order_are_a_clear_error():
+    model, layers, shape = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, [layers["fc2"], layers["fc1"], layers["fc3"]])
+    with pytest.raises(ValueError, match="order the forward pass runs them"):
+        ssa.attribute(torch.randn(2, *shape))
+
+
+def test_layer_not_in_the_model_is_a_clear_error():
+    model, layers, _ = build("mlp", 0)
+    with pytest.raises(ValueError, match="not part of the model"):
+        StepwiseSensitivity(model, [layers["fc1"], nn.Linear(8, 7)])
+
+
+@pytest.mark.parametrize(
+    ("layer_names", "message"),
+    [(["fc1"], "at least two layers"), (["fc1", "fc1"], "listed twice")],
+)
+def test_too_few_or_repeated_layers_are_a_clear_error(layer_names, message):
+    model, layers, _ = build("mlp", 0)
+    with pytest.raises(ValueError, match=message):
+        StepwiseSensitivity(model, [layers[name] for name in layer_names])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"target": 4}, ValueError, r"target \[4\] out of range"),
+        ({"target": -1}, ValueError, "out of range"),
+        ({"target": [0, 9]}, ValueError, r"\[9\] out of range"),
+        ({"target": torch.tensor([0, 1, 5])}, ValueError, "out of range"),
+        ({"target": torch.tensor([0, 1])}, ValueError, "one neuron per example"),
+        ({"target": 0.5}, TypeError, "must be an int"),
+        ({"target": []}, TypeError, "non-empty"),
+        ({"target": 0, "top_neurons": 1}, ValueError, "not both"),
+        ({"relevance": "saliency"}, ValueError, "relevance must be one of"),
+        ({"relevance": 3}, TypeError, "relevance must be"),
+        ({"aggregation": "median"}, ValueError, "aggregation"),
+        ({"mode": "both"}, ValueError, "mode"),
+        ({"percentile": 120}, ValueError, "percentile"),
+        ({"branching": 0}, ValueError, "branching"),
+        ({"max_neurons": 1.5}, ValueError, "max_neurons"),
+        ({"chunk_size": -2}, ValueError, "chunk_size"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(kwargs, error, message):
+    model, layers, shape = build("mlp", 0)
+    with pytest.raises(error, match=message):
+        StepwiseSensitivity(model, list(layers.values())).attribute(
+            torch.randn(3, *shape), **kwargs
+        )
+
+
+@pytest.mark.parametrize(
+    ("make_input", "error", "message"),
+    [
+        (lambda shape: torch.empty(0, *shape), ValueError, "no examples"),
+        (lambda shape: torch.full((2, *shape), float("nan")), ValueError, "NaN"),
+        (lambda shape: torch.ones(2, *shape, dtype=torch.long), TypeError, "floating-point"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(make_input, error, message):
+    model, layers, shape = build("mlp", 0)
+    with pytest.raises(error, match=message):
+        StepwiseSensitivity(model, list(layers.values())).attribute(make_input(shape))
+
+
+def test_target_needs_the_top_layer_to_be_the_output():
+    model, layers, shape = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, [layers["fc1"], layers["fc2"]])
+    with pytest.raises(ValueError, match="pass top_neurons"):
+        ssa.attribute(torch.randn(2, *shape), target=0)
+    assert ssa.attribute(torch.randn(2, *shape), top_neurons=[0, 6]).neurons("fc2").tolist() == [
+        0,
+        6,
+    ]
+
+
+@pytest.mark.parametrize("relevance", ["weight", "weight_activation"])
+@pytest.mark.parametrize(
+    ("model_name", "lower", "upper", "message"),
+    [
+        ("cnn", "conv1", "conv2", "not the output of 'conv1'"),  # max-pool between
+        ("residual", "block2", "fc_out", "not the output of 'block2'"),  # residual sum
+    ],
+)
+def test_weight_relevance_between_layers_not_directly_connected_is_a_clear_error(
+    relevance, model_name, lower, upper, message
+):
+    model, layers, shape = build(model_name, 0)
+    ssa = StepwiseSensitivity(model, [layers[lower], layers[upper]])
+    with pytest.raises(ValueError, match=message):
+        ssa.attribute(torch.randn(2, *shape), top_neurons=0, relevance=relevance)
+
+
+def test_weight_relevance_needs_a_weighted_upper_layer():
+    model, _, shape = build("cnn", 0)
+    ssa = StepwiseSensitivity(model, [model.conv1, model.pool1])
+    with pytest.raises(ValueError, match=r"not a nn\.Linear"):
+        ssa.attribute(torch.randn(2, *shape), top_neurons=0, relevance="weight")
+
+
+def test_class_graphs_bad_labels_are_clear_errors():
+    model, layers, shape = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    x = torch.randn(4, *shape)
+    with pytest.raises(ValueError, match="one integer class per example"):
+        ssa.class_graphs(x, [0, 1])
+    with pytest.raises(ValueError, match="class 3 has no examples"):
+        ssa.class_graphs(x, [0, 1, 1, 0], classes=[3])
+    with pytest.raises(TypeError, match="sets target itself"):
+        ssa.class_graphs(x, [0, 1, 1, 0], target=1)
+
+
+# ---------------------------------------------------------------- behaviour every method keeps
+
+
+def test_inplace_relu_after_a_layer_gives_the_same_graph():
+    torch.manual_seed(0)
+    inplace = MLP().eval()  # act2 is ReLU(inplace=True), right after fc2
+    plain = MLP().eval()
+    plain.act2 = nn.ReLU()
+    plain.load_state_dict(inplace.state_dict())
+    x = torch.randn(6, 6)
+    graphs = [
+        StepwiseSensitivity(m, [m.fc1, m.fc2, m.fc3]).attribute(
+            x, target=1, relevance="gradient_x_activation", mode="local", branching=2
+        )
+        for m in (plain, inplace)
+    ]
+    for name in graphs[0].layer_names:
+        assert graphs[0].neurons(name).tolist() == graphs[1].neurons(name).tolist()
+        torch.testing.assert_close(graphs[0].relevance(name), graphs[1].relevance(name))
+    assert (graphs[0].relevance("fc2") != 0).any()
+
+
+def test_reused_module_is_a_clear_error():
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(4, 4)
+            self.fc2 = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc2(torch.relu(self.fc1(torch.relu(self.fc1(x)))))
+
+    model = Reused().eval()
+    with pytest.raises(ReusedLayerError, match="more than once"):
+        StepwiseSensitivity(model, [model.fc1, model.fc2]).attribute(torch.randn(2, 4))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    return {
+        "training": [m.training for m in model.modules()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            for m in model.modules()
+        ),
+    }
+
+
+def assert_same_snapshot(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert before["training"] == after["training"]
+    assert before["hooks"] == after["hooks"] == 0
+    for a, b in zip(before["grads"], after["grads"]):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_leaves_no_trace_on_success_and_on_exception():
+    model, layers, shape = build("cnn", 3)
+    model.fc1.weight.grad = torch.ones_like(model.fc1.weight)  # a user's own gradient
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    before = snapshot(model)
+    x = torch.randn(3, *shape)
+    ssa.attribute(x, target=1, relevance="gradient_x_activation")
+    assert_same_snapshot(before, snapshot(model))
+    assert not x.requires_grad and x.grad is None
+    y = torch.randn(3, *shape, requires_grad=True)
+    ssa.attribute(y, target=1)
+    assert y.requires_grad and y.grad is None
+    with pytest.raises(ValueError, match="out of range"):  # raised after the forward pass
+        ssa.attribute(x, target=7)
+    with pytest.raises(RuntimeError):  # raised inside the forward pass
+        ssa.attribute(torch.randn(3, 1, 5, 5))
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_training_mode_with_batch_norm_warns_and_stays_in_training():
+    model, layers, shape = build("cnn_bn", 0)
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        StepwiseSensitivity(model, list(layers.values())).attribute(torch.randn(4, *shape))
+    assert all(m.training for m in model.modules())
+
+
+def test_works_under_no_grad_with_tuple_inputs():
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    inputs = (torch.randn(3, 1, 6, 6), torch.randn(3, 4))
+    ssa = StepwiseSensitivity(model, [model.conv, model.fc, model.out])
+    with torch.no_grad():
+        graph = ssa.attribute(inputs, target=1, mode="local", branching=2)
+    assert graph.neurons("out").tolist() == [1]
+    assert len(graph.neurons("conv")) >= 1
+
+
+def test_double_precision_gives_the_same_graph():
+    """No dtype or device is assumed: the computation follows the model's tensors."""
+    model, layers, shape, start = case("direct_cnn")
+    x = torch.randn(5, *shape)
+    single = StepwiseSensitivity(model, layers).attribute(x, **start, relevance="weight_activation")
+    model64 = model.double()
+    double = StepwiseSensitivity(model64, layers).attribute(
+        x.double(), **start, relevance="weight_activation"
+    )
+    for name in single.layer_names:
+        assert single.neurons(name).tolist() == double.neurons(name).tolist()
+        assert double.relevance(name).dtype == torch.float64
+        torch.testing.assert_close(single.relevance(name).double(), double.relevance(name))
