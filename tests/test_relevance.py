@@ -1,0 +1,230 @@
+"""Step I pieces: gradients seeded below a Linear/Conv, direct connections, pluggable relevance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from captum.attr import IntegratedGradients, LayerGradientXActivation
+from torch import Tensor, nn
+
+from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
+from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.relevance import CaptumRelevance, LayerPair, resolve_relevance
+from captum_ssa._utils.segment import (
+    activity_gradients,
+    connects_directly,
+    observe_layer_calls,
+    seeds_at_layer_input,
+)
+
+
+class Sandwich(nn.Module):
+    """lower layer -> ReLU -> max-pool (2-D maps only) -> upper layer."""
+
+    def __init__(self, lower: nn.Module, upper: nn.Module, pool: bool) -> None:
+        super().__init__()
+        self.lower = lower
+        self.upper = upper
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.upper(self.pool(torch.relu(self.lower(x))))
+
+
+def observed(model: Sandwich, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    inputs = (x.requires_grad_(),)
+    with observe_layer_calls([model.lower, model.upper], [False, True]) as calls:
+        _, (lower, upper) = run_and_capture(model, inputs, [model.lower, model.upper])
+    return lower, upper, calls.inputs[1]
+
+
+def per_neuron_gradient(model: Sandwich, x: Tensor, neuron: int) -> Tensor:
+    """The plain way: a fresh forward pass and a backward from the activity."""
+    lower, upper, _ = observed(model, x.clone())
+    activity = upper[:, neuron].reshape(len(x), -1).mean(1).sum()
+    return torch.autograd.grad(activity, lower)[0]
+
+
+SANDWICHES = {
+    "linear": (lambda: nn.Linear(5, 7), lambda: nn.Linear(7, 4), (5,), False),
+    "conv1d_strided": (
+        lambda: nn.Conv1d(2, 4, 3),
+        lambda: nn.Conv1d(4, 3, 3, stride=2, padding=2, dilation=2),
+        (2, 12),
+        False,
+    ),
+    "conv2d_pooled": (
+        lambda: nn.Conv2d(2, 4, 3, padding=1),
+        lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
+        (2, 9, 9),
+        True,
+    ),
+    "conv3d": (lambda: nn.Conv3d(1, 2, 2), lambda: nn.Conv3d(2, 3, (2, 1, 2)), (1, 4, 5, 4), False),
+}
+
+
+@pytest.mark.parametrize("name", SANDWICHES)
+def test_seed_below_the_upper_layer_equals_a_backward_from_each_neuron(name):
+    make_lower, make_upper, shape, pool = SANDWICHES[name]
+    torch.manual_seed(0)
+    model = Sandwich(make_lower(), make_upper(), pool).eval()
+    x = torch.randn(3, *shape)
+    lower, upper, upper_input = observed(model, x.clone())
+    neurons = torch.arange(upper.shape[1])
+    assert seeds_at_layer_input(model.upper, upper_input, upper, neurons) is not None
+    seeded = activity_gradients(lower, model.upper, upper, upper_input, neurons, lambda g: g)
+    from_output = activity_gradients(lower, model.upper, upper, None, neurons, lambda g: g)
+    for neuron in neurons.tolist():
+        expected = per_neuron_gradient(model, x, neuron)
+        torch.testing.assert_close(seeded[neuron], expected)
+        torch.testing.assert_close(from_output[neuron], expected)
+
+
+class TinyLinear(nn.Linear):
+    """A subclass may change forward, so it is never seeded below the layer."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize(
+    "make_upper",
+    [
+        lambda: nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect"),
+        lambda: nn.Conv2d(4, 3, 3, padding="same"),
+        lambda: TinyLinear(4 * 4 * 4, 3),
+    ],
+)
+def test_layers_whose_input_gradient_is_not_fixed_by_the_weights_seed_at_the_output(make_upper):
+    torch.manual_seed(0)
+    upper = make_upper()
+    if isinstance(upper, nn.Linear):
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), upper).eval()
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), upper).eval()
+    x = torch.randn(2, 1, 6, 6)
+    inputs = (x.requires_grad_(),)
+    with observe_layer_calls([model[0], upper], [False, True]) as calls:
+        _, (lower_output, upper_output) = run_and_capture(model, inputs, [model[0], upper])
+    neurons = torch.arange(3)
+    assert seeds_at_layer_input(upper, calls.inputs[1], upper_output, neurons) is None
+    gradients = activity_gradients(
+        lower_output, upper, upper_output, calls.inputs.get(1), neurons, lambda g: g
+    )
+    for neuron in range(3):
+        activity = upper_output[:, neuron].reshape(2, -1).mean(1).sum()
+        (expected,) = torch.autograd.grad(activity, lower_output, retain_graph=True)
+        torch.testing.assert_close(gradients[neuron], expected)
+
+
+def graph_between(model: nn.Module, lower: nn.Module, upper: nn.Module, x: Tensor) -> bool:
+    inputs = (x.requires_grad_(),)
+    with observe_layer_calls([lower, upper], [False, True]) as calls:
+        _, (lower_output, _) = run_and_capture(model, inputs, [lower, upper])
+    return connects_directly(calls.inputs.get(1), lower_output)
+
+
+class Skip(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.fc1(x)
+        return self.fc2(torch.relu(hidden) + hidden.sin())
+
+
+@pytest.mark.parametrize(
+    ("make", "direct"),
+    [
+        (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)), True),
+        (lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Tanh(), nn.Linear(4, 2)), True),
+        (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)), False),
+    ],
+)
+def test_direct_connection_allows_element_wise_operations_only(make, direct):
+    model = make().eval()
+    assert graph_between(model, model[0], model[-1], torch.randn(2, 3)) is direct
+
+
+def test_direct_connection_sees_batch_norm_and_flatten_but_not_pooling_or_sums():
+    conv_bn = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)
+    ).eval()
+    assert graph_between(conv_bn, conv_bn[0], conv_bn[-1], torch.randn(2, 1, 6, 6))
+    pooled = nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(2), nn.Conv2d(3, 2, 1)).eval()
+    assert not graph_between(pooled, pooled[0], pooled[-1], torch.randn(2, 1, 6, 6))
+    skip = Skip().eval()
+    assert not graph_between(skip, skip.fc1, skip.fc2, torch.randn(2, 4))
+
+
+def test_a_callable_is_a_relevance_function_and_its_shape_is_checked():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    ssa = StepwiseSensitivity(model, [model[0], model[2]])
+    x = torch.randn(4, 3)
+
+    def second_neuron_only(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+        values = torch.zeros(len(upper_neurons), len(pair.lower_output), 5)
+        values[..., 1] = 1.0
+        return values
+
+    graph = ssa.attribute(x, target=0, relevance=second_neuron_only, branching=1)
+    assert graph.neurons("0").tolist() == [1]
+    assert graph.metadata["relevance"] == "second_neuron_only"
+
+    def wrong_shape(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+        return torch.zeros(len(upper_neurons), 5)
+
+    with pytest.raises(ValueError, match=r"shaped \(upper neurons, examples, lower neurons\)"):
+        ssa.attribute(x, target=0, relevance=wrong_shape)
+
+
+def test_captum_relevance_needs_a_layer_attribution_and_keeps_the_instance_setting():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    with pytest.raises(TypeError, match="layer attribution"):
+        resolve_relevance(IntegratedGradients)
+    instance = LayerGradientXActivation(model, model[0], multiply_by_inputs=False)
+    function, name = resolve_relevance(instance)
+    assert name == "LayerGradientXActivation"
+    assert isinstance(function, CaptumRelevance)
+    assert function.constructor_kwargs == {"multiply_by_inputs": False}
+    x = torch.randn(4, 3)
+    ssa = StepwiseSensitivity(model, [model[0], model[2]])
+    without_inputs = ssa.attribute(x, target=1, relevance=instance)
+    gradient = ssa.attribute(x, target=1, relevance="gradient")
+    torch.testing.assert_close(without_inputs.relevance("0"), gradient.relevance("0"))
+
+
+def test_captum_relevance_passes_attribute_arguments_and_extra_forward_args():
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(3, 4)
+            self.fc2 = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor, scale: float) -> Tensor:
+            return self.fc2(torch.relu(self.fc1(x)) * scale)
+
+    torch.manual_seed(0)
+    model = Scaled().eval()
+    x = torch.randn(3, 3)
+    from captum.attr import LayerIntegratedGradients
+
+    ssa = StepwiseSensitivity(model, [model.fc1, model.fc2])
+    calls: list[dict[str, Any]] = []
+
+    class Recording(LayerIntegratedGradients):
+        def attribute(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return super().attribute(*args, **kwargs)
+
+    relevance = CaptumRelevance(Recording, n_steps=5)
+    doubled = ssa.attribute(x, target=0, additional_forward_args=(2.0,), relevance=relevance)
+    single = ssa.attribute(x, target=0, additional_forward_args=(1.0,), relevance=relevance)
+    assert all(
+        c["n_steps"] == 5 and c["additional_forward_args"] in ((2.0,), (1.0,)) for c in calls
+    )
+    torch.testing.assert_close(doubled.relevance("fc1"), 2 * single.relevance("fc1"))
