@@ -98,7 +98,8 @@ def monotone_influence(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     influence = torch.empty_like(queries)
-    reference_squared = (reference * reference).sum(1)
+    # a reduction kernel, not reference * reference: no reference-sized temporary
+    reference_squared = torch.linalg.vector_norm(reference, dim=1).square()
     for start in range(0, queries.shape[0], chunk_size):
         block = slice(start, start + chunk_size)
         _influence_of_query_block(
@@ -126,17 +127,17 @@ def _influence_of_query_block(
 ) -> None:
     """Write phi for a block of queries into ``out``, which is their only
     query-sized buffer: ``out = queries * sum_y w - sum_y w h(y)``."""
-    queries_squared = (queries * queries).sum(1)
+    queries_squared = torch.linalg.vector_norm(queries, dim=1).square()
     weight_totals = torch.zeros_like(queries_squared)
     coincident_eps = _COINCIDENT_EPS_FACTOR * torch.finfo(queries.dtype).eps
     out.zero_()
     for start in range(0, reference.shape[0], chunk_size):
         block = slice(start, start + chunk_size)
+        # few passes over each block: in-place ops where the operand is not reused
         squared_norms = queries_squared[:, None] + reference_squared[None, block]
-        squared_distances = squared_norms.addmm(queries, reference[block].T, alpha=-2).clamp_(min=0)
-        counted = (query_labels[:, None] != reference_labels[None, block]) & (
-            squared_distances > coincident_eps * squared_norms
-        )
+        squared_distances = squared_norms.addmm(queries, reference[block].T, alpha=-2)
+        counted = query_labels[:, None] != reference_labels[None, block]
+        counted &= squared_distances > squared_norms.mul_(coincident_eps)
         weights = _pair_weights(squared_distances, counted, alpha)
         weight_totals += weights.sum(1)
         out.addmm_(weights, reference[block], alpha=-1)
@@ -144,13 +145,18 @@ def _influence_of_query_block(
 
 
 def _pair_weights(squared_distances: Tensor, counted: Tensor, alpha: Optional[Alpha]) -> Tensor:
-    """alpha(r) for the counted pairs, 0 elsewhere (never evaluated at r = 0)."""
-    safe = torch.where(counted, squared_distances, torch.ones_like(squared_distances))
-    weights = safe.reciprocal() if alpha is None else alpha(safe.sqrt())
-    if alpha is not None and (
-        weights.shape != safe.shape or not bool(((weights >= 0) | ~counted).all())
-    ):
+    """alpha(r) for the counted pairs, 0 elsewhere; overwrites ``squared_distances``.
+
+    Uncounted pairs are moved to a tiny positive distance first, so alpha is
+    never evaluated at r = 0 (or at the small negative values that rounding
+    can give) before their weight is set to 0.
+    """
+    safe = squared_distances.clamp_(min=torch.finfo(squared_distances.dtype).tiny)
+    if alpha is None:
+        return safe.reciprocal_().mul_(counted)
+    weights = alpha(safe.sqrt_())
+    if weights.shape != safe.shape or not bool(((weights >= 0) | ~counted).all()):
         raise ValueError(
             "alpha must return one weight >= 0 for every distance (same shape as its input)"
         )
-    return torch.where(counted, weights, torch.zeros_like(weights))
+    return torch.where(counted, weights, 0.0)
