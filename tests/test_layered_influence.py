@@ -454,6 +454,10 @@ def test_single_predicted_class_is_an_error():
     explainer = LayeredInfluence(model, model.layer)
     with pytest.raises(ValueError, match="at least two predicted classes"):
         explainer.fit(torch.rand(10, 2, dtype=torch.float64) + 0.1)  # all x0 > 0
+    explainer.fit(two_class_data(20))
+    with pytest.raises(ValueError, match="at least two predicted classes"):
+        explainer.fit(-torch.rand(10, 2, dtype=torch.float64) - 0.1)
+    assert explainer.reference_size == 20  # a failed fit keeps the previous one
 
 
 def test_layer_not_a_candidate():

@@ -234,21 +234,22 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
                 "differently-labelled points, so the reference set needs at "
                 "least two predicted classes"
             )
-        self._references = references
-        self._reference_labels = labels
         if given is not None or len(self._candidates) == 1:
-            self._chosen, self._scores = given or 0, {}
-            return self
-        scores = []
-        for position in call_order:  # a loop, so warnings point at the caller
-            scores.append(self._layer_score(position, criterion))
-        lowest = (
-            lowest_within_tolerance(scores, tolerance)
-            if criterion == "linear"
-            else max(range(len(scores)), key=scores.__getitem__)
-        )
-        self._chosen = call_order[lowest]
-        self._scores = {self._names[p]: s for p, s in zip(call_order, scores)}
+            chosen, table = (0 if given is None else given), {}
+        else:
+            scores = []
+            for position in call_order:  # a loop, so warnings point at the caller
+                scores.append(_layer_score(references[position], labels, criterion))
+            best = (
+                lowest_within_tolerance(scores, tolerance)
+                if criterion == "linear"
+                else max(range(len(scores)), key=scores.__getitem__)
+            )
+            chosen = call_order[best]
+            table = {self._names[p]: s for p, s in zip(call_order, scores)}
+        # set only now, so a failed fit leaves the previous one intact
+        self._references, self._reference_labels = references, labels
+        self._chosen, self._scores = chosen, table
         return self
 
     def influence(
@@ -441,25 +442,6 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         ]
         return references, torch.cat(labels), call_order
 
-    def _layer_score(self, position: int, criterion: str) -> float:
-        reference = self._fitted_references()[position]
-        labels = self._reference_labels
-        assert labels is not None
-        if criterion == "linear":
-            layer_output = reference.activations.reshape(-1, *reference.shape)
-            return linear_probe_accuracy(neuron_activities(layer_output), labels)
-        mean_abs_influence = torch.zeros_like(reference.mean)
-        for start in range(0, len(labels), DEFAULT_CHUNK_SIZE):
-            block = slice(start, start + DEFAULT_CHUNK_SIZE)
-            influence = monotone_influence(
-                reference.activations[block],
-                labels[block],
-                reference.activations,
-                labels,
-            )
-            mean_abs_influence += influence.abs().sum(0) / len(labels)
-        return gini_coefficient(mean_abs_influence)
-
     def _influence_of(
         self,
         activation: Tensor,
@@ -489,6 +471,22 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
             chunk_size=chunk_size,
         )
         return influence.reshape(activation.shape)
+
+
+def _layer_score(reference: _LayerReference, labels: Tensor, criterion: str) -> float:
+    """Probe accuracy ("linear") or Gini coefficient of mean |phi| ("dispersion")."""
+    if criterion == "linear":
+        layer_output = reference.activations.reshape(-1, *reference.shape)
+        return linear_probe_accuracy(neuron_activities(layer_output), labels)
+    mean_abs_influence = torch.zeros_like(reference.mean)
+    # the reference points are the queries, a block at a time to bound memory
+    for start in range(0, len(labels), DEFAULT_CHUNK_SIZE):
+        block = slice(start, start + DEFAULT_CHUNK_SIZE)
+        influence = monotone_influence(
+            reference.activations[block], labels[block], reference.activations, labels
+        )
+        mean_abs_influence += influence.abs().sum(0) / len(labels)
+    return gini_coefficient(mean_abs_influence)
 
 
 def model_labels(output: Any) -> Tensor:
