@@ -10,6 +10,7 @@ from captum.attr import IntegratedGradients, LayerGradientXActivation
 from torch import Tensor, nn
 
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
+from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.relevance import CaptumRelevance, LayerPair, resolve_relevance
 from captum_ssa._utils.segment import (
@@ -65,8 +66,16 @@ SANDWICHES = {
 }
 
 
+@pytest.fixture(params=["vectorised", "one_neuron_per_pass"])
+def backward_strategy(request, monkeypatch):
+    """Run a test with several neurons per backward pass, and with one."""
+    if request.param == "one_neuron_per_pass":
+        monkeypatch.setattr(segment, "VECTORISED_GRADIENT_ELEMENTS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("name", SANDWICHES)
-def test_seed_below_the_upper_layer_equals_a_backward_from_each_neuron(name):
+def test_seed_below_the_upper_layer_equals_a_backward_from_each_neuron(name, backward_strategy):
     make_lower, make_upper, shape, pool = SANDWICHES[name]
     torch.manual_seed(0)
     model = Sandwich(make_lower(), make_upper(), pool).eval()
@@ -97,7 +106,9 @@ class TinyLinear(nn.Linear):
         lambda: TinyLinear(4 * 4 * 4, 3),
     ],
 )
-def test_layers_whose_input_gradient_is_not_fixed_by_the_weights_seed_at_the_output(make_upper):
+def test_layers_whose_input_gradient_is_not_fixed_by_the_weights_seed_at_the_output(
+    make_upper, backward_strategy
+):
     torch.manual_seed(0)
     upper = make_upper()
     if isinstance(upper, nn.Linear):

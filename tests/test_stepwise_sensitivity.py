@@ -25,6 +25,7 @@ from captum_ssa._core.stepwise_sensitivity import (
     threshold,
 )
 from captum_ssa._utils import relevance as relevance_functions
+from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import ReusedLayerError, run_and_capture
 from captum_ssa._utils.relevance import LayerPair
 from captum_ssa._utils.segment import observe_layer_calls
@@ -275,6 +276,19 @@ def test_graph_equals_the_plain_reference(model_name, relevance, options):
     torch.manual_seed(7)
     x = torch.randn(4, *shape)
     kwargs = {"relevance": relevance, **OPTIONS[options]}
+    graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
+    expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
+    assert_matches_reference(graph, expected)
+
+
+@pytest.mark.parametrize("options", ["mean_global", "tukey_local_percentile"])
+@pytest.mark.parametrize("model_name", ["cnn", "direct_cnn", "residual"])
+def test_one_neuron_per_backward_pass_equals_the_plain_reference(model_name, options, monkeypatch):
+    """The test models are small enough for several neurons per pass; force one."""
+    monkeypatch.setattr(segment, "VECTORISED_GRADIENT_ELEMENTS", 0)
+    model, layers, shape, start = case(model_name)
+    x = torch.randn(4, *shape)
+    kwargs = {"relevance": "gradient_x_activation", **OPTIONS[options]}
     graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
     expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
     assert_matches_reference(graph, expected)

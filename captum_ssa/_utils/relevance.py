@@ -73,7 +73,7 @@ def gradient(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
         pair.upper_output,
         pair.upper_input,
         upper_neurons,
-        lambda grad: spatial_mean(_absolute_if(absolute, grad)),
+        lambda grads: spatial_mean(_absolute_if(absolute, grads), leading_dims=2),
     )
 
 
@@ -86,7 +86,7 @@ def gradient_x_activation(pair: LayerPair, upper_neurons: Tensor, absolute: bool
         pair.upper_output,
         pair.upper_input,
         upper_neurons,
-        lambda grad: spatial_mean(_absolute_if(absolute, grad * activation)),
+        lambda grads: spatial_mean(_absolute_if(absolute, grads * activation), leading_dims=2),
     )
 
 

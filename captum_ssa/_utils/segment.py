@@ -30,6 +30,7 @@ from torch.nn import Module
 from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
 from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
 from captum_ssa._utils.linearity import _op_name
 
 # Modules whose output is exactly an affine map of their single input with
@@ -39,6 +40,10 @@ _CONVOLUTIONS: dict[type, Callable[..., Tensor]] = {
     nn.Conv2d: conv2d_input,
     nn.Conv3d: conv3d_input,
 }
+
+# Gradients of at most this many entries (N x K x positions) are computed for
+# several upper neurons per backward pass; larger ones one neuron per pass.
+VECTORISED_GRADIENT_ELEMENTS = 2**16
 
 # Autograd nodes that map each element to the element at the same place (up to
 # a reshape): a path made only of these keeps "lower neuron k" and "upper input
@@ -137,12 +142,13 @@ def spatial_mean(tensor: Tensor, leading_dims: int = 1) -> Tensor:
     return tensor.reshape(*tensor.shape[:keep], -1).mean(-1)
 
 
-def _activity_seed(output: Tensor, neuron: int) -> Tensor:
-    """The gradient of neuron ``neuron``'s activity (spatial mean) w.r.t. ``output``."""
-    seed = torch.zeros_like(output)
+def _seeds_at_output(output: Tensor, neurons: Tensor) -> Tensor:
+    """``d activity_n / d output`` per neuron: (len(neurons), *output.shape), 1/positions
+    in channel n of every example (the activity is the spatial mean)."""
+    seeds = output.new_zeros(len(neurons), *output.shape)
     positions = output[0, 0].numel()
-    seed[:, neuron] = 1.0 / positions
-    return seed
+    seeds[torch.arange(len(neurons)), :, neurons.to(output.device)] = 1.0 / positions
+    return seeds
 
 
 def seeds_at_layer_input(
@@ -201,39 +207,64 @@ def activity_gradients(
         upper_input: its (cloned) input, or None when not observed; used to
             seed the backward pass below the layer when that is exact.
         neurons: indices of upper neurons (along dim 1 of ``upper_output``).
-        reduce: maps one gradient (N, K, *P) to what is kept of it, e.g. the
-            spatial mean of its absolute value (N, K); applied at once, so the
-            full gradients never coexist.
+        reduce: maps gradients stacked over some upper neurons (S, N, K, *P) to
+            what is kept of them, e.g. the spatial mean of their absolute value
+            (S, N, K); applied at once, so the full gradients never pile up.
 
     Returns:
-        The reduced gradients stacked over ``neurons``: (len(neurons), ...).
+        The reduced gradients of all ``neurons``: (len(neurons), ...).
 
-    One backward pass through the segment per upper neuron, all examples at
-    once (they do not interact in eval mode). Vectorising over neurons with
-    ``is_grads_batched`` was measured slower on CPU: vmap has no batching rule
-    for max-pool's backward, loops over the seeds itself and then copies the
-    results together.
+    Every backward pass covers all examples at once (they do not interact in
+    eval mode) and only the segment between the layers. Small gradients are
+    computed for many neurons per pass (``is_grads_batched``), where the cost
+    per operation would otherwise dominate; large ones one neuron per pass,
+    which was measured faster on CPU: vmap has no batching rule for max-pool's
+    backward, loops over the seeds itself and then copies the results together.
     """
-    seeds = None
+    output = upper_output
+    seeds_below = None
     if upper_input is not None and upper_input.requires_grad:
-        seeds = seeds_at_layer_input(upper_layer, upper_input, upper_output, neurons)
-    batch_size = lower_output.shape[0]
-    reduced = []
-    for position, neuron in enumerate(neurons.tolist()):
-        if seeds is not None and upper_input is not None:
-            output = upper_input
-            seed = seeds[position].to(upper_input.dtype).expand_as(upper_input)
+        seeds_below = seeds_at_layer_input(upper_layer, upper_input, upper_output, neurons)
+    if seeds_below is not None and upper_input is not None:
+        output = upper_input
+    per_neuron = lower_output.numel()
+    chunk = max(1, DEFAULT_JACOBIAN_ELEMENTS // per_neuron)
+    if per_neuron > VECTORISED_GRADIENT_ELEMENTS:
+        chunk = 1
+    # written into one preallocated tensor: small results kept between the large
+    # transient gradients would fragment the heap and hold its memory
+    reduced: Optional[Tensor] = None
+    for start in range(0, len(neurons), chunk):
+        part = neurons[start : start + chunk]
+        if seeds_below is None:
+            seeds = _seeds_at_output(upper_output, part)
         else:
-            output, seed = upper_output, _activity_seed(upper_output, neuron)
-        (gradient,) = torch.autograd.grad(
-            output, lower_output, grad_outputs=seed, retain_graph=True, allow_unused=True
-        )
+            below = seeds_below[start : start + chunk].to(output.dtype)
+            seeds = below[:, None].expand(len(part), *output.shape)
+        if chunk == 1:
+            (gradient,) = torch.autograd.grad(
+                output, lower_output, grad_outputs=seeds[0], retain_graph=True, allow_unused=True
+            )
+            gradient = None if gradient is None else gradient[None]
+        else:
+            (gradient,) = torch.autograd.grad(
+                output,
+                lower_output,
+                grad_outputs=seeds,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
         if gradient is None:  # the upper layer does not depend on the lower one
-            gradient = torch.zeros_like(lower_output)
-        reduced.append(reduce(gradient))
-    if not reduced:
-        return lower_output.new_zeros(0, batch_size, lower_output.shape[1])
-    return torch.stack(reduced)
+            gradient = lower_output.new_zeros(len(part), *lower_output.shape)
+        rows = reduce(gradient)
+        del gradient
+        if reduced is None:
+            reduced = rows.new_empty(len(neurons), *rows.shape[1:])
+        reduced[start : start + len(part)] = rows
+    if reduced is None:
+        return lower_output.new_zeros(0, *lower_output.shape[:2])
+    return reduced
 
 
 def connects_directly(upper_input: Optional[Tensor], lower_output: Tensor) -> bool:
