@@ -100,12 +100,15 @@ def main() -> None:
     parser.add_argument("--loop-queries", type=int, default=4)
     parser.add_argument("--loop-reference", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory-child", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         measure_memory(*args.memory_child)
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     queries, query_labels, reference, reference_labels = problem(
         args.queries, args.reference, args.units
     )
