@@ -272,7 +272,10 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
                         elementwise to a tensor of distances
                         :math:`r = \lVert h(x) - h(y) \rVert > 0`; it must be
                         non-negative and non-increasing. Default: None, which
-                        is :math:`\alpha(r) = 1/r^2`
+                        is :math:`\alpha(r) = 1/r^2`. The paper's exact
+                        normalisation of the measure could not be checked,
+                        which is why :math:`\alpha` is pluggable; e.g.
+                        ``lambda r: torch.exp(-r)`` or ``lambda r: r.pow(-1)``.
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs. Default: None
             chunk_size (int, optional): The most queries and reference points
