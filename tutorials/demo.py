@@ -18,10 +18,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed
 
+import demo_layered_influence
+import demo_stepwise_sensitivity
 import demo_switched_projection
 from digits import accuracy, load_digits_tensors, train_digits_cnn
 
-PARTS = [demo_switched_projection]
+PARTS = [demo_switched_projection, demo_stepwise_sensitivity, demo_layered_influence]
 
 
 def main() -> None:
