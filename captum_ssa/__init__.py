@@ -6,9 +6,32 @@ Which neurons, in which layers, linked how, carry a decision:
   linear projection of the input, with a per-feature decomposition.
 - :class:`InactiveStateSensitivity` (Insens): what keeps a layer's inactive
   neurons off.
+- :class:`StepwiseSensitivity` (SSA): the dependency graph of the relevant
+  neurons of every layer, a :class:`DependencyGraph`, with its uses
+  (:func:`evaluate_graph`, :func:`ablation_importance`, class comparison).
+- :class:`LayeredInfluence`: the most influential hidden layer's top units,
+  projected back to the input with DeconvNet.
 """
 
+from captum_ssa._core.class_comparison import (
+    BagOfNodes,
+    bag_of_nodes,
+    cluster_classes,
+    jaccard_similarity,
+    plot_clustermap,
+    shared_subgraph,
+)
+from captum_ssa._core.dependency_graph import DependencyGraph
+from captum_ssa._core.graph_evaluation import (
+    GraphEvaluation,
+    ablation_importance,
+    ensemble_predict,
+    evaluate_graph,
+    spearman_agreement,
+)
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
+from captum_ssa._core.layered_influence import LayeredInfluence
+from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
 from captum_ssa._core.switched_linear_projection import (
     SwitchedLinearProjection,
     SwitchedProjection,
@@ -18,8 +41,22 @@ from captum_ssa._utils.hooks import ReusedLayerError
 __version__ = "0.1.0"
 
 __all__ = [
+    "BagOfNodes",
+    "DependencyGraph",
+    "GraphEvaluation",
     "InactiveStateSensitivity",
+    "LayeredInfluence",
     "ReusedLayerError",
+    "StepwiseSensitivity",
     "SwitchedLinearProjection",
     "SwitchedProjection",
+    "ablation_importance",
+    "bag_of_nodes",
+    "cluster_classes",
+    "ensemble_predict",
+    "evaluate_graph",
+    "jaccard_similarity",
+    "plot_clustermap",
+    "shared_subgraph",
+    "spearman_agreement",
 ]

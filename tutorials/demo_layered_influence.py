@@ -16,7 +16,7 @@ from captum.attr import visualization
 from digits import Digits, DigitsCNN, accuracy, load_digits_tensors, train_digits_cnn
 from torch import Tensor
 
-from captum_ssa._core.layered_influence import LayeredInfluence
+from captum_ssa import LayeredInfluence
 
 DIGITS = (0, 7)
 TOP_FRACTIONS = (0.001, 0.013, 0.025)  # the paper's columns

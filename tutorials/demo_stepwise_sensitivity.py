@@ -8,9 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from digits import Digits, DigitsCNN, accuracy
 
-from captum_ssa._core.class_comparison import bag_of_nodes, jaccard_similarity
-from captum_ssa._core.graph_evaluation import evaluate_graph
-from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
+from captum_ssa import StepwiseSensitivity, bag_of_nodes, evaluate_graph, jaccard_similarity
 
 CLASSES = (3, 8)
 
