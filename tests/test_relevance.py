@@ -16,6 +16,8 @@ from captum_ssa._utils.relevance import CaptumRelevance, LayerPair, resolve_rele
 from captum_ssa._utils.segment import (
     activity_gradients,
     connects_directly,
+    elementwise_derivative,
+    mean_gradient_magnitudes,
     observe_layer_calls,
     seeds_at_layer_input,
 )
@@ -239,3 +241,57 @@ def test_captum_relevance_passes_attribute_arguments_and_extra_forward_args():
         c["n_steps"] == 5 and c["additional_forward_args"] in ((2.0,), (1.0,)) for c in calls
     )
     torch.testing.assert_close(doubled.relevance("fc1"), 2 * single.relevance("fc1"))
+
+
+DIRECT = {
+    "linear": lambda: nn.Sequential(nn.Linear(3, 5), nn.LeakyReLU(0.2), nn.Linear(5, 4)),
+    "conv_grouped": lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, stride=2, groups=2)
+    ),
+    "conv_flatten_linear": lambda: nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 4)
+    ),
+}
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+@pytest.mark.parametrize("name", DIRECT)
+def test_factorised_relevance_on_element_wise_paths_equals_per_neuron_backward(name, absolute):
+    torch.manual_seed(0)
+    model = DIRECT[name]().eval()
+    shape = (3,) if name == "linear" else (2, 7, 7)
+    inputs = (torch.randn(4, *shape).requires_grad_(),)
+    lower, upper = model[0], model[-1]
+    with observe_layer_calls([lower, upper], [False, True]) as calls:
+        _, (lower_output, upper_output) = run_and_capture(model, inputs, [lower, upper])
+    upper_input = calls.inputs[1]
+    assert elementwise_derivative(upper_input, lower_output) is not None  # the fast path runs
+    neurons = torch.tensor([0, 3, 2])
+    activation = lower_output.detach()
+    for factor in (None, activation):
+        fast = mean_gradient_magnitudes(
+            lower_output, upper, upper_output, upper_input, neurons, absolute, factor
+        )
+        for row, neuron in enumerate(neurons.tolist()):
+            activity = upper_output[:, neuron].reshape(4, -1).mean(1).sum()
+            (gradient,) = torch.autograd.grad(activity, lower_output, retain_graph=True)
+            product = gradient if factor is None else gradient * factor
+            product = product.abs() if absolute else product
+            torch.testing.assert_close(fast[row], product.reshape(4, product.shape[1], -1).mean(2))
+
+
+def test_elementwise_derivative_is_the_diagonal_and_absent_where_examples_mix():
+    model = nn.Sequential(nn.Linear(3, 5), nn.LeakyReLU(0.2), nn.Linear(5, 2)).eval()
+    inputs = (torch.randn(6, 3).requires_grad_(),)
+    with observe_layer_calls([model[0], model[2]], [False, True]) as calls:
+        _, (lower_output, _) = run_and_capture(model, inputs, [model[0], model[2]])
+    derivative = elementwise_derivative(calls.inputs[1], lower_output)
+    expected = torch.where(lower_output > 0, 1.0, 0.2)
+    torch.testing.assert_close(derivative, expected)
+    training_bn = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 2)).train()
+    with observe_layer_calls([training_bn[0], training_bn[2]], [False, True]) as calls:
+        _, (lower_output, _) = run_and_capture(
+            training_bn, inputs, [training_bn[0], training_bn[2]]
+        )
+    assert connects_directly(calls.inputs[1], lower_output)  # the weights still connect them
+    assert elementwise_derivative(calls.inputs[1], lower_output) is None  # but examples mix

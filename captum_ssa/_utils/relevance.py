@@ -26,10 +26,11 @@ from torch.nn import Module
 
 from captum_ssa._utils.segment import (
     activity_function,
-    activity_gradients,
     connection_weights,
     connects_directly,
     is_weighted_layer,
+    mean_gradient_magnitudes,
+    mean_magnitude,
     spatial_mean,
     weights_fit,
 )
@@ -67,26 +68,26 @@ def _absolute_if(absolute: bool, tensor: Tensor) -> Tensor:
 
 def gradient(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
     r"""Mean over positions p of :math:`|\partial a_n / \partial a_{k,p}|`."""
-    return activity_gradients(
+    return mean_gradient_magnitudes(
         pair.lower_output,
         pair.upper_layer,
         pair.upper_output,
         pair.upper_input,
         upper_neurons,
-        lambda grads: spatial_mean(_absolute_if(absolute, grads), leading_dims=2),
+        absolute,
     )
 
 
 def gradient_x_activation(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
     r"""Mean over positions p of :math:`|\partial a_n / \partial a_{k,p} \cdot a_{k,p}|`."""
-    activation = pair.lower_output.detach()
-    return activity_gradients(
+    return mean_gradient_magnitudes(
         pair.lower_output,
         pair.upper_layer,
         pair.upper_output,
         pair.upper_input,
         upper_neurons,
-        lambda grads: spatial_mean(_absolute_if(absolute, grads * activation), leading_dims=2),
+        absolute,
+        factor=pair.lower_output.detach(),
     )
 
 
@@ -211,7 +212,7 @@ class CaptumRelevance:
                     f"{self.__name__} returned {type(attribution).__name__}; a relevance "
                     "needs one tensor shaped like the lower layer's output"
                 )
-            rows.append(spatial_mean(_absolute_if(absolute, attribution.detach())))
+            rows.append(mean_magnitude(attribution.detach(), absolute))
         if not rows:
             return pair.lower_output.new_zeros(0, *pair.lower_output.shape[:2])
         return torch.stack(rows)

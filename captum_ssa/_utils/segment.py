@@ -267,6 +267,31 @@ def activity_gradients(
     return reduced
 
 
+def _elementwise_path(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[list[Any]]:
+    """The autograd nodes from ``upper_input`` down to ``lower_output`` when all are
+    element-wise with a single input that depends on the network; else None."""
+    if upper_input is None:
+        return None
+    target = lower_output.grad_fn
+    node = upper_input.grad_fn
+    path: list[Any] = []
+    while node is not None and target is not None:
+        if node is target:
+            return path
+        if _op_name(node) not in _ELEMENTWISE_OPS:
+            return None
+        children = [
+            child
+            for child, _ in node.next_functions
+            if child is not None and type(child).__name__ != "AccumulateGrad"
+        ]
+        if len(children) != 1:
+            return None
+        path.append(node)
+        node = children[0]
+    return None
+
+
 def connects_directly(upper_input: Optional[Tensor], lower_output: Tensor) -> bool:
     """Whether ``upper_input`` is ``lower_output`` up to element-wise ops and reshapes.
 
@@ -274,24 +299,76 @@ def connects_directly(upper_input: Optional[Tensor], lower_output: Tensor) -> bo
     the way must be element-wise (ReLU, batch norm, adding a constant, ...) with
     a single input that depends on the network, until the lower layer's output.
     """
-    if upper_input is None:
-        return False
-    target = lower_output.grad_fn
-    node = upper_input.grad_fn
-    while node is not None and target is not None:
-        if node is target:
-            return True
-        if _op_name(node) not in _ELEMENTWISE_OPS:
-            return False
-        children = [
-            child
-            for child, _ in node.next_functions
-            if child is not None and type(child).__name__ != "AccumulateGrad"
-        ]
-        if len(children) != 1:
-            return False
-        node = children[0]
-    return False
+    return _elementwise_path(upper_input, lower_output) is not None
+
+
+def elementwise_derivative(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[Tensor]:
+    """``d upper_input / d lower_output`` where that Jacobian is diagonal, else None.
+
+    On an element-wise path each input element reaches only its own output
+    element, so one backward pass of ones gives the whole diagonal, shaped like
+    ``lower_output``. Batch norm in training mode mixes the examples, so a path
+    through it is not diagonal.
+    """
+    path = _elementwise_path(upper_input, lower_output)
+    if upper_input is None or path is None or upper_input.numel() != lower_output.numel():
+        return None
+    if any(getattr(node, "_saved_training", False) for node in path):
+        return None
+    (derivative,) = torch.autograd.grad(
+        upper_input, lower_output, torch.ones_like(upper_input), retain_graph=True
+    )
+    return derivative
+
+
+def mean_magnitude(values: Tensor, absolute: bool, leading_dims: int = 1) -> Tensor:
+    """:func:`spatial_mean` of ``|values|`` (of ``values`` when not ``absolute``),
+    without materialising the absolute values."""
+    if not absolute:
+        return spatial_mean(values, leading_dims)
+    flat = values.reshape(*values.shape[: leading_dims + 1], -1)
+    return torch.linalg.vector_norm(flat, ord=1, dim=-1) / flat.shape[-1]
+
+
+def mean_gradient_magnitudes(
+    lower_output: Tensor,
+    upper_layer: Module,
+    upper_output: Tensor,
+    upper_input: Optional[Tensor],
+    neurons: Tensor,
+    absolute: bool,
+    factor: Optional[Tensor] = None,
+) -> Tensor:
+    r"""``mean_p |d a_n / d a_{k,p} * factor_{k,p}|`` for every upper neuron n: (M, N, K).
+
+    ``factor`` (shaped like ``lower_output``, e.g. the activation) is optional;
+    without ``absolute`` the signed mean. When the upper layer is seeded below
+    (Linear/Conv) and reads the lower output through element-wise operations
+    only, the gradient factorises per element into the seed (the same for every
+    example) times the path's derivative (one backward pass for all neurons),
+    so the whole tensor is one batched product over positions. Otherwise one
+    backward pass per neuron (or per chunk of small ones), as
+    :func:`activity_gradients`.
+    """
+    seeds = None
+    if upper_input is not None and upper_input.requires_grad:
+        seeds = seeds_at_layer_input(upper_layer, upper_input, upper_output, neurons)
+    derivative = None if seeds is None else elementwise_derivative(upper_input, lower_output)
+    if seeds is not None and derivative is not None:
+        local = derivative if factor is None else derivative * factor
+        batch_size, size = lower_output.shape[:2]
+        local = local.reshape(batch_size, size, -1)
+        per_neuron = seeds.to(local.dtype).reshape(len(neurons), size, -1)
+        if absolute:
+            local, per_neuron = local.abs(), per_neuron.abs()
+        return torch.einsum("mkp,nkp->mnk", per_neuron, local) / local.shape[-1]
+
+    def reduce(gradients: Tensor) -> Tensor:
+        return mean_magnitude(
+            gradients if factor is None else gradients * factor, absolute, leading_dims=2
+        )
+
+    return activity_gradients(lower_output, upper_layer, upper_output, upper_input, neurons, reduce)
 
 
 def connection_weights(upper_layer: Module, lower_output: Tensor, absolute: bool) -> Tensor:
