@@ -15,6 +15,13 @@ the layer's matrix product or convolution, which on wide layers is most of the
 cost. This is exact whenever the layer's output is that affine map of the
 captured input, which holds for these exact module types whatever lies between
 the lower layer and the upper layer's input; the chain rule does the rest.
+
+When, moreover, only element-wise operations (ReLU, eval-mode batch norm,
+reshapes, ...) lie between the lower output and the upper layer's input, that
+stretch's Jacobian is diagonal: the gradient is the seed times one derivative
+per element, and a whole relevance tensor is one batched product. Elsewhere
+(pooling, residual sums, ...) each upper neuron gets its own backward pass, or
+a chunk of neurons shares one (``is_grads_batched``) when gradients are small.
 """
 
 from __future__ import annotations
