@@ -167,7 +167,7 @@ def test_frequency_weighting_before_fit_says_to_call_fit():
 def test_empty_reference_is_a_clear_error():
     model, layers, shape = build("mlp", 0)
     insens = InactiveStateSensitivity(model, layers["fc1"])
-    with pytest.raises(ValueError, match="no examples|empty"):
+    with pytest.raises(ValueError, match=r"no examples|empty"):
         insens.fit(torch.empty(0, *shape))
     with pytest.raises(ValueError, match="empty"):
         insens.fit([])
