@@ -820,3 +820,21 @@ def test_double_precision_gives_the_same_graph():
         assert single.neurons(name).tolist() == double.neurons(name).tolist()
         assert double.relevance(name).dtype == torch.float64
         torch.testing.assert_close(single.relevance(name).double(), double.relevance(name))
+
+
+def test_layer_that_never_runs_is_a_clear_error():
+    class Skips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(4, 3)
+            self.unused = nn.Linear(3, 3)
+            self.out = nn.Linear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(torch.relu(self.used(x)))
+
+    model = Skips().eval()
+    with pytest.raises(ValueError, match="did not run"):
+        StepwiseSensitivity(model, [model.used, model.unused, model.out]).attribute(
+            torch.randn(2, 4)
+        )

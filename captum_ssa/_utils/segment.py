@@ -154,7 +154,9 @@ def _seeds_at_output(output: Tensor, neurons: Tensor) -> Tensor:
     in channel n of every example (the activity is the spatial mean)."""
     seeds = output.new_zeros(len(neurons), *output.shape)
     positions = output[0, 0].numel()
-    seeds[torch.arange(len(neurons)), :, neurons.to(output.device)] = 1.0 / positions
+    seeds[torch.arange(len(neurons), device=output.device), :, neurons.to(output.device)] = (
+        1.0 / positions
+    )
     return seeds
 
 
