@@ -37,14 +37,17 @@ from captum_ssa._core.switched_linear_projection import (
     SwitchedProjection,
 )
 from captum_ssa._utils.hooks import ReusedLayerError
+from captum_ssa._utils.relevance import CaptumRelevance, LayerPair
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BagOfNodes",
+    "CaptumRelevance",
     "DependencyGraph",
     "GraphEvaluation",
     "InactiveStateSensitivity",
+    "LayerPair",
     "LayeredInfluence",
     "ReusedLayerError",
     "StepwiseSensitivity",
