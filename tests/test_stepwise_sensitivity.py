@@ -294,6 +294,20 @@ def test_one_neuron_per_backward_pass_equals_the_plain_reference(model_name, opt
     assert_matches_reference(graph, expected)
 
 
+def test_a_user_hook_that_changes_a_layer_output_is_respected():
+    """The seed below a Linear stands for its weights; a user's hook breaks that."""
+    model, layers, shape, start = case("mlp")
+    handle = layers[1].register_forward_hook(lambda module, args, output: 3.0 * output.square())
+    try:
+        x = torch.randn(4, *shape)
+        kwargs = {"relevance": "gradient", **OPTIONS["mean_global"]}
+        graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
+        expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
+        assert_matches_reference(graph, expected)
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("relevance", GRADIENT_FAMILY)
 @pytest.mark.parametrize("model_name", ["cnn", "direct_cnn"])
 def test_signed_relevance_equals_the_plain_reference(model_name, relevance):

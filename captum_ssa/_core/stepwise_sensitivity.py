@@ -502,8 +502,13 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         ):
             _check_count(name, value)
         prepared = prepare_inputs(inputs)
+        # The seed below a layer stands for the layer's own weights: only valid when
+        # no hook of the user's changes what the layer outputs.
         keep_input = [
-            position > 0 and is_weighted_layer(layer) for position, layer in enumerate(self.layers)
+            position > 0
+            and is_weighted_layer(layer)
+            and not (layer._forward_hooks or layer._forward_pre_hooks)
+            for position, layer in enumerate(self.layers)
         ]
         with untouched_model(self.forward_func):
             with observe_layer_calls(self.layers, keep_input) as calls:
