@@ -18,6 +18,7 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor, nn
 
 from captum_ssa import InactiveStateSensitivity, ReusedLayerError, SwitchedLinearProjection
+from tests.behaviour import assert_same_snapshot, snapshot
 from tests.models import build
 
 matplotlib.use("Agg")
@@ -153,24 +154,6 @@ def test_layer_that_never_runs_is_a_clear_error(method):
     model = Skips().eval()
     with pytest.raises(ValueError, match="did not run"):
         METHODS[method](model, model.unused, torch.randn(2, 4))
-
-
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "training": [m.training for m in model.modules()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "hooks": sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-            for m in model.modules()
-        ),
-    }
-
-
-def assert_same_snapshot(before: dict[str, Any], after: dict[str, Any]) -> None:
-    assert before["training"] == after["training"]
-    assert before["hooks"] == after["hooks"] == 0
-    for a, b in zip(before["grads"], after["grads"]):
-        assert (a is None and b is None) or torch.equal(a, b)
 
 
 @pytest.mark.parametrize("method", METHODS)

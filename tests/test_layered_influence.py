@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from captum_ssa import ReusedLayerError
 from captum_ssa._core.layered_influence import LayeredInfluence
+from tests.behaviour import hooks_left
 from tests.models import TwoInputs, build
 
 matplotlib.use("Agg")
@@ -144,13 +145,6 @@ def fitted_cnn(layer: str = "conv2", seed: int = 0, double: bool = False):
         reference, layer=getattr(model, layer)
     )
     return model, explainer, reference
-
-
-def hooks_left(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
 
 
 # ---------------------------------------------------------------- influence

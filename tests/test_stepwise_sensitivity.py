@@ -29,6 +29,7 @@ from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import ReusedLayerError, run_and_capture
 from captum_ssa._utils.relevance import LayerPair
 from captum_ssa._utils.segment import observe_layer_calls
+from tests.behaviour import assert_same_snapshot, snapshot
 from tests.models import MLP, TwoInputs, build
 
 # ---------------------------------------------------------------- test models
@@ -763,24 +764,6 @@ def test_reused_module_is_a_clear_error():
     with pytest.raises(ReusedLayerError, match="more than once"):
         StepwiseSensitivity(model, [model.fc1, model.fc2]).attribute(torch.randn(2, 4))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-
-
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "training": [m.training for m in model.modules()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "hooks": sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-            for m in model.modules()
-        ),
-    }
-
-
-def assert_same_snapshot(before: dict[str, Any], after: dict[str, Any]) -> None:
-    assert before["training"] == after["training"]
-    assert before["hooks"] == after["hooks"] == 0
-    for a, b in zip(before["grads"], after["grads"]):
-        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def test_leaves_no_trace_on_success_and_on_exception():
