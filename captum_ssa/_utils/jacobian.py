@@ -6,25 +6,36 @@ squared norms (||w_i||^2) and products of it with a vector. The rows come
 from reverse mode over neuron chunks, the columns from forward mode over
 input-feature chunks; the cheaper direction is the one with fewer passes.
 Examples are independent in eval mode, so one seed serves the whole batch.
+A chunk is sized by the widest tensor it creates on the way between the input
+and the layer, measured on a small first chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from captum_ssa._utils._compat import progress
 
-# Default bound on the number of Jacobian entries alive at once (64 MiB of float32).
+# Bound on the number of Jacobian entries alive at once (64 MiB of float32), which
+# other modules use to size their own chunks.
 DEFAULT_JACOBIAN_ELEMENTS = 2**24
 
+# Default bounds on the widest tensor one chunk of rows or columns creates anywhere
+# between the input and the layer, set by measurement on CPU (see the Insens section
+# of benchmarks/README.md): fewer, bigger chunks save a fixed ~1 ms each until their
+# buffers outgrow the cache. Forward mode's convolutions stay efficient up to larger
+# batches than reverse mode's convolution backward does.
+FORWARD_CHUNK_BYTES = 2**24
+REVERSE_CHUNK_BYTES = 2**22
 
-def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, size):
-        yield start, min(start + size, total)
+# Rows of the first chunk at most, whose gradients are measured to size the other
+# chunks (the widest tensor is rarely the layer output or the input).
+PROBE_ROWS = 8
 
 
 def _features_per_example(inputs: tuple[Tensor, ...]) -> int:
@@ -44,63 +55,190 @@ def choose_mode(num_neurons: int, num_features: int) -> str:
     return "reverse" if num_neurons <= num_features else "forward"
 
 
-def default_chunk_size(batch_size: int, num_neurons: int, num_features: int) -> int:
-    """Rows (or columns) per chunk so that a chunk holds at most the default budget."""
-    mode = choose_mode(num_neurons, num_features)
-    other = num_features if mode == "reverse" else num_neurons
-    return max(1, DEFAULT_JACOBIAN_ELEMENTS // max(1, batch_size * other))
+def default_chunk_size(
+    batch_size: int, widest_per_example: int, element_size: int = 4, mode: str = "forward"
+) -> int:
+    """Rows (reverse) or columns (forward) per chunk within the mode's byte budget:
+    each row or column of a chunk carries, for every example, one tensor as wide as
+    the widest activation between the inputs and the layer."""
+    budget = FORWARD_CHUNK_BYTES if mode == "forward" else REVERSE_CHUNK_BYTES
+    return max(1, budget // max(1, batch_size * widest_per_example * element_size))
+
+
+class _WidestTensor(TorchFunctionMode):
+    """Records the largest tensor any torch function returns (forward mode's probe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Optional[dict[str, Any]] = None,
+    ) -> Any:
+        result = func(*args, **(kwargs or {}))
+        for value in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(value, Tensor):
+                self.elements = max(self.elements, value.numel())
+        return result
+
+
+class _WidestGradient:
+    """Records the largest gradient that reaches any node of ``output``'s graph
+    (reverse mode's probe), through hooks removed on exit."""
+
+    def __init__(self, output: Tensor) -> None:
+        self.elements = 0
+        self._nodes: list[Any] = []
+        seen: set[int] = set()
+        pending = [output.grad_fn]
+        while pending:
+            node = pending.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            self._nodes.append(node)
+            pending.extend(following for following, _ in node.next_functions)
+
+    def _record(self, gradients: tuple[Optional[Tensor], ...]) -> None:
+        sizes = (g.numel() for g in gradients if g is not None)
+        self.elements = max(self.elements, *sizes, 0)
+
+    def __enter__(self) -> _WidestGradient:
+        self._handles = [node.register_prehook(self._record) for node in self._nodes]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _in_chunks(
+    total: int,
+    chunk_size: Optional[int],
+    mode: str,
+    batch_size: int,
+    known_width: int,
+    element_size: int,
+    probe: Union[_WidestTensor, _WidestGradient],
+    probe_size: int,
+    work: Callable[[int, int], None],
+    show_progress: bool,
+) -> None:
+    """Call ``work(start, stop)`` over ``range(total)`` in chunks. With no
+    ``chunk_size``, the first chunk runs under ``probe`` and is small (what the
+    default would be if the layer output or the input were the widest tensor, at
+    most ``probe_size``); the widest tensor it saw sizes the other chunks."""
+    done = 0
+    if chunk_size is None:
+        done = min(
+            total, probe_size, default_chunk_size(batch_size, known_width, element_size, mode)
+        )
+        with probe:
+            work(0, done)
+        widest = -(-max(probe.elements, batch_size * known_width) // batch_size)
+        chunk_size = default_chunk_size(batch_size, widest, element_size, mode)
+    description = "Jacobian rows" if mode == "reverse" else "Jacobian columns"
+    chunks = [(start, min(start + chunk_size, total)) for start in range(done, total, chunk_size)]
+    for start, stop in progress(chunks, desc=description, disable=not show_progress):
+        work(start, stop)
 
 
 def _reverse_row_norms(
     layer_output: Tensor,
     inputs: tuple[Tensor, ...],
-    chunk_size: int,
+    chunk_size: Optional[int],
     show_progress: bool,
 ) -> Tensor:
     batch_size = layer_output.shape[0]
     flat = layer_output.reshape(batch_size, -1)
     num_neurons = flat.shape[1]
-    norms = torch.zeros_like(flat)
-    chunks = list(_chunks(num_neurons, chunk_size))
-    for start, stop in progress(chunks, desc="Jacobian rows", disable=not show_progress):
-        seeds = _one_hot_rows(start, stop, num_neurons, flat)[:, None, :].expand(stop - start, batch_size, num_neurons)
-        rows = torch.autograd.grad(
-            flat, inputs, grad_outputs=seeds, is_grads_batched=True,
-            retain_graph=True, allow_unused=True, materialize_grads=True,
+    norms = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device)
+
+    def rows(seed: Tensor) -> tuple[Tensor, ...]:
+        return torch.autograd.grad(
+            flat,
+            inputs,
+            grad_outputs=seed,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
         )
-        squared = sum(r.reshape(stop - start, batch_size, -1).square().sum(2) for r in rows)
+
+    # torch.func.vmap rather than autograd.grad(is_grads_batched=True), whose older
+    # vmap runs convolution backward once per row instead of once per chunk.
+    batched_rows = torch.func.vmap(rows)
+
+    def row_norms(start: int, stop: int) -> None:
+        seeds = _one_hot_rows(start, stop, num_neurons, flat)[:, None, :].expand(
+            stop - start, batch_size, num_neurons
+        )
+        chunk = batched_rows(seeds)
+        squared = sum(r.reshape(stop - start, batch_size, -1).square().sum(2) for r in chunk)
         norms[:, start:stop] = torch.as_tensor(squared).T
+
+    known_width = max(num_neurons, _features_per_example(inputs))
+    _in_chunks(
+        num_neurons,
+        chunk_size,
+        "reverse",
+        batch_size,
+        known_width,
+        flat.element_size(),
+        _WidestGradient(flat),
+        PROBE_ROWS,
+        row_norms,
+        show_progress,
+    )
     return norms
 
 
 def _forward_row_norms(
+    layer_output: Tensor,
     layer_function: Callable[..., Tensor],
     inputs: tuple[Tensor, ...],
-    chunk_size: int,
+    chunk_size: Optional[int],
     show_progress: bool,
 ) -> Tensor:
     primals = tuple(t.detach() for t in inputs)
     batch_size = primals[0].shape[0]
     sizes = [t[0].numel() for t in primals]
     num_features = sum(sizes)
-    norms: Optional[Tensor] = None
+    norms = torch.zeros(
+        batch_size, layer_output[0].numel(), dtype=layer_output.dtype, device=layer_output.device
+    )
 
     def column_block(*tangents: Tensor) -> Tensor:
         return torch.func.jvp(layer_function, primals, tangents)[1]
 
-    chunks = list(_chunks(num_features, chunk_size))
-    for start, stop in progress(chunks, desc="Jacobian columns", disable=not show_progress):
+    def add_column_norms(start: int, stop: int) -> None:
         basis = _one_hot_rows(start, stop, num_features, primals[0])
         tangents = tuple(
-            part[:, None, :].expand(stop - start, batch_size, size).reshape(
-                stop - start, *t.shape
-            )
+            part[:, None, :].expand(stop - start, batch_size, size).reshape(stop - start, *t.shape)
             for part, size, t in zip(basis.split(sizes, dim=1), sizes, primals)
         )
-        columns = torch.func.vmap(column_block)(*tangents)
-        block = columns.reshape(stop - start, batch_size, -1).square().sum(0)
-        norms = block if norms is None else norms + block
-    assert norms is not None
+        # Forward mode ignores no_grad; without it the model's parameters would make
+        # every chunk record a reverse-mode graph, alive as long as its result.
+        with torch.no_grad():
+            columns = torch.func.vmap(column_block)(*tangents)
+            norms.add_(columns.reshape(stop - start, batch_size, -1).square().sum(0))
+
+    known_width = max(norms.shape[1], num_features)
+    _in_chunks(
+        num_features,
+        chunk_size,
+        "forward",
+        batch_size,
+        known_width,
+        norms.element_size(),
+        _WidestTensor(),
+        1,  # the mode also sees the chunk's tensors outside vmap, as wide as the chunk
+        add_column_norms,
+        show_progress,
+    )
     return norms
 
 
@@ -116,25 +254,24 @@ def jacobian_row_norms(
     Args:
         layer_output: the layer's output (N, ...) computed from ``inputs`` with
             its autograd graph (used by reverse mode).
-        layer_function: ``*inputs -> layer output``, re-evaluated by forward mode.
+        layer_function: ``*inputs -> layer output``, re-evaluated by forward mode
+            under ``torch.func.jvp``.
         inputs: leaf tensors that require grad, each (N, ...).
         chunk_size: Jacobian rows (reverse) or columns (forward) per chunk; the
-            default keeps a chunk within ``DEFAULT_JACOBIAN_ELEMENTS`` entries.
+            default keeps the widest tensor a chunk creates between the inputs and
+            the layer within ``REVERSE_CHUNK_BYTES`` or ``FORWARD_CHUNK_BYTES``.
         show_progress: show a progress bar over the chunks.
 
     Returns:
         Tensor (N, U) of squared row norms, U = units per example.
     """
-    batch_size = layer_output.shape[0]
     num_neurons = layer_output[0].numel()
     num_features = _features_per_example(inputs)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(batch_size, num_neurons, num_features)
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     if choose_mode(num_neurons, num_features) == "reverse":
         return _reverse_row_norms(layer_output, inputs, chunk_size, show_progress)
-    return _forward_row_norms(layer_function, inputs, chunk_size, show_progress)
+    return _forward_row_norms(layer_output, layer_function, inputs, chunk_size, show_progress)
 
 
 def vector_jacobian_product(
@@ -142,6 +279,10 @@ def vector_jacobian_product(
 ) -> tuple[Tensor, ...]:
     """``vector^T d output / d inputs`` per example, zeros for unused inputs."""
     return torch.autograd.grad(
-        output, inputs, grad_outputs=vector, retain_graph=True,
-        allow_unused=True, materialize_grads=True,
+        output,
+        inputs,
+        grad_outputs=vector,
+        retain_graph=True,
+        allow_unused=True,
+        materialize_grads=True,
     )
