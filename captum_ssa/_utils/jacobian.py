@@ -7,7 +7,7 @@ from reverse mode over neuron chunks, the columns from forward mode over
 input-feature chunks; the cheaper direction is the one with fewer passes.
 Examples are independent in eval mode, so one seed serves the whole batch.
 A chunk is sized by the widest tensor it creates on the way between the input
-and the layer, measured on a small first chunk.
+and the layer, measured on a first chunk of one row or column.
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ DEFAULT_JACOBIAN_ELEMENTS = 2**24
 # batches than reverse mode's convolution backward does.
 FORWARD_CHUNK_BYTES = 2**24
 REVERSE_CHUNK_BYTES = 2**22
-
-# Rows of the first chunk at most, whose gradients are measured to size the other
-# chunks (the widest tensor is rarely the layer output or the input).
-PROBE_ROWS = 8
 
 
 def _features_per_example(inputs: tuple[Tensor, ...]) -> int:
@@ -124,19 +120,15 @@ def _in_chunks(
     known_width: int,
     element_size: int,
     probe: Union[_WidestTensor, _WidestGradient],
-    probe_size: int,
     work: Callable[[int, int], None],
     show_progress: bool,
 ) -> None:
     """Call ``work(start, stop)`` over ``range(total)`` in chunks. With no
-    ``chunk_size``, the first chunk runs under ``probe`` and is small (what the
-    default would be if the layer output or the input were the widest tensor, at
-    most ``probe_size``); the widest tensor it saw sizes the other chunks."""
+    ``chunk_size``, the first chunk is one row or column, run under ``probe``: the
+    widest tensor it creates sizes the other chunks."""
     done = 0
     if chunk_size is None:
-        done = min(
-            total, probe_size, default_chunk_size(batch_size, known_width, element_size, mode)
-        )
+        done = 1
         with probe:
             work(0, done)
         widest = -(-max(probe.elements, batch_size * known_width) // batch_size)
@@ -189,7 +181,6 @@ def _reverse_row_norms(
         known_width,
         flat.element_size(),
         _WidestGradient(flat),
-        PROBE_ROWS,
         row_norms,
         show_progress,
     )
@@ -235,7 +226,6 @@ def _forward_row_norms(
         known_width,
         norms.element_size(),
         _WidestTensor(),
-        1,  # the mode also sees the chunk's tensors outside vmap, as wide as the chunk
         add_column_norms,
         show_progress,
     )
