@@ -194,8 +194,10 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
             chunk_size (int, optional): How many Jacobian rows (reverse mode,
                         over neurons) or columns (forward mode, over input
                         features) exist at once; the direction with fewer
-                        passes is used. Default: a chunk of at most
-                        :math:`2^{24}` Jacobian entries.
+                        passes is used. Default: sized so that the widest
+                        tensor a chunk creates between the inputs and the
+                        layer takes at most 16 MiB (forward mode) or 4 MiB
+                        (reverse mode), measured on a first chunk of one.
             show_progress (bool, optional): Show a progress bar over the
                         chunks. Default: False
 
