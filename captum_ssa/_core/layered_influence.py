@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -22,9 +21,9 @@ from captum_ssa._utils._compat import (
 from captum_ssa._utils.deconvolution import deconvolve_from_layer
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
-    layer_name,
     model_of,
     run_and_capture,
+    unique_layer_names,
 )
 from captum_ssa._utils.influence_measure import (
     DEFAULT_CHUNK_SIZE,
@@ -39,6 +38,7 @@ from captum_ssa._utils.layer_selection import (
     neuron_activities,
 )
 from captum_ssa._utils.model_state import untouched_model
+from captum_ssa._utils.segment import observe_layer_calls
 from captum_ssa._utils.validation import prepare_inputs, reference_batches
 
 _CRITERIA = ("linear", "dispersion")
@@ -122,9 +122,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         LayerAttribution.__init__(self, forward_func, candidates)
         GradientAttribution.__init__(self, forward_func)
         self._candidates = candidates
-        self._names = _unique_names(
-            [layer_name(model_of(forward_func), layer) for layer in candidates]
-        )
+        self._names = unique_layer_names(model_of(forward_func), candidates)
         self._references: Optional[list[_LayerReference]] = None
         self._reference_labels: Optional[Tensor] = None
         self._chosen = 0
@@ -418,11 +416,12 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
             step = batch[0].shape[0] if batch_size is None else batch_size
             for start in range(0, batch[0].shape[0], step):
                 part = tuple(t[start : start + step] for t in batch)
-                with _recording_call_order(self._candidates) as order:
+                no_inputs_kept = [False] * len(self._candidates)
+                with observe_layer_calls(self._candidates, no_inputs_kept) as calls:
                     output, outputs = run_and_capture(
                         self.forward_func, part, self._candidates, additional_forward_args
                     )
-                call_order = call_order or order
+                call_order = call_order or calls.order
                 labels.append(model_labels(output))
                 for position, layer_output in enumerate(outputs):
                     shape = tuple(layer_output.shape[1:])
@@ -535,26 +534,3 @@ def top_unit_seed(
 def _centred(activations: Tensor, shape: tuple[int, ...]) -> _LayerReference:
     mean = activations.mean(0)
     return _LayerReference(activations - mean, mean, shape)
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    """Layer names, with a position added where two are the same."""
-    return [
-        f"{name}#{position}" if names.count(name) > 1 else name
-        for position, name in enumerate(names)
-    ]
-
-
-@contextmanager
-def _recording_call_order(layers: Sequence[Module]) -> Iterator[list[int]]:
-    """The positions of ``layers`` in the order they run in the block."""
-    order: list[int] = []
-    handles = [
-        layer.register_forward_hook(lambda *_, position=position: order.append(position))
-        for position, layer in enumerate(layers)
-    ]
-    try:
-        yield order
-    finally:
-        for handle in handles:
-            handle.remove()

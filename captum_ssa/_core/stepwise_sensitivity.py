@@ -25,9 +25,9 @@ from captum_ssa._utils._compat import (
 )
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
-    layer_name,
     model_of,
     run_and_capture,
+    unique_layer_names,
 )
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
 from captum_ssa._utils.model_state import untouched_model
@@ -258,13 +258,6 @@ def _chunks(neurons: Tensor, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, len(neurons))
 
 
-def _unique_names(model: Optional[Module], layers: list[Module]) -> list[str]:
-    names = [layer_name(model, layer) for layer in layers]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{name}#{position}" for position, name in enumerate(names)]
-
-
 def _starting_neurons(
     target: Optional[StartingNeurons],
     top_neurons: Optional[StartingNeurons],
@@ -394,7 +387,7 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         LayerAttribution.__init__(self, forward_func, layers, device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.layers: list[Module] = layers
-        self.layer_names = _unique_names(model_of(forward_func), layers)
+        self.layer_names = unique_layer_names(model_of(forward_func), layers)
 
     @property
     def multiplies_by_inputs(self) -> bool:

@@ -42,6 +42,15 @@ def layer_name(model: Optional[Module], layer: Module) -> str:
     return type(layer).__name__
 
 
+def unique_layer_names(model: Optional[Module], layers: Sequence[Module]) -> list[str]:
+    """Each layer's :func:`layer_name`, with its position added where two are the same."""
+    names = [layer_name(model, layer) for layer in layers]
+    return [
+        f"{name}#{position}" if names.count(name) > 1 else name
+        for position, name in enumerate(names)
+    ]
+
+
 def model_of(forward_func: Callable[..., Any]) -> Optional[Module]:
     """The ``nn.Module`` behind ``forward_func`` (a module or its bound method)."""
     if isinstance(forward_func, Module):
