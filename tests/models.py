@@ -122,3 +122,15 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, nn.Module], tu
 
 
 PIECEWISE_LINEAR_MODELS = ("mlp", "leaky_mlp", "cnn", "cnn_bn", "residual")
+
+
+def layer_output(model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
+    """The layer's output (a clone, with its graph) for a batch: the tests' plain capture,
+    independent of the package's own hooks."""
+    captured = []
+    handle = layer.register_forward_hook(lambda _m, _i, output: captured.append(output.clone()))
+    try:
+        model(inputs)
+    finally:
+        handle.remove()
+    return captured[0]

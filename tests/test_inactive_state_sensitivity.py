@@ -10,20 +10,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa import InactiveStateSensitivity
-from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build
+from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build, layer_output
 
 SETTINGS = settings(max_examples=10, deadline=None)
 
 
 def layer_output_of(model: nn.Module, layer: nn.Module, example: Tensor) -> Tensor:
     """The layer's output for one example, flattened, with its graph."""
-    captured = []
-    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o.clone()))
-    try:
-        model(example[None])
-    finally:
-        handle.remove()
-    return captured[0][0].flatten()
+    return layer_output(model, layer, example[None])[0].flatten()
 
 
 def reference_active_counts(model: nn.Module, layer: nn.Module, reference: Tensor) -> Tensor:

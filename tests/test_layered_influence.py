@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from captum_ssa import ReusedLayerError
 from captum_ssa._core.layered_influence import LayeredInfluence
 from tests.behaviour import hooks_left
-from tests.models import TwoInputs, build
+from tests.models import TwoInputs, build, layer_output
 
 matplotlib.use("Agg")
 
@@ -34,17 +34,6 @@ def slow_influence(queries, query_labels, reference, reference_labels):
             if int(query_labels[i]) != int(reference_labels[j]) and squared > 0:
                 influence[i] += difference / squared
     return influence
-
-
-def layer_output(model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
-    captured = []
-    handle = layer.register_forward_hook(lambda _m, _i, output: captured.append(output.clone()))
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def linear(weight, bias=None) -> nn.Linear:

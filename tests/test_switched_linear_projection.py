@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from captum_ssa import SwitchedLinearProjection
-from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build
+from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build, layer_output
 
 SETTINGS = settings(max_examples=12, deadline=None)
 
@@ -21,18 +21,12 @@ def reference_switched_weights(
 ) -> Tensor:
     """Slow and plain: one example at a time, the full Jacobian of the layer output."""
 
-    def layer_output(example: Tensor) -> Tensor:
-        captured = []
-        handle = layer.register_forward_hook(lambda m, i, o: captured.append(o.clone()))
-        try:
-            model(example[None])
-        finally:
-            handle.remove()
-        return captured[0][0]
+    def output_for(example: Tensor) -> Tensor:
+        return layer_output(model, layer, example[None])[0]
 
     rows = []
     for example in x:
-        jacobian = torch.autograd.functional.jacobian(layer_output, example)
+        jacobian = torch.autograd.functional.jacobian(output_for, example)
         rows.append(jacobian[index])
     return torch.stack(rows)
 
@@ -66,11 +60,8 @@ def test_projection_is_exact_on_piecewise_linear_networks(name, seed, layer_posi
     layer = list(layers.values())[layer_position % len(layers)]
     x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        captured = []
-        handle = layer.register_forward_hook(lambda m, i, o: captured.append(o.clone()))
-        model(x)
-        handle.remove()
-    index = neuron_of(captured[0].shape[1:], seed)
+        expected_output = layer_output(model, layer, x)
+    index = neuron_of(expected_output.shape[1:], seed)
 
     slp = SwitchedLinearProjection(model, layer)
     projection = slp.project(x, index)
@@ -78,7 +69,7 @@ def test_projection_is_exact_on_piecewise_linear_networks(name, seed, layer_posi
     torch.testing.assert_close(
         (projection.weights * x).sum(dims) + projection.bias, projection.activity
     )
-    torch.testing.assert_close(projection.activity, captured[0][(slice(None), *index)])
+    torch.testing.assert_close(projection.activity, expected_output[(slice(None), *index)])
     torch.testing.assert_close(
         projection.weights, reference_switched_weights(model, layer, x, index)
     )
