@@ -15,6 +15,7 @@ Every method of the package reads intermediate tensors through
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -111,9 +112,12 @@ def run_and_capture(
     """
     captured: list[Optional[Tensor]] = [None] * len(layers)
     calls = [0] * len(layers)
+    caller = threading.get_ident()
 
-    def make_hook(position: int) -> Callable[[Module, Any, Any], Tensor]:
-        def hook(module: Module, _args: Any, output: Any) -> Tensor:
+    def make_hook(position: int) -> Callable[[Module, Any, Any], Optional[Tensor]]:
+        def hook(module: Module, _args: Any, output: Any) -> Optional[Tensor]:
+            if threading.get_ident() != caller:
+                return None  # someone else's forward pass of the same model
             if not isinstance(output, Tensor):
                 raise TypeError(
                     f"layer {type(module).__name__} returns "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -14,18 +16,36 @@ from captum_ssa._utils.hooks import model_of
 
 _BATCH_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
+# Our hooks are registered on the model for the length of a call, so two calls on
+# one model from two threads would see each other's hooks: calls on one model are
+# serialised. Re-entrant, because an attribution may call another (NoiseTunnel).
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_ANY_CALLABLE_LOCK = threading.RLock()
+_LOCKS_LOCK = threading.Lock()
 
-def warn_if_training(model: Optional[nn.Module]) -> None:
-    """Warn when dropout or batch norm in training mode make results batch-dependent."""
+# A fit is summarised by every parameter's and buffer's identity, storage and
+# version counter: in-place changes (an optimiser step, reset_parameters,
+# load_state_dict, a randomisation test) bump the counter, replacements change
+# the identity or storage.
+WeightsFingerprint = tuple[tuple[int, int, int], ...]
+
+
+def batch_dependent_modules(model: Optional[nn.Module]) -> list[str]:
+    """Class names of the dropout and batch-norm modules in training mode."""
     if model is None:
-        return
-    active = sorted(
+        return []
+    return sorted(
         {
             type(module).__name__
             for module in model.modules()
             if module.training and isinstance(module, _BATCH_DEPENDENT)
         }
     )
+
+
+def warn_if_training(model: Optional[nn.Module]) -> None:
+    """Warn when dropout or batch norm in training mode make results batch-dependent."""
+    active = batch_dependent_modules(model)
     if active:
         warnings.warn(
             f"the model is in training mode with {', '.join(active)}: results "
@@ -35,25 +55,87 @@ def warn_if_training(model: Optional[nn.Module]) -> None:
         )
 
 
+def _lock_for(model: Optional[nn.Module]) -> threading.RLock:
+    if model is None:
+        return _ANY_CALLABLE_LOCK
+    with _LOCKS_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def _private_buffers(model: Optional[nn.Module]) -> Iterator[None]:
+    """Give modules in training mode copies of their buffers for the block.
+
+    A training-mode batch norm updates its running statistics on every forward
+    pass; ours must not, so the module updates a copy and gets its own tensors
+    back untouched (their version counters too, so a fit stays current).
+    """
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+    if model is not None:
+        for module in model.modules():
+            if not module.training:
+                continue
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    swapped.append((module, name, buffer))
+                    module._buffers[name] = buffer.clone()
+    try:
+        yield
+    finally:
+        for module, name, buffer in swapped:
+            module._buffers[name] = buffer
+
+
 @contextmanager
 def untouched_model(forward_func: Callable[..., Any]) -> Iterator[None]:
     """Run attribution code so that the model is left exactly as it was.
 
     Gradients are computed with ``torch.autograd.grad`` throughout, so no
     parameter's ``.grad`` is written; this context also restores the training
-    flags and every ``.grad`` tensor should a user callable touch them, and turns
+    flags, every ``.grad`` tensor and ``requires_grad`` flag should a user
+    callable touch them, keeps batch-norm running statistics unchanged, turns
     gradients on inside ``torch.no_grad()`` (Captum's ``sensitivity_max`` calls
-    attribution methods that way).
+    attribution methods that way), and serialises calls on one model from
+    several threads.
     """
     model = model_of(forward_func)
     warn_if_training(model)
-    training = [] if model is None else [(m, m.training) for m in model.modules()]
-    grads = [] if model is None else [(p, p.grad) for p in model.parameters()]
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for module, flag in training:
-            module.training = flag
-        for parameter, grad in grads:
-            parameter.grad = grad
+    with _lock_for(model):
+        training = [] if model is None else [(m, m.training) for m in model.modules()]
+        parameters = [] if model is None else list(model.parameters())
+        grads = [(p, p.grad, p.requires_grad) for p in parameters]
+        try:
+            with torch.enable_grad(), _private_buffers(model):
+                yield
+        finally:
+            for module, flag in training:
+                module.training = flag
+            for parameter, grad, requires_grad in grads:
+                parameter.grad = grad
+                parameter.requires_grad_(requires_grad)
+
+
+def weights_fingerprint(forward_func: Callable[..., Any]) -> Optional[WeightsFingerprint]:
+    """What a fit depends on: each parameter and buffer's identity, storage and
+    version; None for a callable that is not a module (nothing to check)."""
+    model = model_of(forward_func)
+    if model is None:
+        return None
+    tensors = [*model.parameters(), *(b for b in model.buffers() if b is not None)]
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+
+def check_fit_current(
+    fingerprint: Optional[WeightsFingerprint], forward_func: Callable[..., Any], method: str
+) -> None:
+    """Raise when the model's weights changed since the fit that took ``fingerprint``."""
+    if fingerprint is not None and weights_fingerprint(forward_func) != fingerprint:
+        raise RuntimeError(
+            f"the model's parameters or buffers changed since {method}.fit() (an "
+            "optimiser step, reset_parameters, load_state_dict, a randomisation test, "
+            "or batch-norm statistics updated in training mode): the fitted reference "
+            f"statistics describe the old weights. Call {method}.fit() again."
+        )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -38,12 +39,24 @@ def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
             )
         if tensor.shape[0] == 0:
             raise ValueError(f"inputs[{position}] holds no examples (batch size 0)")
-        if torch.isnan(tensor).any():
-            raise ValueError(f"inputs[{position}] contains NaN")
+        if not torch.isfinite(tensor).all():
+            kind = "NaN" if torch.isnan(tensor).any() else "an infinite value (Inf)"
+            raise ValueError(f"inputs[{position}] contains {kind}; inputs must be finite")
     sizes = {tensor.shape[0] for tensor in formatted}
     if len(sizes) > 1:
         raise ValueError(f"all input tensors need the same batch size, got {sorted(sizes)}")
     return tuple(tensor.detach().requires_grad_() for tensor in formatted)
+
+
+def positive_int(name: str, value: Any, optional: bool = True) -> Optional[int]:
+    """``value`` as an ``int`` >= 1 (NumPy integers too), None where allowed, or a
+    clear error naming the argument."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        expected = "a positive integer" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
 
 
 def check_neuron_selector(layer_output: Tensor, selector: NeuronSelector) -> None:
