@@ -71,7 +71,7 @@ def test_insens_equals_the_plain_reference(name, seed, weighting, include_active
     reference = torch.randn(20, *shape, generator=generator)
     insens = InactiveStateSensitivity(model, list(layers.values())).fit(reference)
     results = insens.attribute(
-        x, weighting=weighting, include_active=include_active, chunk_size=chunk_size
+        x, weighting=weighting, include_active=include_active, jacobian_vectors_per_chunk=chunk_size
     )
     assert isinstance(results, list) and len(results) == len(layers)
     for layer, result in zip(layers.values(), results):
@@ -172,8 +172,8 @@ def test_unknown_weighting_and_bad_chunk_size_are_errors():
     insens = InactiveStateSensitivity(model, layers["fc1"]).fit(torch.randn(5, *shape))
     with pytest.raises(ValueError, match="weighting"):
         insens.attribute(torch.randn(2, *shape), weighting="median")
-    with pytest.raises(ValueError, match="chunk_size"):
-        insens.attribute(torch.randn(2, *shape), chunk_size=0)
+    with pytest.raises(ValueError, match="jacobian_vectors_per_chunk"):
+        insens.attribute(torch.randn(2, *shape), jacobian_vectors_per_chunk=0)
 
 
 def test_inputs_of_another_size_than_fit_are_a_clear_error():
@@ -231,3 +231,115 @@ def test_runs_on_the_model_device():
     insens = InactiveStateSensitivity(model, [layers["conv1"], layers["fc1"]]).fit(reference)
     results = insens.attribute(torch.randn(2, *shape, device="cuda"))
     assert all(r.device.type == "cuda" for r in results)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse", "auto"])
+def test_every_jacobian_mode_equals_the_plain_reference(mode):
+    model, layers, shape = build("cnn", 4)
+    x = torch.randn(2, *shape)
+    reference = torch.randn(12, *shape)
+    insens = InactiveStateSensitivity(model, layers["fc1"]).fit(reference)
+    expected = reference_insens(model, layers["fc1"], x, reference)
+    torch.testing.assert_close(
+        insens.attribute(x, jacobian_mode=mode, jacobian_vectors_per_chunk=7),
+        expected,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+class Recurrent(nn.Module):
+    """LSTM -> fc (wider than the input, so "auto" first picks forward mode) -> ReLU -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(2, 5, batch_first=True)
+        self.fc = nn.Linear(5, 16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden, _ = self.lstm(x)
+        return self.out(torch.relu(self.fc(hidden[:, -1])))
+
+
+# vmap over the LSTM backward has no batching rule: torch warns it is slower
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_lstm_without_forward_mode_falls_back_to_reverse_mode_or_says_so():
+    torch.manual_seed(0)
+    model = Recurrent().eval()
+    x, reference = torch.randn(2, 3, 2), torch.randn(10, 3, 2)
+    insens = InactiveStateSensitivity(model, model.fc).fit(reference)
+    with pytest.warns(UserWarning, match="piecewise"):  # LSTM gates are not ReLUs
+        omega = insens.attribute(x)
+    torch.testing.assert_close(omega, reference_insens(model, model.fc, x, reference))
+    with pytest.raises(NotImplementedError, match="jacobian_mode='reverse'"):
+        insens.attribute(x, jacobian_mode="forward")
+
+
+def test_unknown_jacobian_mode_is_an_error():
+    model, layers, shape = build("mlp", 0)
+    insens = InactiveStateSensitivity(model, layers["fc1"])
+    with pytest.raises(ValueError, match="jacobian_mode"):
+        insens.attribute(torch.randn(2, *shape), weighting="uniform", jacobian_mode="both")
+
+
+def test_training_mode_attribute_is_a_clear_error_and_fit_keeps_bn_statistics():
+    model, layers, shape = build("cnn_bn", 5)
+    model.train()
+    statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    insens = InactiveStateSensitivity(model, layers["conv2"])
+    with pytest.warns(UserWarning, match="training mode"):
+        insens.fit(torch.randn(8, *shape))
+    with pytest.raises(ValueError, match="eval mode"):
+        insens.attribute(torch.randn(2, *shape))
+    assert model.training
+    for key, value in statistics.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    model.eval()
+    insens.attribute(torch.randn(2, *shape))  # the fit is still current
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["reset_parameters", "optimiser_step", "load_state_dict"],
+)
+def test_changed_weights_after_fit_say_to_refit(change):
+    model, layers, shape = build("mlp", 1)
+    x = torch.randn(3, *shape)
+    insens = InactiveStateSensitivity(model, layers["fc2"]).fit(torch.randn(10, *shape))
+    if change == "reset_parameters":
+        layers["fc1"].reset_parameters()
+    elif change == "optimiser_step":
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(x).sum().backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+    else:
+        other, _, _ = build("mlp", 2)
+        model.load_state_dict(other.state_dict())
+    with pytest.raises(RuntimeError, match=r"fit\(\) again"):
+        insens.attribute(x)
+    with pytest.raises(RuntimeError, match=r"fit\(\) again"):
+        _ = insens.activation_frequency
+    insens.attribute(x, weighting="uniform")  # needs no fit
+    insens.fit(torch.randn(10, *shape))
+    assert insens.attribute(x).shape == x.shape
+
+
+def test_reference_batches_of_different_sizes_are_a_clear_error():
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1)
+    ).eval()
+    insens = InactiveStateSensitivity(model, model[0])
+    batches = [torch.randn(4, 1, 8, 8), torch.randn(4, 1, 10, 10)]
+    with pytest.raises(ValueError, match=r"reference batch 1 .* one shape"):
+        insens.fit(batches)
+
+
+def test_target_is_accepted_and_cannot_move_insens():
+    model, layers, shape = build("cnn", 6)
+    x = torch.randn(3, *shape)
+    insens = InactiveStateSensitivity(model, layers["conv2"]).fit(torch.randn(10, *shape))
+    expected = insens.attribute(x)
+    for target in (0, torch.tensor([2, 0, 1]), [1, 1, 0]):
+        torch.testing.assert_close(insens.attribute(x, target), expected)

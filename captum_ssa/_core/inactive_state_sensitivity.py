@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
-from captum.attr import GradientAttribution, LayerAttribution
+from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
 from captum_ssa._utils._compat import (
+    TargetType,
     TensorOrTupleOfTensorsGeneric,
     _format_output,
     _is_tuple,
@@ -20,18 +21,25 @@ from captum_ssa._utils._compat import (
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
     layer_function,
+    model_of,
     no_grad_capture,
     run_and_capture,
 )
-from captum_ssa._utils.jacobian import jacobian_row_norms, vector_jacobian_product
+from captum_ssa._utils.jacobian import JACOBIAN_MODES, jacobian_row_norms, vector_jacobian_product
 from captum_ssa._utils.linearity import warn_once_if_not_piecewise_linear
-from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.validation import prepare_inputs, reference_batches
+from captum_ssa._utils.model_state import (
+    WeightsFingerprint,
+    batch_dependent_modules,
+    check_fit_current,
+    untouched_model,
+    weights_fingerprint,
+)
+from captum_ssa._utils.validation import positive_int, prepare_inputs, reference_batches
 
 _WEIGHTINGS = ("frequency", "uniform")
 
 
-class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
+class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
     r"""
     Inactive state sensitivity (Insens): what keeps a layer's inactive neurons off.
 
@@ -50,19 +58,28 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
     directions that make the layer's current state more stable. Every element
     of the layer output (channel x position for a conv) is a neuron.
 
+    Insens explains a *layer's state*, not a class: it has no target, and
+    ``attribute`` accepts ``target`` only so that it can stand wherever a Captum
+    method stands (Captum's metrics and NoiseTunnel pass one), and ignores it.
+    In metric terms: a test that changes only the explained class (such as a
+    randomised-logit test) cannot move Insens. It is a
+    :class:`~captum.attr.NeuronAttribution` in Captum's sense: an input-shaped
+    attribution of hidden units.
+
     Exact for piecewise-linear networks (ReLU, LeakyReLU, pooling, linear,
     conv, eval-mode batch norm, residual additions); elsewhere the switched
     weights are local gradients and the class warns once.
 
-    Paper: *State sensitivity for deep neural network interpretability*,
-    eq. 8, ``shared/papers/state-sensitivity-switched-linear-projections.md``.
+    Paper: L. Szymanski, B. McCane and C. Atkinson, *Switched linear
+    projections for neural network interpretability*, 2019, arXiv:1909.11275
+    (also circulated as *State sensitivity for deep neural network
+    interpretability*), eq. 8.
     """
 
     def __init__(
         self,
         forward_func: Callable[..., Any],
         layer: Union[Module, list[Module]],
-        device_ids: Optional[list[int]] = None,
     ) -> None:
         r"""
         Args:
@@ -73,14 +90,13 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
                         ``Linear`` before its ReLU), or a list of such layers;
                         a list gives a list of results, as in Captum's layer
                         methods.
-            device_ids (list[int], optional): Passed on to Captum for
-                        ``DataParallel`` models. Default: None
         """
         self._layers: list[Module] = list(layer) if isinstance(layer, list) else [layer]
         check_layers_in_model(forward_func, self._layers)
-        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        NeuronAttribution.__init__(self, forward_func, layer)
         GradientAttribution.__init__(self, forward_func)
         self._active_counts: Optional[list[Tensor]] = None
+        self._fitted_weights: Optional[WeightsFingerprint] = None
         self.reference_size = 0
 
     @property
@@ -105,6 +121,7 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
                 "fit(reference) with reference data (e.g. the training set) first, "
                 'or use weighting="uniform"'
             )
+        check_fit_current(self._fitted_weights, self.forward_func, type(self).__name__)
         return self._active_counts
 
     def fit(
@@ -138,15 +155,19 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
         counts: Optional[list[Tensor]] = None
         size = 0
         with untouched_model(self.forward_func):
-            for batch in progress(
-                reference_batches(reference),
-                desc="Reference batches",
-                disable=not show_progress,
+            for number, batch in enumerate(
+                progress(
+                    reference_batches(reference),
+                    desc="Reference batches",
+                    disable=not show_progress,
+                )
             ):
                 outputs = no_grad_capture(
                     self.forward_func, batch, self._layers, additional_forward_args
                 )
                 batch_counts = [(output > 0).sum(0) for output in outputs]
+                if counts is not None:
+                    _check_same_layer_shapes(counts, batch_counts, batch, number)
                 counts = (
                     batch_counts
                     if counts is None
@@ -157,17 +178,20 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
             raise ValueError("the reference data is empty: fit needs at least one sample")
         self._active_counts = counts
         self.reference_size = size
+        self._fitted_weights = weights_fingerprint(self.forward_func)
         return self
 
     @log_usage()
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         weighting: str = "frequency",
         include_active: bool = False,
         pool_layers: bool = False,
-        chunk_size: Optional[int] = None,
+        jacobian_mode: str = "auto",
+        jacobian_vectors_per_chunk: Optional[int] = None,
         show_progress: bool = False,
     ) -> Union[TensorOrTupleOfTensorsGeneric, list[TensorOrTupleOfTensorsGeneric]]:
         r"""
@@ -176,6 +200,10 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Input for which Insens is
                         computed; dimension 0 is the batch.
+            target (int, tuple, Tensor or list, optional): Accepted for
+                        Captum compatibility and ignored: Insens describes the
+                        layer's state and depends on no class (see the class
+                        docstring). Default: None
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs. Default: None
             weighting (str, optional): ``"frequency"`` weights each inactive
@@ -191,13 +219,19 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
                         :math:`I` is the union over the layers (for
                         ``"uniform"`` the average is over that union). Default:
                         False
-            chunk_size (int, optional): How many Jacobian rows (reverse mode,
-                        over neurons) or columns (forward mode, over input
-                        features) exist at once; the direction with fewer
-                        passes is used. Default: sized so that the widest
-                        tensor a chunk creates between the inputs and the
-                        layer takes at most 16 MiB (forward mode) or 4 MiB
-                        (reverse mode), measured on a first chunk of one.
+            jacobian_mode (str, optional): How the rows :math:`w_i` of the
+                        layer's Jacobian are computed: ``"reverse"`` (over
+                        chunks of neurons), ``"forward"`` (over chunks of input
+                        features, ``torch.func.jvp``), or ``"auto"``: the one
+                        with fewer passes, and reverse mode where an operation
+                        of the model has no forward-mode derivative (e.g.
+                        LSTM, CPU flash attention). Default: ``"auto"``
+            jacobian_vectors_per_chunk (int, optional): How many Jacobian rows
+                        (reverse mode) or columns (forward mode) exist at
+                        once. Default: sized so that the widest tensor a chunk
+                        creates between the inputs and the layer takes at most
+                        16 MiB (forward mode) or 4 MiB (reverse mode), measured
+                        on a first chunk of one.
             show_progress (bool, optional): Show a progress bar over the
                         chunks. Default: False
 
@@ -213,6 +247,23 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
             >>> omega.shape == test_x[:4].shape
             True
         """
+        if jacobian_mode not in JACOBIAN_MODES:
+            raise ValueError(
+                f"jacobian_mode must be one of {JACOBIAN_MODES}, got {jacobian_mode!r}"
+            )
+        jacobian_vectors_per_chunk = positive_int(
+            "jacobian_vectors_per_chunk", jacobian_vectors_per_chunk
+        )
+        training = batch_dependent_modules(model_of(self.forward_func))
+        if training:
+            # Omega needs each example's own Jacobian, which one seed for the batch
+            # gives only when examples do not interact; the chunks re-run the model.
+            raise ValueError(
+                f"InactiveStateSensitivity needs the model in eval mode: {', '.join(training)} "
+                "in training mode mixes the examples of a batch (or draws new dropout "
+                "masks on every re-evaluation), so per-example switched weights are "
+                "not defined. Call model.eval() first."
+            )
         if weighting not in _WEIGHTINGS:
             raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
         frequencies = (
@@ -235,7 +286,8 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
                     output,
                     layer_function(self.forward_func, layer, additional_forward_args),
                     prepared,
-                    chunk_size=chunk_size,
+                    chunk_size=jacobian_vectors_per_chunk,
+                    mode=jacobian_mode,
                     show_progress=show_progress,
                 ).reshape(output.shape)
                 frequency = None if frequencies is None else frequencies[position]
@@ -256,6 +308,20 @@ class InactiveStateSensitivity(LayerAttribution, GradientAttribution):
             per_layer = [pooled]
         results = [_format_output(is_tuple, tuple(t.detach() for t in r)) for r in per_layer]
         return results if isinstance(self.layer, list) and not pool_layers else results[0]
+
+
+def _check_same_layer_shapes(
+    counts: list[Tensor], batch_counts: list[Tensor], batch: tuple[Tensor, ...], number: int
+) -> None:
+    """A clear error when a reference batch gives layer outputs of another shape."""
+    for seen, new in zip(counts, batch_counts):
+        if seen.shape != new.shape:
+            raise ValueError(
+                f"reference batch {number} (inputs shaped "
+                f"{[tuple(t.shape[1:]) for t in batch]} per example) gives a layer "
+                f"output shaped {tuple(new.shape)} per example, but earlier batches "
+                f"gave {tuple(seen.shape)}; fit needs reference inputs of one shape"
+            )
 
 
 def _neuron_coefficients(

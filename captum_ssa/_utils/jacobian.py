@@ -33,6 +33,8 @@ DEFAULT_JACOBIAN_ELEMENTS = 2**24
 FORWARD_CHUNK_BYTES = 2**24
 REVERSE_CHUNK_BYTES = 2**22
 
+JACOBIAN_MODES = ("auto", "forward", "reverse")
+
 
 def _features_per_example(inputs: tuple[Tensor, ...]) -> int:
     return sum(t[0].numel() for t in inputs)
@@ -237,6 +239,7 @@ def jacobian_row_norms(
     layer_function: Callable[..., Tensor],
     inputs: tuple[Tensor, ...],
     chunk_size: Optional[int] = None,
+    mode: str = "auto",
     show_progress: bool = False,
 ) -> Tensor:
     """Squared norms ``||d v_i / d x||^2`` of every unit of a layer, per example.
@@ -250,6 +253,9 @@ def jacobian_row_norms(
         chunk_size: Jacobian rows (reverse) or columns (forward) per chunk; the
             default keeps the widest tensor a chunk creates between the inputs and
             the layer within ``REVERSE_CHUNK_BYTES`` or ``FORWARD_CHUNK_BYTES``.
+        mode: ``"reverse"``, ``"forward"``, or ``"auto"``: the direction with
+            fewer passes, and reverse mode where the model has an operation
+            without a forward-mode derivative.
         show_progress: show a progress bar over the chunks.
 
     Returns:
@@ -259,9 +265,24 @@ def jacobian_row_norms(
     num_features = _features_per_example(inputs)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    if choose_mode(num_neurons, num_features) == "reverse":
-        return _reverse_row_norms(layer_output, inputs, chunk_size, show_progress)
-    return _forward_row_norms(layer_output, layer_function, inputs, chunk_size, show_progress)
+    chosen = choose_mode(num_neurons, num_features) if mode == "auto" else mode
+    if chosen == "forward":
+        try:
+            return _forward_row_norms(
+                layer_output, layer_function, inputs, chunk_size, show_progress
+            )
+        except NotImplementedError as error:
+            if "forward AD" not in str(error):
+                raise
+            if mode == "forward":
+                raise NotImplementedError(
+                    "jacobian_mode='forward' needs forward-mode derivatives of every "
+                    f"operation between the inputs and the layer, but: {error} Use "
+                    "jacobian_mode='reverse' or 'auto'."
+                ) from error
+            # "auto": an operation without a forward-mode derivative (LSTM, CPU
+            # flash attention); reverse mode gives the same rows with more passes.
+    return _reverse_row_norms(layer_output, inputs, chunk_size, show_progress)
 
 
 def vector_jacobian_product(
