@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional, Union
 
@@ -12,9 +13,15 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ssa._utils._compat import (
+    BaselineType,
+    TargetType,
     TensorOrTupleOfTensorsGeneric,
+    _format_baseline,
     _format_output,
+    _format_tensor_into_tuples,
     _is_tuple,
+    _select_targets,
+    _tensorize_baseline,
     _verify_select_neuron,
 )
 from captum_ssa._utils.hooks import check_layers_in_model, run_and_capture
@@ -62,6 +69,116 @@ def _broadcast(values: Tensor, like: Tensor) -> Tensor:
     return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _what_selects_one_neuron(neuron_shape: tuple[int, ...]) -> str:
+    """How to pick one value per example from a layer output of this shape."""
+    if len(neuron_shape) == 1:
+        return (
+            f"an int in [0, {neuron_shape[0]}), or a 1-D tensor or list of such ints "
+            "(one per example)"
+        )
+    if len(neuron_shape) == 3:
+        names: tuple[str, ...] = ("c", "h", "w")
+    else:
+        names = ("c", *(f"i{dim}" for dim in range(1, len(neuron_shape))))
+    index = "(" + ", ".join(names) + ")"
+    spatial = tuple(range(1, len(neuron_shape)))
+    return (
+        f"a tuple of {len(neuron_shape)} indices {index}, or a list of such tuples "
+        "(one per example); for a whole channel give instead a neuron_selector "
+        f"such as `lambda out: out[:, c].mean({spatial})`"
+    )
+
+
+def _select_target(layer_output: Tensor, target: TargetType) -> Tensor:
+    """Captum's ``target`` applied to the layer output, with errors naming ``target``."""
+    shape = tuple(layer_output.shape)
+    expected = _what_selects_one_neuron(shape[1:])
+    if callable(target):
+        raise TypeError(
+            "target is a callable; pass it as neuron_selector=... (the second "
+            "positional argument of attribute is target, as in Captum)"
+        )
+    if isinstance(target, bool):
+        raise ValueError(f"target must be an index, not a bool; expected {expected}")
+    if isinstance(target, numbers.Integral):
+        target = int(target)  # NumPy integers, which Captum's helper does not accept
+    try:
+        selected = _select_targets(layer_output, target)
+    except (AssertionError, IndexError, RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"target {target!r} does not select a neuron of the layer output shaped "
+            f"{shape} ({error}); expected {expected}"
+        ) from error
+    if selected.shape != (shape[0],):
+        raise ValueError(
+            f"target {target!r} selects {tuple(selected.shape[1:])} values per example "
+            f"from the layer output shaped {shape}, not one; expected {expected}"
+        )
+    return selected
+
+
+def _select_neuron(
+    layer_output: Tensor, target: TargetType, neuron_selector: Optional[NeuronSelector]
+) -> Tensor:
+    """The selected neuron's activity, one value per example (N,)."""
+    if target is not None and neuron_selector is not None:
+        raise ValueError(
+            "give either target or neuron_selector, not both: target selects a "
+            "neuron of the layer output as Captum's target selects a model output, "
+            "neuron_selector is the general form (int, tuple or callable)"
+        )
+    batch_size = layer_output.shape[0]
+    if target is not None:
+        return _select_target(layer_output, target)
+    if neuron_selector is None:
+        if layer_output[0].numel() != 1:
+            raise ValueError(
+                "give target or neuron_selector: the layer output is shaped "
+                f"{tuple(layer_output.shape)}, more than one value per example"
+            )
+        return layer_output.reshape(batch_size)
+    check_neuron_selector(layer_output, neuron_selector)
+    activity = _verify_select_neuron((layer_output,), neuron_selector)
+    if activity.shape != (batch_size,):
+        raise ValueError(
+            "neuron_selector must pick one value per example, a tensor "
+            f"shaped ({batch_size},); got {tuple(activity.shape)}"
+        )
+    return activity
+
+
+def _start_points(baselines: BaselineType, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Captum-style ``baselines`` as one tensor per input, each shaped like it."""
+    try:
+        formatted = _format_baseline(baselines, inputs)
+    except AssertionError as error:
+        raise TypeError(
+            f"baselines must be a number, a tensor or a tuple of those, got {baselines!r}"
+        ) from error
+    if len(formatted) != len(inputs):
+        raise ValueError(
+            f"baselines has {len(formatted)} entries for {len(inputs)} input tensors; "
+            "give one baseline (a number or a tensor) per input"
+        )
+    # A 0-dim tensor is a number to Captum's users but not to _tensorize_baseline.
+    numbers_or_tensors = tuple(
+        b.item() if isinstance(b, Tensor) and b.dim() == 0 else b for b in formatted
+    )
+    points = []
+    tensorized = _tensorize_baseline(inputs, numbers_or_tensors)
+    for position, (baseline, tensor) in enumerate(zip(tensorized, inputs)):
+        try:
+            point = torch.broadcast_to(baseline, tensor.shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"baselines[{position}] is shaped {tuple(baseline.shape)}; it must be "
+                f"a number or a tensor broadcastable to the input shaped "
+                f"{tuple(tensor.shape)} (batch 1 or the input's batch size)"
+            ) from error
+        points.append(point.detach().to(dtype=tensor.dtype, device=tensor.device))
+    return tuple(points)
+
+
 class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     r"""
     Switched linear projection of a neuron of a piecewise-linear network.
@@ -79,21 +196,38 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     neurons are on. With the neuron's *centre*
     :math:`c = x - (v / \lVert w \rVert^2) w` the activity decomposes into
     per-feature contributions :math:`(x_j - c_j) w_j` that sum to :math:`v`.
+    Any other starting point :math:`x_0` (``baselines``) gives the
+    contributions :math:`(x_j - x_{0j}) w_j(x)`.
+
+    What this adds to plain gradients, honestly: on an output logit, :math:`w`
+    is the signed gradient (what :class:`~captum.attr.Saliency` returns before
+    its absolute value), and the centre decomposition
+    :math:`(x - c) \odot w = v\, w^2 / \lVert w \rVert^2` ranks features
+    exactly like :math:`|\text{gradient}|`. What is new is exactness (the
+    switched bias, the centre, a convergence delta that checks the linear
+    model against the network) and the projection of *hidden* neurons.
+
+    The neuron is chosen in the layer's *output*: with ``target``, exactly as
+    Captum's ``target`` chooses a model output (so
+    ``SwitchedLinearProjection(model, model.fc_out).attribute(x, target=y)``
+    projects each example's class logit), or with ``neuron_selector`` as in
+    Captum's neuron methods (for hidden neurons, e.g. a channel's spatial
+    mean). Both work with :class:`~captum.attr.NoiseTunnel` and
+    :func:`captum.metrics.sensitivity_max`.
 
     On a network that is not piecewise linear (sigmoid, tanh, GELU, ...) the
     projection is only a first-order Taylor approximation: the class warns
-    once, and :meth:`decompose` reports the real error as its delta.
+    once, and the convergence delta reports the real error.
 
-    Paper: *State sensitivity for deep neural network interpretability*
-    (switched linear projections), ``shared/papers/
-    state-sensitivity-switched-linear-projections.md``.
+    Paper: Lech Szymanski, Brendan McCane and Craig Atkinson, *Switched linear
+    projections for neural network interpretability*, 2019, arXiv:1909.11275.
     """
 
     def __init__(
         self,
         forward_func: Callable[..., Any],
         layer: Module,
-        device_ids: Optional[list[int]] = None,
+        multiply_by_inputs: bool = False,
     ) -> None:
         r"""
         Args:
@@ -101,17 +235,27 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         that runs it.
             layer (torch.nn.Module): The layer whose *output* holds the
                         pre-activations of the neurons to project, e.g. a
-                        ``Conv2d`` or ``Linear`` followed by a ReLU.
-            device_ids (list[int], optional): Passed on to Captum for
-                        ``DataParallel`` models. Default: None
+                        ``Conv2d`` or ``Linear`` followed by a ReLU, or the
+                        model's last ``Linear`` for its logits.
+            multiply_by_inputs (bool, optional): What :meth:`attribute`
+                        returns, in Captum's sense (as in
+                        ``IntegratedGradients``): False gives the switched
+                        weights :math:`w(x)`, a local attribution; True gives
+                        the contributions :math:`(x - x_0) \odot w(x)`, a
+                        global one, with :math:`x_0` the ``baselines`` or, by
+                        default, the neuron's centre (then equal to
+                        :meth:`decompose`). Default: False
         """
+        if not isinstance(multiply_by_inputs, bool):
+            raise TypeError(f"multiply_by_inputs must be a bool, got {multiply_by_inputs!r}")
         check_layers_in_model(forward_func, [layer])
-        NeuronAttribution.__init__(self, forward_func, layer, device_ids)
+        NeuronAttribution.__init__(self, forward_func, layer)
         GradientAttribution.__init__(self, forward_func)
+        self._multiply_by_inputs = multiply_by_inputs
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return False
+        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -119,8 +263,9 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     def _activity_and_weights(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: NeuronSelector,
+        target: TargetType,
         additional_forward_args: Any,
+        neuron_selector: Optional[NeuronSelector],
     ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
         """One forward and one backward: ``(inputs, activity (N,), weights)``."""
         prepared = prepare_inputs(inputs)
@@ -131,13 +276,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                 [self.layer],
                 additional_forward_args,
             )
-            check_neuron_selector(layer_output, neuron_selector)
-            activity = _verify_select_neuron((layer_output,), neuron_selector)
-            if activity.shape != (layer_output.shape[0],):
-                raise ValueError(
-                    "neuron_selector must pick one value per example, a tensor "
-                    f"shaped ({layer_output.shape[0]},); got {tuple(activity.shape)}"
-                )
+            activity = _select_neuron(layer_output, target, neuron_selector)
             warn_once_if_not_piecewise_linear(self, activity, prepared)
             # Examples do not interact in eval mode, so the gradient of the sum
             # holds every example's own switched weights.
@@ -150,58 +289,162 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             tuple(w.detach() for w in weights),
         )
 
+    def _activity_at(
+        self,
+        points: tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        neuron_selector: Optional[NeuronSelector],
+    ) -> Tensor:
+        """The network's actual activity of the selected neuron at ``points`` (N,)."""
+        with untouched_model(self.forward_func), torch.no_grad():
+            _, (layer_output,) = run_and_capture(
+                self.forward_func,
+                points,
+                [self.layer],
+                additional_forward_args,
+            )
+            return _select_neuron(layer_output, target, neuron_selector)
+
+    def _contributions(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType,
+        additional_forward_args: Any,
+        neuron_selector: Optional[NeuronSelector],
+        baselines: BaselineType,
+        return_convergence_delta: bool,
+        multiply: bool,
+    ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
+        """Weights (``multiply=False``) or contributions, and the delta if asked."""
+        prepared, activity, weights = self._activity_and_weights(
+            inputs, target, additional_forward_args, neuron_selector
+        )
+        is_tuple = _is_tuple(inputs)
+        if not (multiply or return_convergence_delta):
+            return _format_output(is_tuple, weights)
+        if baselines is None:
+            step = _step_to_centre(activity, weights)
+            start = tuple(x - _broadcast(step, w) * w for x, w in zip(prepared, weights))
+            # x - c = (v / ||w||^2) w, so step * w^2 is the exact product.
+            contributions = tuple(_broadcast(step, w) * w * w for w in weights)
+        else:
+            start = _start_points(baselines, prepared)
+            contributions = tuple((x - x0) * w for x, x0, w in zip(prepared, start, weights))
+        attributions = _format_output(is_tuple, contributions if multiply else weights)
+        if not return_convergence_delta:
+            return attributions
+        activity_at_start = self._activity_at(
+            start, target, additional_forward_args, neuron_selector
+        )
+        delta = activity - activity_at_start - _per_example_sum(contributions)
+        return attributions, delta
+
     @log_usage()
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: NeuronSelector,
+        target: TargetType = None,
         additional_forward_args: Any = None,
-    ) -> TensorOrTupleOfTensorsGeneric:
+        neuron_selector: Optional[NeuronSelector] = None,
+        baselines: BaselineType = None,
+        return_convergence_delta: bool = False,
+    ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         r"""
-        Switched weights :math:`w = \partial v / \partial x` of the selected neuron.
+        Switched weights :math:`w = \partial v / \partial x` of the selected
+        neuron, or its contributions :math:`(x - x_0) \odot w` when the class
+        was built with ``multiply_by_inputs=True``.
+
+        One forward and one backward pass (plus one forward pass without
+        gradients for the convergence delta).
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Input for which the
                         projection is computed; dimension 0 is the batch. A
                         tuple of tensors for a model with several inputs.
-            neuron_selector (int, tuple, or Callable): Which neuron of the
-                        layer output, as in Captum's neuron methods: an int or
-                        a tuple of indices after the batch dimension (e.g.
-                        ``(channel, h, w)`` for one conv unit), or a callable
+            target (int, tuple, Tensor, or list, optional): Which neuron of
+                        the *layer output*, exactly as Captum's ``target``
+                        selects a model output: an int (a unit of a
+                        (N, K) output), a tuple of indices after the batch
+                        dimension (e.g. ``(c, h, w)`` for one unit of a conv
+                        output), or one per example: a 1-D tensor or list of
+                        ints (a (N, K) output), or a list of tuples. It must
+                        select one value per example. Default: None
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs. Default: None
+            neuron_selector (int, tuple, or Callable, optional): The general
+                        form, as in Captum's neuron methods: an int or a tuple
+                        of ints/slices after the batch dimension, or a callable
                         from the layer output to a tensor of shape (N,), e.g.
                         ``lambda out: out[:, 3].mean((1, 2))`` for the spatial
                         mean of channel 3 (still exact: the mean of exact
-                        projections).
-            additional_forward_args (Any, optional): Extra arguments passed to
-                        ``forward_func`` after the inputs. Default: None
+                        projections). A callable must accept a batch of any
+                        size: NoiseTunnel and ``sensitivity_max`` repeat the
+                        inputs. Give ``target`` or ``neuron_selector``, not
+                        both; neither only when the layer output has one value
+                        per example. Default: None
+            baselines (scalar, Tensor, or tuple, optional): The starting point
+                        :math:`x_0` of the contributions and of the delta, as
+                        Captum accepts it: a number, a tensor shaped like the
+                        input or broadcastable to it (batch 1 or N), a tuple
+                        of those for tuple inputs. None uses each example's
+                        centre :math:`c(x)`. Unused when only the weights are
+                        returned without a delta. Default: None
+            return_convergence_delta (bool, optional): Also return
+                        :math:`\delta = v(x) - v(x_0) - \sum_j (x_j - x_{0j})
+                        w_j(x)`, where :math:`v(x_0)` is the network's *actual*
+                        activity at the starting point (one more forward pass):
+                        0 when the neuron stays in one linear region between
+                        :math:`x_0` and :math:`x` (always for a first-layer
+                        neuron), non-zero when a ReLU switches on the way or
+                        the network is not piecewise linear. With the centre,
+                        :math:`\delta = -v(c)`. Captum's own methods report the
+                        opposite sign (sum of attributions minus
+                        :math:`F(x) - F(x_0)`), so only :math:`|\delta|`
+                        compares across libraries. The delta is the same for
+                        either ``multiply_by_inputs``. Default: False
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**:
-            The switched weights, shaped like ``inputs`` (a tensor for a
-            tensor, a tuple for a tuple).
+            The switched weights (or, with ``multiply_by_inputs=True``, the
+            contributions), shaped like ``inputs`` (a tensor for a tensor, a
+            tuple for a tuple); with ``return_convergence_delta=True`` the pair
+            ``(attributions, delta)``, delta of shape (N,).
 
         Examples::
 
             >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
             >>> slp = SwitchedLinearProjection(net, net[2])
-            >>> weights = slp.attribute(torch.randn(5, 4), neuron_selector=1)
+            >>> x, y = torch.randn(5, 4), torch.tensor([0, 2, 1, 1, 0])
+            >>> weights = slp.attribute(x, target=y)  # each example's class logit
             >>> weights.shape
             torch.Size([5, 4])
+            >>> hidden = SwitchedLinearProjection(net, net[0])
+            >>> weights, delta = hidden.attribute(
+            ...     x, neuron_selector=5, return_convergence_delta=True)
         """
-        _, _, weights = self._activity_and_weights(inputs, neuron_selector, additional_forward_args)
-        return _format_output(_is_tuple(inputs), weights)
+        return self._contributions(
+            inputs,
+            target,
+            additional_forward_args,
+            neuron_selector,
+            baselines,
+            return_convergence_delta,
+            multiply=self._multiply_by_inputs,
+        )
 
     def project(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: NeuronSelector,
+        target: TargetType = None,
         additional_forward_args: Any = None,
+        neuron_selector: Optional[NeuronSelector] = None,
     ) -> SwitchedProjection:
         r"""
         The full switched linear projection of the selected neuron.
 
         Args:
-            inputs, neuron_selector, additional_forward_args: as in
+            inputs, target, additional_forward_args, neuron_selector: as in
                         :meth:`attribute`.
 
         Returns:
@@ -214,14 +457,14 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
         Examples::
 
-            >>> projection = slp.project(x, neuron_selector=1)
+            >>> projection = slp.project(x, target=1)
             >>> torch.allclose(
             ...     (projection.weights * x).sum(1) + projection.bias,
             ...     projection.activity, atol=1e-5)
             True
         """
         prepared, activity, weights = self._activity_and_weights(
-            inputs, neuron_selector, additional_forward_args
+            inputs, target, additional_forward_args, neuron_selector
         )
         bias = activity - _per_example_dot(weights, prepared)
         step = _step_to_centre(activity, weights)
@@ -237,67 +480,104 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     def decompose(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: NeuronSelector,
+        target: TargetType = None,
         additional_forward_args: Any = None,
+        neuron_selector: Optional[NeuronSelector] = None,
+        baselines: BaselineType = None,
         return_convergence_delta: bool = False,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         r"""
-        Per-feature contributions :math:`(x_j - c_j) w_j` to the neuron's activity.
+        Per-feature contributions :math:`(x_j - x_{0j}) w_j(x)` to the neuron's
+        activity, whatever ``multiply_by_inputs`` says.
 
-        They sum to the activity :math:`v(x)` (to float precision) wherever
-        :math:`w \neq 0`. The convergence delta, in Captum's sense with the
-        centre as the baseline, is
-        :math:`\delta = (v(x) - v(c)) - \sum_j (x_j - c_j) w_j = -v(c)`, where
-        :math:`v(c)` is the network's *actual* activity at the centre (one more
-        forward pass): 0 when the neuron stays in one linear region between
-        :math:`x` and :math:`c` (always for a first-layer neuron), non-zero when
-        a ReLU switches on the way or the network is not piecewise linear.
+        With the default starting point, the centre :math:`x_0 = c`, they sum
+        to the activity :math:`v(x)` (to float precision) wherever
+        :math:`w \neq 0`; with ``baselines`` they sum to the linear model's
+        prediction of :math:`v(x) - v(x_0)`.
 
         Args:
-            inputs, neuron_selector, additional_forward_args: as in
-                        :meth:`attribute`.
-            return_convergence_delta (bool, optional): Also return the delta
-                        above, a tensor of shape (N,). Default: False
+            inputs, target, additional_forward_args, neuron_selector,
+            baselines, return_convergence_delta: as in :meth:`attribute`.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
             ``inputs``; with ``return_convergence_delta=True`` the pair
-            ``(attributions, delta)``.
+            ``(attributions, delta)``, the same delta as :meth:`attribute`'s.
 
         Examples::
 
             >>> contributions, delta = slp.decompose(
-            ...     x, neuron_selector=1, return_convergence_delta=True)
+            ...     x, target=1, return_convergence_delta=True)
             >>> contributions.sum(1)   # equals slp.project(x, 1).activity
         """
-        prepared, activity, weights = self._activity_and_weights(
-            inputs, neuron_selector, additional_forward_args
+        return self._contributions(
+            inputs,
+            target,
+            additional_forward_args,
+            neuron_selector,
+            baselines,
+            return_convergence_delta,
+            multiply=True,
         )
-        step = _step_to_centre(activity, weights)
-        # x - c = (v / ||w||^2) w, so the contributions are step * w^2.
-        contributions = tuple(_broadcast(step, w) * w * w for w in weights)
-        formatted = _format_output(_is_tuple(inputs), contributions)
-        if not return_convergence_delta:
-            return formatted
-        centre = tuple(x - _broadcast(step, w) * w for x, w in zip(prepared, weights))
-        activity_at_centre = self._activity_at(centre, neuron_selector, additional_forward_args)
-        delta = (activity - activity_at_centre) - _per_example_sum(contributions)
-        return formatted, delta
 
-    def _activity_at(
+    def compute_convergence_delta(
         self,
-        points: tuple[Tensor, ...],
-        neuron_selector: NeuronSelector,
-        additional_forward_args: Any,
+        attributions: Union[Tensor, tuple[Tensor, ...]],
+        start_point: BaselineType,
+        end_point: Union[Tensor, tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        neuron_selector: Optional[NeuronSelector] = None,
     ) -> Tensor:
-        with torch.no_grad():
-            _, (layer_output,) = run_and_capture(
-                self.forward_func,
-                points,
-                [self.layer],
-                additional_forward_args,
+        r"""
+        The convergence delta of given attributions, for the selected *layer*
+        neuron (not the model output), in the sign convention of
+        :meth:`attribute`: :math:`\delta = v(\text{end}) - v(\text{start}) -
+        \text{predicted change}`, where the predicted change is the sum of the
+        attributions when the class multiplies by inputs (they are
+        contributions), and :math:`\sum (\text{end} - \text{start}) \odot w`
+        when they are switched weights :math:`w`. With the attributions,
+        baselines and inputs of :meth:`attribute` it returns
+        :meth:`attribute`'s delta; pass ``project(x).centre`` as
+        ``start_point`` for the default, centred one.
+
+        Args:
+            attributions (Tensor or tuple[Tensor, ...]): Shaped like
+                        ``end_point``.
+            start_point (scalar, Tensor, or tuple): The baselines, in any form
+                        ``baselines`` accepts; None means zeros, as in Captum.
+            end_point (Tensor or tuple[Tensor, ...]): The inputs.
+            target, additional_forward_args, neuron_selector: as in
+                        :meth:`attribute`.
+
+        Returns:
+            *Tensor* of **deltas** of shape (N,).
+
+        Examples::
+
+            >>> weights, delta = slp.attribute(
+            ...     x, target=1, baselines=0.0, return_convergence_delta=True)
+            >>> slp.compute_convergence_delta(weights, 0.0, x, target=1)  # == delta
+        """
+        end = tuple(point.detach() for point in prepare_inputs(end_point))
+        start = _start_points(start_point, end)
+        formatted = _format_tensor_into_tuples(attributions)
+        if len(formatted) != len(end) or any(a.shape != e.shape for a, e in zip(formatted, end)):
+            raise ValueError(
+                "attributions must be shaped like end_point: got "
+                f"{[tuple(a.shape) for a in formatted]} for {[tuple(e.shape) for e in end]}"
             )
-            return _verify_select_neuron((layer_output,), neuron_selector)
+        activity_at_end = self._activity_at(end, target, additional_forward_args, neuron_selector)
+        activity_at_start = self._activity_at(
+            start, target, additional_forward_args, neuron_selector
+        )
+        if self._multiply_by_inputs:
+            predicted_change = _per_example_sum(formatted)
+        else:
+            predicted_change = _per_example_sum(
+                tuple((e - s) * a for a, e, s in zip(formatted, end, start))
+            )
+        return activity_at_end - activity_at_start - predicted_change
 
 
 __all__ = ["SwitchedLinearProjection", "SwitchedProjection"]
