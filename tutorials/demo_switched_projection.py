@@ -37,10 +37,10 @@ def run(model: DigitsCNN, digits: Digits, output_dir: Path) -> list[str]:
     x = digits.x_test[:EXAMPLES]
     predicted = model(x).argmax(1)
 
+    # target picks each example's predicted-class logit, as in Captum.
     slp = SwitchedLinearProjection(model, model.fc2)
-    logit_of_prediction = lambda out: out.gather(1, predicted[:, None])[:, 0]  # noqa: E731
-    projection = slp.project(x, logit_of_prediction)
-    contributions = slp.decompose(x, logit_of_prediction)
+    projection = slp.project(x, target=predicted)
+    contributions = slp.decompose(x, target=predicted)
     projection_error = (
         ((projection.weights * x).sum((1, 2, 3)) + projection.bias - projection.activity)
         .abs()
