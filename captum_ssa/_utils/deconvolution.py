@@ -8,8 +8,10 @@ pass at a layer's output with given values, exactly what
 :class:`~captum.attr.NeuronDeconvolution` does for a neuron selector.
 
 A ReLU applied as a function (``F.relu``, ``torch.relu``) leaves no module to
-override, so the rule silently does not apply there; we read the autograd graph
-to find such ReLUs and warn.
+override, and Captum overrides no activation module but ``nn.ReLU`` (``nn.ReLU6``,
+``nn.LeakyReLU``, ``nn.GELU``, ``nn.Sigmoid``, ...): the rule silently does not
+apply there. We read the autograd graph between the inputs and the layer to
+find both and warn.
 """
 
 from __future__ import annotations
@@ -23,9 +25,18 @@ import torch
 from captum.attr import Deconvolution
 from torch import Tensor, nn
 from torch.nn import Module
+from torch.nn.modules import activation as activation_modules
 
 from captum_ssa._utils.hooks import layer_name, run_and_capture
 from captum_ssa._utils.linearity import _op_name
+
+# Every activation module torch defines (nn.ReLU included, to tell its nodes
+# from functional ReLUs); attention is no activation.
+_ACTIVATION_MODULES = tuple(
+    getattr(activation_modules, name)
+    for name in activation_modules.__all__
+    if name != "MultiheadAttention"
+)
 
 
 def deconvolve_from_layer(
@@ -40,9 +51,10 @@ def deconvolve_from_layer(
 
     Equals Captum's ``NeuronDeconvolution(model, layer)`` with the neuron
     selector ``lambda output: (output * seed).sum()``; warns when ReLUs between
-    the inputs and the layer are functional and so keep their ordinary gradient.
+    the inputs and the layer are functional, or activation modules there are
+    not ``nn.ReLU``, and so keep their ordinary gradient.
     """
-    functional_relus: list[int] = []
+    not_overridden: list[tuple[int, list[str]]] = []
 
     def gradient_from_layer(
         _forward_func: Callable[..., Any],
@@ -50,7 +62,7 @@ def deconvolve_from_layer(
         _target: Any = None,
         _additional_forward_args: Any = None,
     ) -> tuple[Tensor, ...]:
-        with relu_module_outputs(model) as module_relus:
+        with activation_module_outputs(model) as module_outputs:
             _, (output,) = run_and_capture(
                 forward_func,
                 gradient_inputs,
@@ -58,7 +70,7 @@ def deconvolve_from_layer(
                 additional_forward_args,
                 stop_after_last=True,
             )
-        functional_relus.append(count_functional_relus(output, module_relus))
+        not_overridden.append(activations_not_overridden(output, module_outputs))
         return torch.autograd.grad(
             output,
             gradient_inputs,
@@ -73,31 +85,48 @@ def deconvolve_from_layer(
         # Captum announces its temporary ReLU hooks on every call.
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         result = deconvolution.attribute(inputs)
-    if functional_relus and functional_relus[0] > 0:
-        warnings.warn(
-            f"{functional_relus[0]} ReLU(s) between the inputs and layer "
-            f"{layer_name(model, layer)} are functional (F.relu / torch.relu), not "
-            "nn.ReLU modules: DeconvNet cannot override them, so their ordinary "
-            "gradient is used there and the result is not a pure DeconvNet "
-            "reconstruction. Use nn.ReLU modules for exact DeconvNet.",
-            stacklevel=4,  # the caller of attribute, through Captum's log_usage
-        )
+    if not_overridden:
+        _warn_not_overridden(*not_overridden[0], layer_name(model, layer))
     return tuple(t.detach() for t in result)
 
 
-@contextmanager
-def relu_module_outputs(model: Module) -> Iterator[list[Any]]:
-    """Collect the autograd node of every ``nn.ReLU`` module output in the block."""
-    nodes: list[Any] = []
+def _warn_not_overridden(functional_relus: int, other_kinds: list[str], layer: str) -> None:
+    problems = []
+    if functional_relus:
+        problems.append(
+            f"{functional_relus} ReLU(s) are functional (F.relu / torch.relu), not nn.ReLU modules"
+        )
+    if other_kinds:
+        problems.append(
+            f"{len(other_kinds)} activation(s) are not nn.ReLU "
+            f"({', '.join(sorted(set(other_kinds)))})"
+        )
+    if problems:
+        warnings.warn(
+            f"between the inputs and layer {layer}, {' and '.join(problems)}: "
+            "DeconvNet overrides only nn.ReLU modules, so their ordinary gradient "
+            "is used there and the result is not a pure DeconvNet reconstruction. "
+            "Use nn.ReLU modules for exact DeconvNet.",
+            stacklevel=5,  # the caller of attribute, through Captum's log_usage
+        )
 
-    def record(_module: Module, _inputs: Any, output: Any) -> None:
+
+@contextmanager
+def activation_module_outputs(model: Module) -> Iterator[dict[int, tuple[Any, str]]]:
+    """Collect, by node id, the autograd node of every activation module's
+    output in the block, with the module's class name, or "" for an
+    ``nn.ReLU`` (which DeconvNet overrides)."""
+    nodes: dict[int, tuple[Any, str]] = {}
+
+    def record(module: Module, _inputs: Any, output: Any) -> None:
         if isinstance(output, Tensor) and output.grad_fn is not None:
-            nodes.append(output.grad_fn)  # holding it keeps its id unique
+            kind = "" if isinstance(module, nn.ReLU) else type(module).__name__
+            nodes[id(output.grad_fn)] = (output.grad_fn, kind)  # holding it keeps its id unique
 
     handles = [
         module.register_forward_hook(record)
         for module in model.modules()
-        if isinstance(module, nn.ReLU)
+        if isinstance(module, _ACTIVATION_MODULES)
     ]
     try:
         yield nodes
@@ -106,18 +135,25 @@ def relu_module_outputs(model: Module) -> Iterator[list[Any]]:
             handle.remove()
 
 
-def count_functional_relus(output: Tensor, module_relus: list[Any]) -> int:
-    """ReLU nodes in ``output``'s autograd graph that no ``nn.ReLU`` module made."""
-    from_modules = {id(node) for node in module_relus}
+def activations_not_overridden(
+    output: Tensor, module_outputs: dict[int, tuple[Any, str]]
+) -> tuple[int, list[str]]:
+    """In ``output``'s autograd graph: the number of ReLU nodes that no
+    activation module made (functional ReLUs), and the class name of each
+    node made by an activation module other than ``nn.ReLU``."""
     seen: set[int] = set()
     stack: list[Optional[Any]] = [output.grad_fn]
-    count = 0
+    functional_relus, other_kinds = 0, []
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if _op_name(node) == "Relu" and id(node) not in from_modules:
-            count += 1
+        if id(node) in module_outputs:
+            kind = module_outputs[id(node)][1]
+            if kind:
+                other_kinds.append(kind)
+        elif _op_name(node) == "Relu":
+            functional_relus += 1
         stack.extend(child for child, _ in node.next_functions)
-    return count
+    return functional_relus, other_kinds
