@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from captum_ssa._utils.influence_measure import DEFAULT_CHUNK_SIZE, monotone_influence
+from captum_ssa._utils.influence_measure import DEFAULT_POINTS_PER_CHUNK, monotone_influence
 
 
 def problem(queries: int, reference: int, units: int, seed: int = 0):
@@ -75,19 +75,21 @@ def memory_mb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
 
 
-def measure_memory(queries: int, reference: int, units: int, chunk_size: int) -> None:
+def measure_memory(queries: int, reference: int, units: int, points_per_chunk: int) -> None:
     """In a fresh process: peak RSS above the data while computing phi."""
     data = problem(queries, reference, units)
     baseline = memory_mb("VmRSS")
-    monotone_influence(*data, chunk_size=chunk_size)
+    monotone_influence(*data, points_per_chunk=points_per_chunk)
     peak = memory_mb("VmHWM")
     print(json.dumps({"data_mb": baseline, "extra_mb": peak - baseline}))
 
 
-def memory_in_subprocess(queries: int, reference: int, units: int, chunk_size: int) -> dict:
+def memory_in_subprocess(queries: int, reference: int, units: int, points_per_chunk: int) -> dict:
     command = [sys.executable, __file__, "--memory-child"]
-    command += [str(v) for v in (queries, reference, units, chunk_size)]
-    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    command += [str(v) for v in (queries, reference, units, points_per_chunk)]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed:\n{finished.stderr}")
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
@@ -96,7 +98,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--reference", type=int, default=5000)
     parser.add_argument("--units", type=int, default=6272)  # 32 x 14 x 14
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--points-per-chunk", type=int, default=DEFAULT_POINTS_PER_CHUNK)
     parser.add_argument("--loop-queries", type=int, default=4)
     parser.add_argument("--loop-reference", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
@@ -117,7 +119,11 @@ def main() -> None:
 
     def measure() -> torch.Tensor:
         return monotone_influence(
-            queries, query_labels, reference, reference_labels, chunk_size=args.chunk_size
+            queries,
+            query_labels,
+            reference,
+            reference_labels,
+            points_per_chunk=args.points_per_chunk,
         )
 
     weights = torch.rand(args.queries, args.reference)
@@ -142,18 +148,18 @@ def main() -> None:
     loop_time = (time.perf_counter() - started) / loop_pairs * args.queries * args.reference
     torch.testing.assert_close(monotone_influence(*subset), looped, rtol=1e-3, atol=1e-5)
 
-    print(f"chunked measure (chunk {args.chunk_size}):  {measure_time:8.3f} s")
+    print(f"chunked measure ({args.points_per_chunk} points per chunk): {measure_time:8.3f} s")
     print(f"the two matrix products alone:   {products_time:8.3f} s")
     print(f"plain pair loop (extrapolated from {loop_pairs} pairs): {loop_time:8.1f} s")
     print(f"speed-up over the pair loop:      {loop_time / measure_time:8.1f}x  (need >= 25)")
     print(f"time / two matrix products:       {measure_time / products_time:8.2f}   (need <= 2)")
 
     print("\npeak memory above the data (VmHWM - VmRSS, a fresh process each), MB:")
-    chunk_sizes = (256, args.chunk_size)
-    columns = "".join(f"{'chunk ' + str(c):>12}" for c in chunk_sizes)
+    chunk_choices = (256, args.points_per_chunk)
+    columns = "".join(f"{'chunk ' + str(c):>12}" for c in chunk_choices)
     print(f"{'reference points':>18} {'data':>8}{columns} {'one block':>10}")
     for size in (args.reference // 2, args.reference, args.reference * 2, args.reference * 4):
-        runs = [memory_in_subprocess(args.queries, size, args.units, c) for c in chunk_sizes]
+        runs = [memory_in_subprocess(args.queries, size, args.units, c) for c in chunk_choices]
         whole = memory_in_subprocess(args.queries, size, args.units, max(size, args.queries))
         extras = "".join(f"{run['extra_mb']:>12.1f}" for run in runs)
         print(f"{size:>18} {runs[0]['data_mb']:>8.0f}{extras} {whole['extra_mb']:>10.1f}")

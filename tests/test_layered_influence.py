@@ -7,10 +7,18 @@ import math
 import warnings
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from captum.attr import NeuronDeconvolution, visualization
+from captum.attr import (
+    GradientAttribution,
+    LayerAttribution,
+    NeuronAttribution,
+    NeuronDeconvolution,
+    NoiseTunnel,
+    visualization,
+)
 from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor, nn
 
@@ -26,6 +34,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def slow_influence(queries, query_labels, reference, reference_labels):
     """phi(x) with alpha = 1/r^2, one pair at a time."""
+    queries, reference = queries.detach(), reference.detach()
     influence = torch.zeros_like(queries)
     for i in range(len(queries)):
         for j in range(len(reference)):
@@ -199,6 +208,124 @@ def test_alpha_is_pluggable():
     torch.testing.assert_close(constant, torch.tensor([[8.0, 0.0]]).double())  # 2 * (3 - (-1))
 
 
+def test_alpha_in_float64_on_a_float32_model():
+    explainer = fitted_cnn("conv2")[1]
+    inputs = torch.randn(3, 1, 10, 10)
+    in_float64 = explainer.attribute(inputs, alpha=lambda r: 1 / (1 + r.double()))
+    in_float32 = explainer.attribute(inputs, alpha=lambda r: 1 / (1 + r))
+    torch.testing.assert_close(in_float64, in_float32)
+
+
+def test_a_near_differently_labelled_point_counts_in_float32():
+    model = SignOfFirstFeature().float()
+    # the last point is 1e-4 from the query, on the other side of x0 = 0
+    reference = torch.tensor([[-1.0, 0.0], [1.0, 5.0], [-2.0, -3.0], [-5e-5, 50.0]])
+    explainer = LayeredInfluence(model, model.layer).fit(reference)
+    query = torch.tensor([[5e-5, 50.0]])
+    influence = explainer.influence(query)
+    # the pair loop in float64 on the layer's (float32) activations
+    expected = slow_influence(
+        query.double(), torch.tensor([1]), reference.double(), torch.tensor([0, 1, 0, 0])
+    )
+    assert expected[0, 0] > 9e3  # the near point's 1/r
+    torch.testing.assert_close(influence.double(), expected, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------- target
+
+
+def test_default_target_is_the_prediction():
+    model, explainer, _ = fitted_cnn("conv2", double=True)
+    inputs = torch.randn(5, 1, 10, 10, dtype=torch.float64)
+    with torch.no_grad():
+        predictions = model(inputs).argmax(1)
+    assert torch.equal(explainer.influence(inputs), explainer.influence(inputs, target=predictions))
+    assert torch.equal(explainer.attribute(inputs), explainer.attribute(inputs, target=predictions))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [2, torch.tensor(1), torch.tensor([0, 2, 1]), np.array([1, 1, 0]), [2, 0, 0], np.int64(1)],
+    ids=["int", "0-d tensor", "tensor", "numpy", "list", "numpy int"],
+)
+def test_target_equals_the_pair_loop_with_those_classes(target):
+    model, explainer, reference = fitted_cnn("conv2", double=True)
+    inputs = torch.randn(3, 1, 10, 10, dtype=torch.float64)
+    classes = torch.as_tensor(target).expand(3)
+    with torch.no_grad():
+        reference_labels = model(reference).argmax(1)
+    expected = slow_influence(
+        layer_output(model, model.conv2, inputs).flatten(1),
+        classes,
+        layer_output(model, model.conv2, reference).flatten(1),
+        reference_labels,
+    )
+    influence = explainer.influence(inputs, target=target)
+    torch.testing.assert_close(influence.flatten(1), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_target_known_answer():
+    model = SignOfFirstFeature()
+    reference = torch.tensor(
+        [[-1.0, 0.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, 5.0]], dtype=torch.float64
+    )
+    explainer = LayeredInfluence(model, model.layer).fit(reference)
+    query = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # predicted 1
+    # explained as class 0: only the class-1 point (1, 5) counts, (0, -5) / 25
+    torch.testing.assert_close(
+        explainer.influence(query, target=0), torch.tensor([[0.0, -0.2]]).double()
+    )
+    torch.testing.assert_close(explainer.influence(query, target=1), explainer.influence(query))
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        (3, "from 0 to 2"),
+        (-1, "from 0 to 2"),
+        ([0, 1], "2 classes for 3 examples"),
+        (torch.tensor([0.0, 1.0, 1.0]), "class index"),
+        (torch.tensor([[0], [1], [1]]), "class index"),
+        ((0, 1), "class index"),
+        (True, "class index"),
+        ([0, 1.5, 1], "class index"),
+    ],
+)
+def test_bad_target(target, match):
+    explainer = fitted_cnn("conv2")[1]
+    for call in (explainer.influence, explainer.attribute):
+        with pytest.raises(ValueError, match=match) as raised:
+            call(torch.randn(3, 1, 10, 10), target=target)
+        assert "target" in str(raised.value)
+
+
+def test_single_logit_target_has_classes_zero_and_one():
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)).double()
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, -1.0, 0.5]]))
+    explainer = LayeredInfluence(model, model[0]).fit(two_class_data(40))
+    inputs = two_class_data(4, seed=1)
+    assert explainer.influence(inputs, target=[0, 1, 1, 0]).shape == (4, 3)
+    with pytest.raises(ValueError, match="target must be a class from 0 to 1"):
+        explainer.influence(inputs, target=2)
+
+
+def test_per_example_target_through_captum_metrics_and_noise_tunnel():
+    model, explainer, _ = fitted_cnn("conv1")
+    inputs = torch.randn(3, 1, 10, 10)
+    with torch.no_grad():
+        target = (model(inputs).argmax(1) + 1) % 3  # not the prediction
+    sensitivity = sensitivity_max(explainer.attribute, inputs, target=target, n_perturb_samples=3)
+    assert sensitivity.shape == (3,) and torch.isfinite(sensitivity).all()
+    tunnel = NoiseTunnel(explainer)
+    smoothed = tunnel.attribute(inputs, nt_samples=3, target=target)
+    assert smoothed.shape == inputs.shape and torch.isfinite(smoothed).all()
+    # without noise the tunnel averages three copies of the attribution for target
+    exact = tunnel.attribute(inputs, nt_samples=3, stdevs=0.0, target=target)
+    torch.testing.assert_close(exact, explainer.attribute(inputs, target=target))
+    assert not torch.allclose(exact, explainer.attribute(inputs))
+
+
 # ---------------------------------------------------------------- layer choice
 
 
@@ -289,6 +416,47 @@ def test_module_relus_do_not_warn():
     assert not [w for w in caught if "functional" in str(w.message)]
 
 
+def activation_mlp(*activations: nn.Module) -> nn.Sequential:
+    """Linear, activation, Linear, ... ending in a 2-class head that predicts both classes."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(4, 6)]
+    for activation in activations:
+        layers += [activation, nn.Linear(6, 6)]
+    model = nn.Sequential(*layers, nn.Linear(6, 2)).eval()
+    with torch.no_grad():
+        model[-1].bias -= model(torch.randn(64, 4)).mean(0)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("activations", "message"),
+    [
+        ((nn.ReLU6(),), r"1 activation\(s\) are not nn\.ReLU \(ReLU6\)"),
+        ((nn.LeakyReLU(0.1),), r"1 activation\(s\) are not nn\.ReLU \(LeakyReLU\)"),
+        ((nn.GELU(),), r"1 activation\(s\) are not nn\.ReLU \(GELU\)"),
+        (
+            (nn.LeakyReLU(0.1, inplace=True), nn.ReLU(), nn.GELU()),
+            r"2 activation\(s\) are not nn\.ReLU \(GELU, LeakyReLU\)",
+        ),
+    ],
+)
+def test_activation_modules_deconvnet_cannot_override_warn(activations, message):
+    model = activation_mlp(*activations)
+    explainer = LayeredInfluence(model, model[-2]).fit(torch.randn(40, 4))
+    with pytest.warns(UserWarning, match=message) as caught:
+        explainer.attribute(torch.randn(2, 4))
+    assert len([w for w in caught if "DeconvNet" in str(w.message)]) == 1
+    assert caught[0].filename == __file__
+
+
+def test_activations_after_the_layer_and_relu_modules_do_not_warn():
+    model = activation_mlp(nn.ReLU(), nn.ReLU(inplace=True), nn.GELU(), nn.Tanh())
+    explainer = LayeredInfluence(model, model[4]).fit(torch.randn(40, 4))  # before GELU
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.attribute(torch.randn(2, 4))
+
+
 def test_top_fraction_counts_units():
     explainer = fitted_cnn("conv2")[1]  # 5 x 4 x 4 = 80 units
     inputs = torch.randn(1, 1, 10, 10)
@@ -346,6 +514,14 @@ def test_additional_forward_args():
     # all units kept: DeconvNet of fc1(2x) is 2 * W^T seed
     seed = model.fc1(2.0 * inputs).detach()
     torch.testing.assert_close(scaled, 2.0 * seed @ model.fc1.weight.detach())
+
+
+def test_a_neuron_attribution_and_a_gradient_attribution():
+    explainer = fitted_cnn("conv2")[1]
+    assert isinstance(explainer, NeuronAttribution)
+    assert isinstance(explainer, GradientAttribution)
+    assert not isinstance(explainer, LayerAttribution)  # its output is input-shaped
+    assert not explainer.multiplies_by_inputs
 
 
 # ---------------------------------------------------------------- behaviour
@@ -417,6 +593,35 @@ def test_training_mode_with_batch_norm_warns():
     with pytest.warns(UserWarning, match="training mode"):
         explainer.attribute(torch.randn(3, 1, 10, 10))
     assert model.training
+
+
+def optimiser_step(model: nn.Module) -> None:
+    model.fc1.weight.grad = torch.ones_like(model.fc1.weight)
+    torch.optim.SGD(model.parameters(), lr=1e-3).step()
+    model.fc1.weight.grad = None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda model: model.conv1.reset_parameters(),
+        optimiser_step,
+        lambda model: model.load_state_dict(zoo_model("cnn", seed=5)[0].state_dict()),
+    ],
+    ids=["reset_parameters", "optimiser step", "load_state_dict"],
+)
+def test_changed_weights_need_a_new_fit(change):
+    model, explainer, reference = fitted_cnn("conv2")
+    inputs = torch.randn(2, 1, 10, 10)
+    explainer.attribute(inputs)  # running the model leaves the fit current
+    explainer.influence(inputs)
+    change(model)
+    for call in (explainer.attribute, explainer.influence):
+        with pytest.raises(RuntimeError, match=r"LayeredInfluence\.fit\(\) again"):
+            call(inputs)
+    explainer.fit(reference, layer="conv2")
+    refitted = LayeredInfluence(model, model.conv2).fit(reference)
+    torch.testing.assert_close(explainer.influence(inputs), refitted.influence(inputs))
 
 
 # ---------------------------------------------------------------- errors
@@ -509,6 +714,39 @@ def test_bad_attribute_arguments_and_inputs():
         explainer.influence([1.0, 2.0])
     with pytest.raises(ValueError, match="empty"):
         explainer.fit([])
+
+
+def test_reference_batches_of_different_shapes():
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 2)
+    ).eval()
+    explainer = LayeredInfluence(model, [model[0], model[4]])
+    loader = [(torch.randn(10, 1, 8, 8), torch.zeros(10)), (torch.randn(10, 1, 10, 10), None)]
+    with pytest.raises(ValueError, match=r"reference batch 1 .*\(1, 10, 10\).*batch 0 \(1, 8, 8\)"):
+        explainer.fit(loader)
+    two_inputs = TwoInputs().eval()
+    batches = [
+        ((torch.randn(5, 1, 6, 6), torch.randn(5, 4)),),
+        ((torch.randn(5, 1, 6, 6), torch.randn(5, 3)),),
+    ]
+    with pytest.raises(ValueError, match=r"batch 1 .*\(\(1, 6, 6\), \(3,\)\)"):
+        LayeredInfluence(two_inputs, two_inputs.fc).fit(batches)
+
+
+@pytest.mark.parametrize("points_per_chunk", [2.5, 0, True])
+def test_bad_points_per_chunk(points_per_chunk):
+    explainer = fitted_cnn("conv2")[1]
+    for call in (explainer.influence, explainer.attribute):
+        with pytest.raises(ValueError, match="points_per_chunk must be a positive integer"):
+            call(torch.randn(2, 1, 10, 10), points_per_chunk=points_per_chunk)
+
+
+def test_points_per_chunk_changes_nothing():
+    explainer = fitted_cnn("conv2", double=True)[1]
+    inputs = torch.randn(5, 1, 10, 10, dtype=torch.float64)
+    torch.testing.assert_close(
+        explainer.influence(inputs, points_per_chunk=np.int64(3)), explainer.influence(inputs)
+    )
 
 
 def test_attribute_needs_a_module():

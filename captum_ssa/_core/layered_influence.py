@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
-from captum.attr import GradientAttribution, LayerAttribution
+from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
@@ -26,7 +28,7 @@ from captum_ssa._utils.hooks import (
     unique_layer_names,
 )
 from captum_ssa._utils.influence_measure import (
-    DEFAULT_CHUNK_SIZE,
+    DEFAULT_POINTS_PER_CHUNK,
     Alpha,
     check_alpha,
     monotone_influence,
@@ -37,12 +39,18 @@ from captum_ssa._utils.layer_selection import (
     lowest_within_tolerance,
     neuron_activities,
 )
-from captum_ssa._utils.model_state import untouched_model
+from captum_ssa._utils.model_state import (
+    WeightsFingerprint,
+    check_fit_current,
+    untouched_model,
+    weights_fingerprint,
+)
 from captum_ssa._utils.segment import observe_layer_calls
-from captum_ssa._utils.validation import prepare_inputs, reference_batches
+from captum_ssa._utils.validation import positive_int, prepare_inputs, reference_batches
 
 _CRITERIA = ("linear", "dispersion")
 LayerChoice = Union[Module, str, None]
+ClassTarget = Union[int, Tensor, np.ndarray, Sequence[int], None]
 
 
 @dataclass
@@ -54,7 +62,7 @@ class _LayerReference:
     shape: tuple[int, ...]  # the layer output's shape per example
 
 
-class LayeredInfluence(LayerAttribution, GradientAttribution):
+class LayeredInfluence(NeuronAttribution, GradientAttribution):
     r"""
     Layered explanations: pick an influential hidden layer, score its units
     with a monotone influence measure on data, and project the most
@@ -69,32 +77,42 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
        ``criterion="dispersion"`` the layer whose units' mean :math:`|\phi|`
        is most unequal (Gini coefficient).
     2. :meth:`influence` scores every unit :math:`u` (every element of the
-       layer output, channel x position for a conv) for an input :math:`x`:
+       layer output, channel x position for a conv) for an input :math:`x`
+       and the class :math:`t` it is explained as (``target``, by default
+       the model's prediction :math:`f(x)`):
 
        .. math::
-           \phi(x) = \sum_{y \in R,\ f(y) \ne f(x)}
+           \phi(x) = \sum_{y \in R,\ f(y) \ne t}
                      \alpha(\lVert h(x) - h(y) \rVert)\, (h(x) - h(y)),
 
        where :math:`h` is the layer's output and :math:`\alpha \ge 0` is
        non-increasing, by default :math:`\alpha(r) = 1/r^2` (pairs at
-       :math:`r = 0` are skipped). A unit points *away* from the
-       differently-labelled points near :math:`x`: large :math:`|\phi_u|`
-       means the unit separates :math:`x` from the other classes.
+       :math:`r = 0` are skipped). A unit points *away* from the reference
+       points outside class :math:`t` near :math:`x`: large :math:`|\phi_u|`
+       means the unit separates :math:`x` from the other classes. Reference
+       points very close to :math:`x` are summed from their exact difference,
+       so rounding neither drops nor mis-weighs them.
     3. :meth:`attribute` keeps the top units by :math:`|\phi_u(x)|` and
        backpropagates their raw activation values (all other units zero) to
        the input with DeconvNet (Captum's :class:`~captum.attr.Deconvolution`
        rule on every ``nn.ReLU`` module); the result equals Captum's
        :class:`~captum.attr.NeuronDeconvolution` seeded with those values.
+       Like Captum's neuron methods it explains hidden units and returns
+       input-shaped attributions.
 
-    The measure is the Monotone Influence Measure family (Sliwinski, Strobel
-    and Zick) as we read it; the paper's exact normalisation could not be
-    checked, so :math:`\alpha` is pluggable. The labels are the model's
-    predictions (argmax over dim 1; a single output is read as a logit,
-    label ``output > 0``).
+    The labels are the model's predictions (argmax over dim 1; a single
+    output is read as a logit, label ``output > 0``). :meth:`fit` must be
+    called again after the model's weights change: :meth:`influence` and
+    :meth:`attribute` raise a ``RuntimeError`` on a stale fit.
 
-    Paper: *Layered Explanations: Interpreting Neural Networks with Numerical
-    Influence Measures* (X.-V. Ho), ``shared/papers/
-    layered-explanations-influence.md``.
+    The measure is the Monotone Influence Measure family of Sliwinski,
+    Strobel and Zick, *Axiomatic Characterization of Data-Driven Influence
+    Measures for Classification* (AAAI 2019; arXiv:1708.02153), as we read
+    it; the paper's exact normalisation could not be checked, so
+    :math:`\alpha` is pluggable.
+
+    Paper: Xuan-Vinh Ho, *Layered Explanations: Interpreting Neural Networks
+    with Numerical Influence Measures* (National University of Singapore).
     """
 
     def __init__(
@@ -119,7 +137,8 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         check_layers_in_model(forward_func, candidates)
         if len({id(layer) for layer in candidates}) < len(candidates):
             raise ValueError("layers lists the same module more than once")
-        LayerAttribution.__init__(self, forward_func, candidates)
+        # Captum's neuron methods take one layer; ours keeps all the candidates
+        NeuronAttribution.__init__(self, forward_func, candidates)
         GradientAttribution.__init__(self, forward_func)
         self._candidates = candidates
         self._names = unique_layer_names(model_of(forward_func), candidates)
@@ -127,6 +146,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         self._reference_labels: Optional[Tensor] = None
         self._chosen = 0
         self._scores: dict[str, float] = {}
+        self._fingerprint: Optional[WeightsFingerprint] = None
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -217,8 +237,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
             raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
         if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
             raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = positive_int("batch_size", batch_size)
         given = None if layer is None else self._candidate_index(layer)
         with untouched_model(self.forward_func), torch.no_grad():
             references, labels, call_order = self._run_reference(
@@ -248,15 +267,18 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         # set only now, so a failed fit leaves the previous one intact
         self._references, self._reference_labels = references, labels
         self._chosen, self._scores = chosen, table
+        # taken last and outside untouched_model: what the stored statistics describe
+        self._fingerprint = weights_fingerprint(self.forward_func)
         return self
 
     def influence(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
+        target: ClassTarget = None,
+        additional_forward_args: Any = None,
         layer: LayerChoice = None,
         alpha: Optional[Alpha] = None,
-        additional_forward_args: Any = None,
-        chunk_size: Optional[int] = None,
+        points_per_chunk: Optional[int] = None,
     ) -> Tensor:
         r"""
         The influence :math:`\phi(x)` of every unit of the layer.
@@ -264,21 +286,31 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         Args:
             inputs (Tensor or tuple[Tensor, ...]): The inputs :math:`x`;
                         dimension 0 is the batch.
+            target (int, Tensor, numpy.ndarray or list[int], optional): The
+                        class :math:`t` whose region is explained: the sum
+                        runs over the reference points the model labels
+                        :math:`f(y) \ne t`. An int for every example, or one
+                        class per example (a 1-D tensor, array or list of
+                        ``N`` ints). Classes are the model output's columns
+                        (``0`` and ``1`` for a single logit). Default: None
+                        (each example's prediction :math:`f(x)`)
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs. Default: None
             layer (torch.nn.Module or str, optional): A candidate layer (module
                         or name). Default: None (:attr:`chosen_layer`)
             alpha (Callable, optional): The weighting :math:`\alpha(r)`, applied
                         elementwise to a tensor of distances
                         :math:`r = \lVert h(x) - h(y) \rVert > 0`; it must be
-                        non-negative and non-increasing. Default: None, which
+                        non-negative and non-increasing, and its weights are
+                        cast to the activations' dtype. Default: None, which
                         is :math:`\alpha(r) = 1/r^2`. The paper's exact
                         normalisation of the measure could not be checked,
                         which is why :math:`\alpha` is pluggable; e.g.
                         ``lambda r: torch.exp(-r)`` or ``lambda r: r.pow(-1)``.
-            additional_forward_args (Any, optional): Extra arguments passed to
-                        ``forward_func`` after the inputs. Default: None
-            chunk_size (int, optional): The most queries and reference points
-                        in one block of the computation; memory grows with it,
-                        not with the reference set. Default: 1024
+            points_per_chunk (int, optional): The most query points and the
+                        most reference points in one block of the computation;
+                        memory grows with it, not with the reference set.
+                        Default: None (1024)
 
         Returns:
             *Tensor* of **influence** shaped like the layer's output,
@@ -288,10 +320,13 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
 
             >>> phi = explainer.influence(test_x[:4])
             >>> phi.shape     # like the chosen layer's output
+            >>> # against the points the model does not call class 3
+            >>> phi = explainer.influence(test_x[:4], target=3)
             >>> phi = explainer.influence(test_x[:4], alpha=lambda r: torch.exp(-r))
         """
         position = self._layer_position(layer)
         check_alpha(alpha)
+        points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func), torch.no_grad():
             output, (activation,) = run_and_capture(
@@ -300,18 +335,21 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
                 [self._candidates[position]],
                 additional_forward_args,
             )
-            return self._influence_of(activation, model_labels(output), position, alpha, chunk_size)
+            return self._influence_of(
+                activation, class_targets(output, target), position, alpha, points_per_chunk
+            )
 
     @log_usage()
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
+        target: ClassTarget = None,
+        additional_forward_args: Any = None,
         top_fraction: float = 0.013,
         top_k: Optional[int] = None,
         layer: LayerChoice = None,
         alpha: Optional[Alpha] = None,
-        additional_forward_args: Any = None,
-        chunk_size: Optional[int] = None,
+        points_per_chunk: Optional[int] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         r"""
         DeconvNet reconstruction of the input from the most influential units.
@@ -320,12 +358,21 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         their activation value, every other unit is set to zero, and this is
         backpropagated to the input with DeconvNet (the backward of each
         ``nn.ReLU`` module is the ReLU of the incoming gradient; max-pool
-        routes through its switches). Functional ReLUs (``F.relu``) cannot be
-        overridden: a warning says so.
+        routes through its switches). Functional ReLUs (``F.relu``) and other
+        activation modules (``nn.GELU``, ``nn.LeakyReLU``, ...) keep their
+        ordinary gradient: a warning says so.
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Input to explain; dimension
                         0 is the batch.
+            target (int, Tensor, numpy.ndarray or list[int], optional): The
+                        class whose region is explained: the influence is
+                        taken against the reference points the model does not
+                        label with it (see :meth:`influence`). An int for
+                        every example, or one class per example. Default:
+                        None (each example's prediction)
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs. Default: None
             top_fraction (float, optional): Keep the smallest number of units
                         covering this fraction of the layer,
                         :math:`\lceil q \cdot U \rceil` (at least one).
@@ -336,10 +383,9 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
                         or name). Default: None (:attr:`chosen_layer`)
             alpha (Callable, optional): The weighting :math:`\alpha(r)` of
                         :meth:`influence`. Default: None (:math:`1/r^2`)
-            additional_forward_args (Any, optional): Extra arguments passed to
-                        ``forward_func`` after the inputs. Default: None
-            chunk_size (int, optional): Block size of the influence
-                        computation (see :meth:`influence`). Default: 1024
+            points_per_chunk (int, optional): Block size, in query and
+                        reference points, of the influence computation (see
+                        :meth:`influence`). Default: None (1024)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -351,9 +397,12 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
             >>> reconstruction = explainer.attribute(test_x[:4], top_fraction=0.025)
             >>> reconstruction.shape == test_x[:4].shape
             True
+            >>> # what sets each example apart from the points not labelled y
+            >>> reconstruction = explainer.attribute(test_x[:4], target=test_y[:4])
         """
         position = self._layer_position(layer)
         check_alpha(alpha)
+        points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         model = model_of(self.forward_func)
         if model is None:
             raise TypeError(
@@ -368,7 +417,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
                     self.forward_func, prepared, [layer_module], additional_forward_args
                 )
                 influence = self._influence_of(
-                    activation, model_labels(output), position, alpha, chunk_size
+                    activation, class_targets(output, target), position, alpha, points_per_chunk
                 )
                 seed = top_unit_seed(activation, influence, top_fraction, top_k)
             reconstruction = deconvolve_from_layer(
@@ -400,7 +449,9 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         )
 
     def _layer_position(self, layer: LayerChoice) -> int:
+        """The candidate to use, once the fit is known to be there and current."""
         self._fitted_references()
+        check_fit_current(self._fingerprint, self.forward_func, type(self).__name__)
         return self._chosen if layer is None else self._candidate_index(layer)
 
     def _run_reference(
@@ -412,7 +463,17 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         shapes: list[Optional[tuple[int, ...]]] = [None] * len(self._candidates)
         labels: list[Tensor] = []
         call_order: list[int] = []
-        for batch in reference_batches(reference):
+        first_shapes: Optional[list[tuple[int, ...]]] = None
+        for index, batch in enumerate(reference_batches(reference)):
+            batch_shapes = [tuple(t.shape[1:]) for t in batch]
+            first_shapes = first_shapes or batch_shapes
+            if batch_shapes != first_shapes:
+                raise ValueError(
+                    f"reference batch {index} holds inputs shaped {_shown(batch_shapes)} "
+                    f"per example, batch 0 {_shown(first_shapes)}: every reference "
+                    "point is compared with every other in the layer, so give "
+                    "reference inputs of one shape"
+                )
             step = batch[0].shape[0] if batch_size is None else batch_size
             for start in range(0, batch[0].shape[0], step):
                 part = tuple(t[start : start + step] for t in batch)
@@ -450,7 +511,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
         labels: Tensor,
         position: int,
         alpha: Optional[Alpha],
-        chunk_size: Optional[int],
+        points_per_chunk: Optional[int],
     ) -> Tensor:
         reference = self._fitted_references()[position]
         reference_labels = self._reference_labels
@@ -470,7 +531,7 @@ class LayeredInfluence(LayerAttribution, GradientAttribution):
             reference.activations.to(device),
             reference_labels.to(device),
             alpha=alpha,
-            chunk_size=chunk_size,
+            points_per_chunk=points_per_chunk,
         )
         return influence.reshape(activation.shape)
 
@@ -482,8 +543,8 @@ def _layer_score(reference: _LayerReference, labels: Tensor, criterion: str) -> 
         return linear_probe_accuracy(neuron_activities(layer_output), labels)
     mean_abs_influence = torch.zeros_like(reference.mean)
     # the reference points are the queries, a block at a time to bound memory
-    for start in range(0, len(labels), DEFAULT_CHUNK_SIZE):
-        block = slice(start, start + DEFAULT_CHUNK_SIZE)
+    for start in range(0, len(labels), DEFAULT_POINTS_PER_CHUNK):
+        block = slice(start, start + DEFAULT_POINTS_PER_CHUNK)
         influence = monotone_influence(
             reference.activations[block], labels[block], reference.activations, labels
         )
@@ -493,20 +554,61 @@ def _layer_score(reference: _LayerReference, labels: Tensor, criterion: str) -> 
 
 def model_labels(output: Any) -> Tensor:
     """The model's labels: argmax over dim 1, or ``output > 0`` for one logit."""
+    if _class_count(output) == 2 and (output.dim() == 1 or output.shape[1] == 1):
+        return (output.reshape(-1) > 0).long()
+    return output.argmax(1)
+
+
+def _class_count(output: Any) -> int:
+    """The number of classes of a classifier output: its columns, 2 for one logit."""
     if not isinstance(output, Tensor) or output.dim() == 0:
         raise TypeError(
             "LayeredInfluence labels points by the model's prediction, so the "
             "model must return a tensor of scores shaped (N, classes) or (N,); "
             f"got {type(output).__name__}"
         )
-    if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
-        return (output.reshape(-1) > 0).long()
-    if output.dim() != 2:
+    if output.dim() > 2:
         raise ValueError(
             "LayeredInfluence needs a classifier output shaped (N, classes) or "
             f"(N,), got {tuple(output.shape)}"
         )
-    return output.argmax(1)
+    return 2 if output.dim() == 1 or output.shape[1] == 1 else output.shape[1]
+
+
+def class_targets(output: Tensor, target: ClassTarget) -> Tensor:
+    """One class per example: ``target`` in any of Captum's forms for an
+    ``(N, classes)`` output, or the model's prediction where it is None."""
+    if target is None:
+        return model_labels(output)
+    classes, count = _class_count(output), len(output)
+    if isinstance(target, (numbers.Integral, np.ndarray)) and not isinstance(target, bool):
+        target = torch.as_tensor(target)
+    elif isinstance(target, list) and all(
+        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
+    ):
+        target = torch.tensor(target, dtype=torch.long)
+    if (
+        not isinstance(target, Tensor)
+        or target.dtype == torch.bool
+        or target.is_floating_point()
+        or target.is_complex()
+        or target.dim() > 1
+    ):
+        raise ValueError(
+            "target must be a class index: an int, or one int per example (a 1-D "
+            f"tensor, array or list of {count}); got {target!r}"
+        )
+    if target.dim() == 1 and len(target) != count:
+        raise ValueError(
+            f"target gives {len(target)} classes for {count} examples; give one "
+            "class per example or a single int"
+        )
+    if bool(((target < 0) | (target >= classes)).any()):
+        raise ValueError(
+            f"target must be a class from 0 to {classes - 1} (the model output has "
+            f"{classes} classes), got {target.tolist()}"
+        )
+    return target.to(device=output.device, dtype=torch.long).expand(count)
 
 
 def top_unit_seed(
@@ -529,6 +631,11 @@ def top_unit_seed(
     flat_activation = activation.detach().reshape(len(activation), -1)
     seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
     return seed.reshape(activation.shape)
+
+
+def _shown(shapes: list[tuple[int, ...]]) -> str:
+    """Per-example input shapes as a user wrote them: one, or a tuple of them."""
+    return str(shapes[0]) if len(shapes) == 1 else str(tuple(shapes))
 
 
 def _centred(activations: Tensor, shape: tuple[int, ...]) -> _LayerReference:
