@@ -311,6 +311,50 @@ def test_load_restores_an_equal_graph(cnn: Any, tmp_path: Path, suffix: str) -> 
     assert_same_networkx(loaded.to_networkx(), graph.to_networkx())
 
 
+@pytest.mark.parametrize("suffix", [".graphml", ".json"])
+def test_a_graph_with_nan_relevances_equals_its_round_trip(
+    cnn: Any, tmp_path: Path, suffix: str
+) -> None:
+    """A hand-built graph may hold NaN (e.g. a signed relevance of 0/0): NaN equals NaN."""
+    _, layers = cnn
+    graph = make_graph(layers, KEPT, metadata={"relevance": "gradient", "scale": float("nan")})
+    relevances = [graph.relevance(name) for name in layers]
+    relevances[1][0] = float("nan")
+    matrices = [
+        graph.relevance_matrix(upper, lower) for lower, upper in zip(layers, list(layers)[1:])
+    ]
+    matrices[0][0, 1] = float("nan")
+    edges = [graph.edges(upper, lower) for lower, upper in zip(layers, list(layers)[1:])]
+    with_nan = DependencyGraph(
+        graph.layer_names,
+        graph.layers,
+        [graph.neurons(name) for name in layers],
+        relevances,
+        matrices,
+        edges,
+        target=graph.target,
+        metadata=graph.metadata,
+    )
+    assert with_nan == with_nan
+    assert with_nan != graph
+    with_nan.save(tmp_path / f"graph{suffix}")
+    loaded = DependencyGraph.load(tmp_path / f"graph{suffix}")
+    assert loaded == with_nan
+    changed = loaded.relevance("conv1")
+    changed[0] += 1.0
+    other = DependencyGraph(
+        loaded.layer_names,
+        None,
+        [loaded.neurons(name) for name in layers],
+        [changed if name == "conv1" else loaded.relevance(name) for name in layers],
+        matrices,
+        edges,
+        target=loaded.target,
+        metadata=loaded.metadata,
+    )
+    assert other != with_nan
+
+
 def test_load_keeps_other_metadata_by_name(cnn: Any, tmp_path: Path) -> None:
     from captum.attr import LayerIntegratedGradients
 

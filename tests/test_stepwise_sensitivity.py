@@ -6,6 +6,7 @@ example, and does Steps II-IV with Python loops and NumPy.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -113,12 +114,21 @@ def reference_step_one(
     neuron: int,
     relevance: str,
     absolute: bool,
+    neuron_dim: Optional[int] = None,
 ) -> np.ndarray:
-    """omega[i, k] for one upper neuron: one forward and backward per example."""
+    """omega[i, k] for one upper neuron: one forward and backward per example.
+
+    ``neuron_dim`` names the neuron axis of both layers' outputs (None: dim 1).
+    """
+
+    def neurons_first(example: Tensor) -> Tensor:  # one example's output, neurons at dim 0
+        axis = 1 if neuron_dim is None else neuron_dim % (example.dim() + 1)
+        return example.movedim(axis - 1, 0)
+
     rows = []
     for i in range(len(x)):
         lower_output, upper_output = capture(model, [lower, upper], x[i : i + 1].clone())
-        activation = lower_output[0].detach()
+        activation = neurons_first(lower_output[0].detach())
         size = activation.shape[0]
 
         def over_positions(values: Tensor, size: int = size) -> Tensor:
@@ -128,9 +138,10 @@ def reference_step_one(
         if absolute:
             mean_activation = mean_activation.abs()
         if relevance in ("gradient", "gradient_x_activation"):
-            activity = upper_output[0, neuron].mean()
+            activity = neurons_first(upper_output[0])[neuron].mean()
             (grad,) = torch.autograd.grad(activity, lower_output)
-            grad = grad[0] * activation if relevance == "gradient_x_activation" else grad[0]
+            grad = neurons_first(grad[0])
+            grad = grad * activation if relevance == "gradient_x_activation" else grad
             row = over_positions(grad.abs() if absolute else grad)
         elif relevance == "activation":
             row = mean_activation
@@ -172,6 +183,7 @@ def reference_graph(
     percentile: float = 50,
     branching: Optional[int] = None,
     max_neurons: Optional[int] = None,
+    neuron_dim: Optional[int] = None,
 ) -> dict[str, Any]:
     """Neurons, edges, relevance vectors and matrices of SSA, computed plainly."""
     upper_set = sorted(start)
@@ -182,7 +194,7 @@ def reference_graph(
         matrix = []
         for neuron in upper_set:
             omega = reference_step_one(
-                model, layers[lower], layers[upper], x, neuron, relevance, absolute
+                model, layers[lower], layers[upper], x, neuron, relevance, absolute, neuron_dim
             )
             if examples_of is not None and upper == len(layers) - 1:
                 omega = omega[examples_of[neuron]]
@@ -587,12 +599,12 @@ def test_default_starts_from_every_neuron_of_the_top_layer():
     assert graph.target is None
 
 
-def test_chunk_size_does_not_change_the_graph():
+def test_upper_neurons_per_chunk_does_not_change_the_graph():
     model, layers, shape = build("cnn", 1)
     x = torch.randn(4, *shape)
     ssa = StepwiseSensitivity(model, list(layers.values()))
     whole = ssa.attribute(x, percentile=20)
-    chunked = ssa.attribute(x, percentile=20, chunk_size=1)
+    chunked = ssa.attribute(x, percentile=20, upper_neurons_per_chunk=np.int64(1))
     for name in whole.layer_names:
         assert whole.neurons(name).tolist() == chunked.neurons(name).tolist()
         torch.testing.assert_close(whole.relevance(name), chunked.relevance(name))
@@ -643,20 +655,31 @@ def test_too_few_or_repeated_layers_are_a_clear_error(layer_names, message):
     [
         ({"target": 4}, ValueError, r"target \[4\] out of range"),
         ({"target": -1}, ValueError, "out of range"),
-        ({"target": [0, 9]}, ValueError, r"\[9\] out of range"),
+        ({"target": [0, 9, 1]}, ValueError, r"\[9\] out of range"),
         ({"target": torch.tensor([0, 1, 5])}, ValueError, "out of range"),
-        ({"target": torch.tensor([0, 1])}, ValueError, "one neuron per example"),
+        ({"target": torch.tensor([0, 1])}, ValueError, "one class per example"),
+        ({"target": np.array([[0, 1, 2]])}, ValueError, "1-D with 3 entries"),
+        ({"target": [0, 2]}, ValueError, r"one class per example.*top_neurons=\[\.\.\.\]"),
+        ({"target": []}, ValueError, "a list target gives one class per example"),
+        ({"target": (0, 1)}, ValueError, "names one element"),
+        ({"target": [(0,), (1,), (2,)]}, ValueError, "names one element"),
         ({"target": 0.5}, TypeError, "must be an int"),
-        ({"target": []}, TypeError, "non-empty"),
+        ({"target": True}, TypeError, "must be an int"),
+        ({"top_neurons": []}, TypeError, "top_neurons must be an int or a non-empty"),
+        ({"top_neurons": [0.5]}, TypeError, "top_neurons must be"),
+        ({"top_neurons": [[0, 1]]}, ValueError, "at most 1-D"),
+        ({"top_neurons": {0, 4}}, ValueError, r"top_neurons \[4\] out of range"),
         ({"target": 0, "top_neurons": 1}, ValueError, "not both"),
         ({"relevance": "saliency"}, ValueError, "relevance must be one of"),
         ({"relevance": 3}, TypeError, "relevance must be"),
         ({"aggregation": "median"}, ValueError, "aggregation"),
         ({"mode": "both"}, ValueError, "mode"),
         ({"percentile": 120}, ValueError, "percentile"),
-        ({"branching": 0}, ValueError, "branching"),
-        ({"max_neurons": 1.5}, ValueError, "max_neurons"),
-        ({"chunk_size": -2}, ValueError, "chunk_size"),
+        ({"branching": 0}, ValueError, "branching must be a positive integer"),
+        ({"branching": 2.5}, ValueError, "branching must be a positive integer"),
+        ({"max_neurons": 1.5}, ValueError, "max_neurons must be a positive integer"),
+        ({"upper_neurons_per_chunk": -2}, ValueError, "upper_neurons_per_chunk must be"),
+        ({"upper_neurons_per_chunk": 2.5}, ValueError, "upper_neurons_per_chunk must be"),
     ],
 )
 def test_bad_arguments_get_clear_errors(kwargs, error, message):
@@ -835,3 +858,252 @@ def test_layer_that_never_runs_is_a_clear_error():
         StepwiseSensitivity(model, [model.used, model.unused, model.out]).attribute(
             torch.randn(2, 4)
         )
+
+
+# ---------------------------------------------------------------- Captum's contract
+
+
+def test_is_a_plain_captum_attribution_without_layer_or_delta_promises():
+    from captum.attr import Attribution, GradientAttribution, LayerAttribution
+
+    model, layers, _ = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    assert isinstance(ssa, Attribution)
+    assert not isinstance(ssa, (LayerAttribution, GradientAttribution))
+    assert not ssa.has_convergence_delta() and not ssa.multiplies_by_inputs
+
+
+def graphs_equal(first: DependencyGraph, second: DependencyGraph) -> None:
+    for name in first.layer_names:
+        assert first.neurons(name).tolist() == second.neurons(name).tolist(), name
+        torch.testing.assert_close(first.relevance(name), second.relevance(name))
+    assert first.target == second.target
+
+
+def test_target_forms_follow_captum_and_top_neurons_is_a_set():
+    model, layers, shape = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    x = torch.randn(4, *shape)
+    one = ssa.attribute(x, target=2)
+    for same in (np.int64(2), torch.tensor(2), torch.tensor([2]), (2,), np.array(2)):
+        graphs_equal(one, ssa.attribute(x, target=same))
+    per_example = ssa.attribute(x, target=torch.tensor([0, 3, 3, 0]))
+    examples_of = {0: [0, 3], 3: [1, 2]}
+    assert_matches_reference(
+        per_example, reference_graph(model, list(layers.values()), x, [0, 3], examples_of)
+    )
+    for same in ([0, 3, 3, 0], np.array([0, 3, 3, 0]), [np.int64(0), 3, 3, 0]):
+        graphs_equal(per_example, ssa.attribute(x, target=same))
+    assert per_example.target == [0, 3]
+    # a set of starting neurons: every example counts for each
+    as_set = ssa.attribute(x, top_neurons=[0, 3])
+    assert_matches_reference(as_set, reference_graph(model, list(layers.values()), x, [0, 3]))
+    assert as_set.target is None
+    for same in ((3, 0), {0, 3}, torch.tensor([3, 0, 3]), np.array([0, 3])):
+        graphs_equal(as_set, ssa.attribute(x, top_neurons=same))
+    assert not torch.equal(as_set.relevance("fc2"), per_example.relevance("fc2"))
+
+
+class SequenceClassifier(nn.Module):
+    """Transformer-style: per-token embedding Linear -> self-attention block (residual)
+    -> LayerNorm -> per-token MLP (residual) -> mean over tokens -> classifier."""
+
+    def __init__(self, features: int = 4, width: int = 6, hidden: int = 7) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.attention = SelfAttention(width)
+        self.norm = nn.LayerNorm(width)
+        self.mlp_in = nn.Linear(width, hidden)
+        self.mlp_out = nn.Linear(hidden, width)
+        self.classifier = nn.Linear(width, 3)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (N, tokens, features)
+        h = self.embed(x)
+        h = self.norm(h + self.attention(h))
+        h = h + self.mlp_out(torch.relu(self.mlp_in(h)))
+        return self.classifier(h.mean(1))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(width, num_heads=2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def sequence_case() -> tuple[SequenceClassifier, list[nn.Module], Tensor]:
+    torch.manual_seed(4)
+    model = SequenceClassifier().eval()
+    layers = [model.embed, model.attention, model.mlp_in, model.mlp_out, model.classifier]
+    return model, layers, torch.randn(4, 5, 4)
+
+
+@pytest.mark.parametrize("options", ["mean_global", "mean_local_top", "tukey_local_percentile"])
+@pytest.mark.parametrize("relevance", GRADIENT_FAMILY)
+def test_feature_axis_of_token_sequences_equals_the_plain_reference(relevance, options):
+    model, layers, x = sequence_case()
+    kwargs = {"relevance": relevance, **OPTIONS[options]}
+    graph = StepwiseSensitivity(model, layers, neuron_dim=-1).attribute(x, target=1, **kwargs)
+    expected = reference_graph(model, layers, x, [1], neuron_dim=-1, **kwargs)
+    assert_matches_reference(graph, expected)
+    assert graph.layer_sizes == [6, 6, 7, 6, 3]
+    assert graph.metadata["neuron_dim"] == -1
+
+
+def test_dim_one_of_token_sequences_warns_once_unless_neuron_dim_is_given():
+    model, layers, x = sequence_case()
+    with pytest.warns(UserWarning, match="neuron_dim=-1") as caught:
+        graph = StepwiseSensitivity(model, layers).attribute(x, target=1)
+    assert len([w for w in caught if "neuron_dim" in str(w.message)]) == 1
+    assert "'mlp_in'" in str(caught[0].message)
+    assert graph.layer_sizes[0] == 5  # dim 1 is the token axis, as asked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StepwiseSensitivity(model, layers, neuron_dim=1).attribute(x, target=1)
+        StepwiseSensitivity(model, layers, neuron_dim=np.int64(-1)).attribute(x, target=1)
+        conv_model, conv_layers, shape = build("cnn", 0)
+        StepwiseSensitivity(conv_model, list(conv_layers.values())).attribute(
+            torch.randn(2, *shape)
+        )
+        conv1d = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 3, 3)).eval()
+        StepwiseSensitivity(conv1d, [conv1d[1], conv1d[2]]).attribute(
+            torch.randn(2, 2, 9), top_neurons=0
+        )
+
+
+def test_mask_zeroes_the_features_of_a_graph_built_along_the_last_axis(tmp_path):
+    from tests.models import layer_output
+
+    model, layers, x = sequence_case()
+    graph = StepwiseSensitivity(model, layers, neuron_dim=-1).attribute(x, target=1, branching=2)
+    kept = torch.zeros(6, dtype=torch.bool)
+    kept[graph.neurons("embed")] = True
+    assert 0 < int(kept.sum()) < 6
+    plain = layer_output(model, model.embed, x).detach()
+    graph.save(tmp_path / "graph.json")
+    for masking in (graph, DependencyGraph.load(tmp_path / "graph.json")):
+        with torch.no_grad(), masking.mask(model):
+            masked = layer_output(model, model.embed, x)
+        assert (masked[..., ~kept] == 0).all()
+        torch.testing.assert_close(masked[..., kept], plain[..., kept])
+
+
+def test_tuple_target_on_a_sequence_output_is_a_true_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    x = torch.randn(2, 5, 4)  # the output is (N, tokens, 3)
+    ssa = StepwiseSensitivity(model, [model[0], model[2]], neuron_dim=-1)
+    with pytest.raises(ValueError, match=r"dim 2 of the top layer's output \(2, 5, 3\)"):
+        ssa.attribute(x, target=(0, 1))
+    with pytest.raises(ValueError, match="names one element"):
+        ssa.attribute(x, target=(1,))
+    assert ssa.attribute(x, target=1).neurons("2").tolist() == [1]
+
+
+@pytest.mark.parametrize("relevance", ["weight", "weight_activation"])
+def test_weight_relevance_with_a_moved_neuron_axis_is_a_clear_error(relevance):
+    model, layers, x = sequence_case()
+    ssa = StepwiseSensitivity(model, layers[2:], neuron_dim=-1)
+    with pytest.raises(ValueError, match="neuron_dim=-1 moves the neuron axis"):
+        ssa.attribute(x, target=0, relevance=relevance)
+
+
+@pytest.mark.parametrize("neuron_dim", [0, 3, -4, 1.0, True])
+def test_bad_neuron_dim_is_a_clear_error(neuron_dim):
+    model, layers, x = sequence_case()
+    with pytest.raises(ValueError, match="neuron_dim"):
+        StepwiseSensitivity(model, layers, neuron_dim=neuron_dim).attribute(x)
+
+
+# ---------------------------------------------------------------- no silent wrong answers
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5))
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(self.block(x)))
+
+
+class Branches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Linear(4, 3)
+        self.right = nn.Linear(4, 3)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(torch.cat([self.left(x), self.right(x)], 1)))
+
+
+def test_layers_not_on_one_path_of_the_computation_are_a_clear_error():
+    torch.manual_seed(0)
+    nested, branches = Nested().eval(), Branches().eval()
+    x = torch.randn(3, 4)
+    cases = [
+        (nested, [nested.block, nested.block[2], nested.out], "'block.2'.*'block'"),
+        (branches, [branches.left, branches.right, branches.out], "'right'.*'left'"),
+    ]
+    for model, layers, names in cases:
+        with pytest.raises(ValueError, match=f"{names}.*one path of the computation"):
+            StepwiseSensitivity(model, layers).attribute(x, target=0)
+    with pytest.raises(ValueError, match=r"'block' contains 'block\.2'.*one path"):
+        StepwiseSensitivity(nested, [nested.block[2], nested.block]).attribute(x)
+    # along one path the same modules are fine, and so is an Identity on the input
+    for model, layers in [
+        (nested, [nested.block[0], nested.block[2], nested.out]),
+        (branches, [branches.left, branches.out]),
+    ]:
+        assert len(StepwiseSensitivity(model, layers).attribute(x, target=0).neurons("out")) == 1
+    identity = nn.Sequential(nn.Identity(), nn.Linear(4, 2)).eval()
+    graph = StepwiseSensitivity(identity, [identity[0], identity[1]]).attribute(x, target=1)
+    assert (graph.relevance("0") > 0).all()
+
+
+def test_nan_relevance_is_an_error_naming_the_layer_pair_and_the_relevance():
+    model, layers, shape = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+
+    def broken(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+        omega = relevance_functions.gradient(pair, upper_neurons, absolute)
+        return omega if pair.upper_name == "fc3" else omega * float("nan")
+
+    for aggregation in ("mean", "tukey"):
+        with pytest.raises(ValueError, match="'broken' of 'fc1' to 'fc2' is NaN"):
+            ssa.attribute(torch.randn(3, *shape), relevance=broken, aggregation=aggregation)
+
+
+def test_overflowing_relevance_is_an_error_not_an_empty_graph():
+    model, layers, shape = build("mlp", 0)
+    with torch.no_grad():
+        model.fc2.weight.mul_(1e25)
+        model.fc3.weight.mul_(1e25)
+    ssa = StepwiseSensitivity(model, [layers["fc1"], layers["fc3"]])
+    with pytest.raises(ValueError, match=r"of 'fc1' to 'fc3' is (NaN|infinite).*overflow"):
+        ssa.attribute(torch.rand(3, *shape), target=0)
+    half = StepwiseSensitivity(model.half(), [layers["fc1"], layers["fc2"]])
+    with pytest.raises(ValueError, match=r"of 'fc1' to 'fc2' is (NaN|infinite)"):
+        half.attribute(torch.rand(3, *shape).half(), top_neurons=[0, 1])
+
+
+def test_numpy_integer_counts_give_the_same_graph():
+    model, layers, shape = build("mlp", 0)
+    ssa = StepwiseSensitivity(model, list(layers.values()))
+    x = torch.randn(4, *shape)
+    plain = ssa.attribute(x, target=1, mode="local", branching=2, max_neurons=3)
+    numpy = ssa.attribute(x, target=1, mode="local", branching=np.int32(2), max_neurons=np.int64(3))
+    graphs_equal(plain, numpy)
+    assert numpy.metadata["branching"] == 2 and type(numpy.metadata["branching"]) is int
+
+
+def test_feature_axis_with_one_neuron_per_backward_pass_equals_the_plain_reference(monkeypatch):
+    monkeypatch.setattr(segment, "VECTORISED_GRADIENT_ELEMENTS", 0)
+    model, layers, x = sequence_case()
+    kwargs = {"relevance": "gradient_x_activation", **OPTIONS["mean_local_top"]}
+    graph = StepwiseSensitivity(model, layers, neuron_dim=-1).attribute(x, target=2, **kwargs)
+    assert_matches_reference(graph, reference_graph(model, layers, x, [2], neuron_dim=-1, **kwargs))

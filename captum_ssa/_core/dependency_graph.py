@@ -1,4 +1,4 @@
-"""The dependency graph that step-wise sensitivity analysis produces (METHODS.md §3)."""
+"""The dependency graph that step-wise sensitivity analysis produces."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import networkx as nx
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._utils.hooks import model_of
+from captum_ssa._utils.hooks import model_of, neuron_axis
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,12 +34,14 @@ class DependencyGraph:
     The neurons of every layer that a decision rests on, and the links between
     them: the output of :class:`StepwiseSensitivity`.
 
-    A neuron is one position along dim 1 of a layer's output (a ``Linear``
-    unit, or a conv channel). As a :func:`networkx.DiGraph`
-    (:meth:`to_networkx`) the nodes are ``(layer_name, index)`` tuples with
-    attributes ``layer`` (str), ``index`` (int), ``depth`` (int, 0 = lowest
-    layer) and ``relevance`` (float, the Step III value); edges go from a lower
-    neuron to an upper neuron (the direction of computation) with attribute
+    A neuron is one position along the neuron axis of a layer's output (a
+    ``Linear`` unit, or a conv channel): dim 1, or ``metadata["neuron_dim"]``
+    when SSA was given one (e.g. -1 for the features of a token sequence).
+    As a :func:`networkx.DiGraph` (:meth:`to_networkx`) the nodes are
+    ``(layer_name, index)`` tuples with attributes ``layer`` (str),
+    ``index`` (int), ``depth`` (int, 0 = lowest layer) and ``relevance``
+    (float, the Step III value); edges go from a lower neuron to an upper
+    neuron (the direction of computation) with attribute
     ``weight``, the Step II relevance :math:`\omega[n, k]`.
 
     Besides the kept neurons the graph stores, for every layer, the Step III
@@ -46,8 +49,9 @@ class DependencyGraph:
     between consecutive layers (:meth:`relevance_matrix`), so rankings can be
     compared with other importance measures (e.g. :func:`ablation_importance`).
 
-    Paper: *Interpreting deep neural networks through step-wise sensitivity
-    analysis*, ``shared/papers/stepwise-sensitivity-analysis.md``.
+    Paper: Botty Dimanov and Mateja Jamnik, *Step-wise Sensitivity Analysis:
+    Identifying Partially Distributed Representations for Interpretable Deep
+    Learning*, 2018 (OpenReview SyeBqsRctm).
 
     Examples::
 
@@ -97,9 +101,14 @@ class DependencyGraph:
                         ``i`` and layer ``i+1``; both ends must be kept
                         neurons. The edge weight is read from the matrix.
             target (int or list[int], optional): The class(es) the graph was
-                        built for, if any. Default: None
+                        built for, if any: StepwiseSensitivity records an int
+                        target as it is and per-example targets as their
+                        sorted distinct values (not one entry per example).
+                        Default: None
             metadata (dict, optional): How the graph was built (the
-                        ``attribute`` options). Default: None
+                        ``attribute`` options); ``"neuron_dim"`` (an int or
+                        None) tells :meth:`mask` the neuron axis of the
+                        layer outputs. Default: None
         """
         self._layer_names = [str(name) for name in layer_names]
         self._layers = None if layers is None else list(layers)
@@ -285,10 +294,23 @@ class DependencyGraph:
         return graph
 
     def __eq__(self, other: object) -> bool:
-        """Equal neurons, relevances, matrices, edges, target and metadata (not modules)."""
+        """Equal neurons, relevances, matrices, edges, target and metadata (not modules).
+
+        NaN equals NaN here, so a graph equals its own saved and loaded copy.
+        """
         if not isinstance(other, DependencyGraph):
             return NotImplemented
-        return self._state() == other._state()
+        tensors = ("_neurons", "_relevances", "_relevance_matrices", "_edges")
+        return (
+            self._layer_names == other._layer_names
+            and self._target == other._target
+            and all(
+                len(getattr(self, name)) == len(getattr(other, name))
+                and all(map(_same_tensor, getattr(self, name), getattr(other, name)))
+                for name in tensors
+            )
+            and _same_value(_json_compatible(self._metadata), _json_compatible(other._metadata))
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -430,8 +452,9 @@ class DependencyGraph:
         Run ``model`` as the graph: every neuron of the hidden layers (all
         listed layers but the top one) that is not in the graph outputs zero.
 
-        A forward hook on each hidden layer zeroes the neurons (dim 1 of the
-        output: units, or whole conv channels) outside the graph; the biases of
+        A forward hook on each hidden layer zeroes the neurons (units, or
+        whole conv channels, along the neuron axis: dim 1, or
+        ``metadata["neuron_dim"]``) outside the graph; the biases of
         later layers are untouched. The hooks are removed on leaving the block,
         also when it raises, so the model is left as it was.
 
@@ -483,16 +506,24 @@ class DependencyGraph:
         name, size = self._layer_names[depth], len(self._relevances[depth])
         kept = torch.zeros(size, dtype=torch.bool)
         kept[self._neurons[depth]] = True
+        neuron_dim = self._metadata.get("neuron_dim")
 
         def hook(_module: Module, _args: Any, output: Any) -> Tensor:
-            if not isinstance(output, Tensor) or output.dim() < 2 or output.shape[1] != size:
+            axis = neuron_dim if neuron_dim is not None else 1
+            fits = isinstance(output, Tensor) and output.dim() >= 2
+            if fits:
+                axis = neuron_axis(neuron_dim, output.dim(), name)
+                fits = output.shape[axis] == size
+            if not fits:
                 shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
                 raise ValueError(
-                    f"layer {name!r} of the graph has {size} neurons along dim 1, but "
+                    f"layer {name!r} of the graph has {size} neurons along dim {axis}, but "
                     f"its output in this model is {shape}; was the graph built on "
                     "another model?"
                 )
-            keep = kept.to(output.device).reshape(1, size, *([1] * (output.dim() - 2)))
+            broadcast = [1] * output.dim()
+            broadcast[axis] = size
+            keep = kept.to(output.device).reshape(broadcast)
             return torch.where(
                 keep, output, torch.zeros((), dtype=output.dtype, device=output.device)
             )
@@ -630,7 +661,7 @@ def _as_index_pairs(pairs: Any) -> Tensor:
 
 
 def _normalise_target(target: Any) -> Target:
-    if isinstance(target, Tensor):
+    if isinstance(target, (Tensor, np.ndarray)):
         target = target.tolist()
     if isinstance(target, (tuple, list)):
         return [int(t) for t in target]
@@ -651,6 +682,28 @@ def _encode_tensor(tensor: Tensor) -> dict[str, Any]:
         "shape": list(tensor.shape),
         "values": tensor.reshape(-1).tolist(),
     }
+
+
+def _same_tensor(first: Tensor, second: Tensor) -> bool:
+    """Same dtype, shape and values, NaN equal to NaN."""
+    if first.dtype != second.dtype or first.shape != second.shape:
+        return False
+    if not (first.is_floating_point() or first.is_complex()):
+        return bool(torch.equal(first, second))
+    return bool(((first == second) | (first.isnan() & second.isnan())).all())
+
+
+def _same_value(first: Any, second: Any) -> bool:
+    """``==`` for JSON-like values, NaN equal to NaN."""
+    if isinstance(first, float) and isinstance(second, float):
+        return first == second or (first != first and second != second)
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(
+            _same_value(first[key], second[key]) for key in first
+        )
+    if isinstance(first, list) and isinstance(second, list):
+        return len(first) == len(second) and all(map(_same_value, first, second))
+    return bool(first == second)
 
 
 def _decode_tensor(encoded: dict[str, Any]) -> Tensor:

@@ -1,4 +1,4 @@
-"""Step-wise sensitivity analysis, SSA (METHODS.md §3).
+"""Step-wise sensitivity analysis, SSA.
 
 The four Steps are the four functions :func:`relevance_tensor` (I),
 :func:`aggregate_datapoints` (II), :func:`aggregate_upper_neurons` (III) and
@@ -8,13 +8,16 @@ layer down and assembles the :class:`DependencyGraph`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import numbers
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
-from captum.attr import GradientAttribution, LayerAttribution
+from captum.attr import Attribution
 from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import Module
 
 from captum_ssa._core.dependency_graph import DependencyGraph
@@ -26,19 +29,32 @@ from captum_ssa._utils._compat import (
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
     model_of,
+    neuron_axis,
     run_and_capture,
     unique_layer_names,
 )
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.relevance import LayerPair, RelevanceFunction, resolve_relevance
-from captum_ssa._utils.segment import is_weighted_layer, observe_layer_calls
-from captum_ssa._utils.validation import prepare_inputs
+from captum_ssa._utils.segment import depends_on, is_weighted_layer, observe_layer_calls
+from captum_ssa._utils.validation import positive_int, prepare_inputs
 
 _AGGREGATIONS = ("mean", "tukey")
 _MODES = ("global", "local")
-# A target: one neuron, a set of neurons, or one neuron per example.
-StartingNeurons = Union[int, list[int], tuple[int, ...], Tensor]
+# Captum's target: one class for every example, or one class per example.
+Target = Union[int, tuple[int, ...], list[int], Tensor, np.ndarray]
+# A set of starting neurons of the top layer.
+NeuronSet = Union[int, Sequence[int], set[int], Tensor, np.ndarray]
+# Modules whose 3-D outputs are (N, channels, length): dim 1 holds their neurons.
+_CHANNEL_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 # ---------------------------------------------------------------- Step I
@@ -76,6 +92,16 @@ def relevance_tensor(
             f"the relevance function must return a tensor shaped (upper neurons, examples, "
             f"lower neurons) = {expected} for {pair.upper_name!r} over {pair.lower_name!r}, "
             f"got {shape}"
+        )
+    if not torch.isfinite(omega).all():
+        # checked here, before Step II: Tukey's fences would turn NaN into "no outlier"
+        name = getattr(relevance, "__name__", type(relevance).__name__)
+        kind = "NaN" if torch.isnan(omega).any() else "infinite (Inf)"
+        raise ValueError(
+            f"the relevance {name!r} of {pair.lower_name!r} to {pair.upper_name!r} is {kind} "
+            "for some neurons and examples; activations or gradients overflow (e.g. in "
+            "float16, or with very large weights). Run the model in float32 or float64, "
+            "or check its weights and inputs."
         )
     return omega
 
@@ -258,48 +284,127 @@ def _chunks(neurons: Tensor, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, len(neurons))
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _integer_tensor(values: Any, argument: str, expected: str) -> Tensor:
+    """``values`` as a CPU ``long`` tensor, or a TypeError naming the argument."""
+    try:
+        tensor: Optional[Tensor] = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        tensor = None
+    if (
+        tensor is None
+        or tensor.is_floating_point()
+        or tensor.is_complex()
+        or tensor.dtype == torch.bool
+        or tensor.numel() == 0
+    ):
+        raise TypeError(f"{argument} must be {expected}, got {values!r}")
+    return tensor.long().cpu()
+
+
+def _tuple_target_message(target: Any, top_shape: tuple[int, ...], axis: int) -> str:
+    return (
+        f"target {target!r} holds a tuple, which in Captum names one element of a "
+        "multi-dimensional output, not a neuron. SSA's neurons are the positions along "
+        f"the neuron axis, dim {axis} of the top layer's output {top_shape} (see "
+        "neuron_dim); pass an int, or one int per example"
+    )
+
+
+def _target_neurons(
+    target: Any, batch_size: int, top_shape: tuple[int, ...], axis: int
+) -> tuple[Tensor, bool]:
+    """Captum's ``target`` as neuron indices, and whether there is one per example."""
+    if isinstance(target, tuple):
+        if len(top_shape) == 2 and len(target) == 1 and _is_integer(target[0]):
+            return torch.tensor([int(target[0])]), False  # Captum's index (k,) of (N, C)
+        raise ValueError(_tuple_target_message(target, top_shape, axis))
+    if _is_integer(target):
+        return torch.tensor([int(target)]), False
+    if isinstance(target, list):
+        if any(isinstance(entry, tuple) for entry in target):
+            raise ValueError(_tuple_target_message(target, top_shape, axis))
+        if len(target) != batch_size:
+            raise ValueError(
+                "a list target gives one class per example (Captum's convention): it needs "
+                f"{batch_size} entries, got {len(target)}; for a set of starting neurons "
+                "pass top_neurons=[...]"
+            )
+    values = _integer_tensor(
+        target, "target", "an int, or one int per example (a list, 1-D tensor or array)"
+    )
+    if values.numel() == 1 and not isinstance(target, list):
+        return values.reshape(1), False  # Captum reads a one-element tensor as one class
+    if values.dim() != 1 or len(values) != batch_size:
+        raise ValueError(
+            "a tensor or array target gives one class per example (Captum's convention): "
+            f"it must be 1-D with {batch_size} entries, got shape {tuple(values.shape)}; for "
+            "a set of starting neurons pass top_neurons=[...]"
+        )
+    return values, True
+
+
+def _neuron_set(top_neurons: Any) -> Tensor:
+    """``top_neurons`` as a 1-D tensor of neuron indices (a set: order and repeats ignored)."""
+    if _is_integer(top_neurons):
+        return torch.tensor([int(top_neurons)])
+    values = list(top_neurons) if isinstance(top_neurons, (set, frozenset)) else top_neurons
+    indices = _integer_tensor(
+        values,
+        "top_neurons",
+        "an int or a non-empty list, tuple, set, 1-D tensor or array of ints",
+    )
+    if indices.dim() > 1:
+        raise ValueError(
+            "top_neurons is a set of neuron indices of the top layer, so at most 1-D; got "
+            f"shape {tuple(indices.shape)}"
+        )
+    return indices.reshape(-1)
+
+
 def _starting_neurons(
-    target: Optional[StartingNeurons],
-    top_neurons: Optional[StartingNeurons],
+    target: Optional[Target],
+    top_neurons: Optional[NeuronSet],
     top_output: Tensor,
+    top_shape: tuple[int, ...],
+    axis: int,
     model_output: Any,
     top_name: str,
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """The starting set S_L, and per upper neuron which examples count (or None)."""
+    """The starting set S_L, and per upper neuron which examples count (or None).
+
+    ``top_output`` has its neurons along dim 1; ``top_shape`` is the top layer's own
+    output shape, whose neuron axis is ``axis``.
+    """
     if target is not None and top_neurons is not None:
-        raise ValueError("give target or top_neurons, not both")
-    if target is not None and (
-        not isinstance(model_output, Tensor) or model_output.shape != top_output.shape
-    ):
-        shape = tuple(model_output.shape) if isinstance(model_output, Tensor) else None
         raise ValueError(
-            f"target picks outputs of the model, but the top layer {top_name!r} "
-            f"(output {tuple(top_output.shape)}) is not the model's output ({shape}); "
-            "pass top_neurons to pick neurons of the top layer"
+            "give target or top_neurons, not both: target is Captum's (one class, or one "
+            "per example), top_neurons a set of neurons of the top layer"
         )
-    selector = target if target is not None else top_neurons
-    argument = "target" if target is not None else "top_neurons"
     batch_size, size = top_output.shape[0], top_output.shape[1]
-    if selector is None:
+    if target is None and top_neurons is None:
         return torch.arange(size), None
-    per_example = isinstance(selector, Tensor) and selector.dim() == 1
-    if isinstance(selector, Tensor) and per_example and len(selector) != batch_size:
-        raise ValueError(
-            f"a 1-D tensor {argument} gives one neuron per example: it needs "
-            f"{batch_size} entries, got {len(selector)}; pass a list for a set of neurons"
-        )
-    values = torch.as_tensor(selector).reshape(-1)
-    if values.is_floating_point() or values.dtype == torch.bool or values.numel() == 0:
-        raise TypeError(
-            f"{argument} must be an int, a non-empty list of ints or a 1-D integer "
-            f"tensor with one entry per example, got {selector!r}"
-        )
-    values = values.long().cpu()
+    if target is not None:
+        if not isinstance(model_output, Tensor) or tuple(model_output.shape) != top_shape:
+            shape = tuple(model_output.shape) if isinstance(model_output, Tensor) else None
+            raise ValueError(
+                f"target picks outputs of the model, but the top layer {top_name!r} "
+                f"(output {top_shape}) is not the model's output ({shape}); "
+                "pass top_neurons to pick neurons of the top layer"
+            )
+        values, per_example = _target_neurons(target, batch_size, top_shape, axis)
+        argument = "target"
+    else:
+        values, per_example = _neuron_set(top_neurons), False
+        argument = "top_neurons"
     outside = values[(values < 0) | (values >= size)]
     if len(outside):
         raise ValueError(
             f"{argument} {outside.unique().tolist()} out of range: the top layer "
-            f"{top_name!r} has {size} neurons (0 to {size - 1})"
+            f"{top_name!r} has {size} neurons (0 to {size - 1}) along dim {axis}"
         )
     neurons = values.unique()
     if not per_example:
@@ -307,31 +412,61 @@ def _starting_neurons(
     return neurons, neurons[:, None] == values[None, :]
 
 
-def _graph_target(target: Optional[StartingNeurons]) -> Optional[Union[int, list[int]]]:
-    """The class(es) a graph is built for: an int, or the sorted distinct targets."""
-    if target is None:
-        return None
-    values = torch.as_tensor(target)
-    if values.dim() == 0:
-        return int(values)
-    return sorted(set(values.reshape(-1).tolist()))
-
-
-def _check_forward_order(order: list[int], names: list[str]) -> None:
+def _check_forward_order(order: list[int], names: list[str], layers: list[Module]) -> None:
     if order != sorted(order):
         ran = [names[position] for position in order]
+        nested = [
+            (names[outer], names[inner])
+            for outer, container in enumerate(layers)
+            for inner, layer in enumerate(layers)
+            if outer != inner and any(module is layer for module in container.modules())
+        ]
+        hint = "".join(
+            f"; {outer!r} contains {inner!r}, so it starts running first: list layers along "
+            "one path of the computation, not a block and a module inside it"
+            for outer, inner in nested[:1]
+        )
         raise ValueError(
             f"layers must be listed in the order the forward pass runs them, lowest "
-            f"first: got {names}, but the model runs them as {ran}"
+            f"first: got {names}, but the model runs them as {ran}{hint}"
         )
 
 
-def _check_count(name: str, value: Optional[int]) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+def _check_dependencies(outputs: list[Tensor], names: list[str]) -> None:
+    """Each listed layer must be computed from the one listed below it."""
+    for upper in range(len(outputs) - 1, 0, -1):
+        if not depends_on(outputs[upper], outputs[upper - 1]):
+            raise ValueError(
+                f"the output of {names[upper]!r} does not depend on the output of "
+                f"{names[upper - 1]!r} (one is a module inside the other, or they lie on "
+                "parallel branches), so every relevance between them would be zero; list "
+                "layers along one path of the computation, each computed from the one "
+                "listed before it"
+            )
 
 
-class StepwiseSensitivity(LayerAttribution, GradientAttribution):
+def _sequence_axis_layers(
+    forward_func: Callable[..., Any],
+    layers: list[Module],
+    names: list[str],
+    outputs: list[Tensor],
+) -> list[str]:
+    """Listed layers whose 3-D output is probably (N, sequence, features)."""
+    model = model_of(forward_func)
+    modules = list(model.modules()) if model is not None else layers
+    has_convolution = any(isinstance(module, nn.modules.conv._ConvNd) for module in modules)
+    suspects = []
+    for layer, name, output in zip(layers, names, outputs):
+        if output.dim() != 3 or isinstance(layer, _CHANNEL_FIRST):
+            continue
+        # an activation after a Conv1d is (N, C, L) too; only a conv-free model tells
+        parameter_free = next(layer.parameters(), None) is None
+        if not (parameter_free and has_convolution):
+            suspects.append(name)
+    return suspects
+
+
+class StepwiseSensitivity(Attribution):
     r"""
     Step-wise sensitivity analysis (SSA): the dependency graph of a decision.
 
@@ -346,48 +481,70 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
     locally (the top ``branching`` of each upper neuron). The kept neurons of
     every layer and the links between them form a :class:`DependencyGraph`.
 
-    A neuron is one position along dim 1 of a layer output: a Linear unit or
-    a conv channel, whose activity is the spatial mean of its map. Layers
+    A neuron is one position along the neuron axis of a layer output, dim 1
+    unless ``neuron_dim`` says otherwise: a Linear unit or a conv channel,
+    whose activity is the mean of its map over the remaining axes. Layers
     between two listed layers (pooling, activations, residual paths) are
-    differentiated through.
+    differentiated through; each listed layer must be computed from the one
+    listed below it.
+
+    The result is a graph, not attributions shaped like a layer or the
+    inputs, so this is a plain :class:`captum.attr.Attribution` (usable where
+    Captum expects one) and not a ``LayerAttribution`` or
+    ``GradientAttribution``: it promises neither layer-shaped tensors nor a
+    convergence delta (``has_convergence_delta()`` is False).
 
     Cost: one forward pass per call; for each layer pair one backward pass per
     selected upper neuron through the segment between the two layers only,
     seeded below the upper layer when it is a plain Linear/Conv.
 
-    Paper: Dimanov & Jamnik, *Step-wise sensitivity analysis: identifying
-    partially distributed representations for interpretable deep learning*,
-    ``shared/papers/stepwise-sensitivity-analysis.md``.
+    Paper: Botty Dimanov and Mateja Jamnik, *Step-wise Sensitivity Analysis:
+    Identifying Partially Distributed Representations for Interpretable Deep
+    Learning*, 2018 (OpenReview SyeBqsRctm).
     """
 
     def __init__(
         self,
         forward_func: Callable[..., Any],
         layers: list[Module],
-        device_ids: Optional[list[int]] = None,
+        neuron_dim: Optional[int] = None,
     ) -> None:
         r"""
         Args:
             forward_func (Callable): The model, or any function of the inputs
                         that runs it.
             layers (list[torch.nn.Module]): The layers to analyse, in the
-                        order the forward pass runs them, lowest first; the
-                        last is usually the logits layer. At least two.
-            device_ids (list[int], optional): Passed on to Captum for
-                        ``DataParallel`` models. Default: None
+                        order the forward pass runs them, lowest first, each
+                        computed from the one before (along one path of the
+                        computation); the last is usually the logits layer. At
+                        least two.
+            neuron_dim (int, optional): The axis of every listed layer's
+                        output that holds its neurons; the others are averaged
+                        over. Use ``-1`` for the features of a token sequence
+                        (N, T, F), e.g. the Linear, attention and LayerNorm
+                        layers of a transformer; a 2-D output (N, C) has its
+                        neurons along dim 1 = -1 either way. Default: None,
+                        dim 1 (with a warning for 3-D outputs of layers that
+                        are not convolutions, whose dim 1 is probably a
+                        sequence axis; ``neuron_dim=1`` silences it).
         """
         if not isinstance(layers, (list, tuple)) or len(layers) < 2:
             raise ValueError(
                 "StepwiseSensitivity needs a list of at least two layers, lowest first"
             )
+        if neuron_dim is not None and (not _is_integer(neuron_dim) or neuron_dim == 0):
+            raise ValueError(
+                "neuron_dim must be None (dim 1) or a non-zero int naming the neuron axis of "
+                f"the layer outputs (dim 0 is the batch), got {neuron_dim!r}"
+            )
         layers = list(layers)
         check_layers_in_model(forward_func, layers)
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("a layer is listed twice; list each layer once")
-        LayerAttribution.__init__(self, forward_func, layers, device_ids)
-        GradientAttribution.__init__(self, forward_func)
+        Attribution.__init__(self, forward_func)
         self.layers: list[Module] = layers
         self.layer_names = unique_layer_names(model_of(forward_func), layers)
+        self.neuron_dim: Optional[int] = None if neuron_dim is None else int(neuron_dim)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -397,7 +554,7 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
     def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
-        target: Optional[StartingNeurons] = None,
+        target: Optional[Target] = None,
         additional_forward_args: Any = None,
         relevance: Any = "gradient",
         absolute: bool = True,
@@ -406,8 +563,8 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         percentile: float = 50,
         branching: Optional[int] = None,
         max_neurons: Optional[int] = None,
-        top_neurons: Optional[StartingNeurons] = None,
-        chunk_size: Optional[int] = None,
+        top_neurons: Optional[NeuronSet] = None,
+        upper_neurons_per_chunk: Optional[int] = None,
         show_progress: bool = False,
     ) -> DependencyGraph:
         r"""
@@ -418,26 +575,30 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
                         built from; dimension 0 is the batch. A class-specific
                         graph uses the examples of one class (see
                         :meth:`class_graphs`).
-            target (int, list[int] or Tensor, optional): The starting neurons
-                        of the top layer, which must be the model's output
-                        (e.g. the logits): an int, a list of ints (a set: every
-                        example counts for each), or a 1-D tensor with one
-                        entry per example (each neuron then aggregates over the
-                        examples that name it in Step II). Default: None, every
-                        neuron of the top layer.
+            target (int, tuple, list[int], Tensor or numpy.ndarray, optional):
+                        Captum's target, for a top layer that is the model's
+                        output (e.g. the logits): an int (one starting neuron,
+                        for every example), or one int per example as a list,
+                        1-D tensor or array with ``N`` entries (the starting
+                        neurons are the distinct targets, and each aggregates
+                        in Step II over the examples that name it). A 1-tuple
+                        ``(k,)`` is neuron ``k`` of a 2-D output; other tuples,
+                        which in Captum name one element of a multi-dimensional
+                        output, are an error. For a set of neurons use
+                        ``top_neurons``. Default: None
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs. Default: None
             relevance (str, Attribution or Callable, optional): Step I's
                         relevance function: ``"gradient"``, ``"activation"``,
                         ``"gradient_x_activation"``, ``"weight"`` or
-                        ``"weight_activation"`` (see METHODS.md §3; the weight
-                        ones need each upper layer to be a Linear/Conv reading
-                        the lower layer's output directly); a Captum layer
-                        attribution class or instance (e.g.
+                        ``"weight_activation"`` (the weight ones need each
+                        upper layer to be a Linear/Conv reading the lower
+                        layer's output directly, neurons along dim 1); a
+                        Captum layer attribution class or instance (e.g.
                         :class:`captum.attr.LayerIntegratedGradients`, see
                         ``CaptumRelevance``); or a callable
-                        ``(pair, upper_neurons, absolute) -> (M, N, K) tensor``.
-                        Default: ``"gradient"``
+                        ``(pair, upper_neurons, absolute) -> (M, N, K) tensor``
+                        (see :class:`LayerPair`). Default: ``"gradient"``
             absolute (bool, optional): Absolute relevances (taken before the
                         spatial mean); False gives the signed variants.
                         Default: True
@@ -456,20 +617,30 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
             max_neurons (int, optional): At most this many neurons per lower
                         layer (local mode: the most often chosen, then by
                         summed weight; global: by relevance). Default: None
-            top_neurons (int, list[int] or Tensor, optional): Like ``target``,
-                        for a top layer that is not the model's output.
-                        Default: None
-            chunk_size (int, optional): Upper neurons whose relevance rows
-                        (``N x K`` each) are computed and aggregated together;
-                        bounds memory. Default: a chunk of at most
-                        :math:`2^{24}` relevance entries.
+            top_neurons (int or collection of ints, optional): A set of
+                        starting neurons of the top layer, any layer (the
+                        model's output included): an int, or a list, tuple,
+                        set, 1-D tensor or array of neuron indices; every
+                        example counts for each. Default: None; with neither
+                        ``target`` nor ``top_neurons``, every neuron of the
+                        top layer.
+            upper_neurons_per_chunk (int, optional): Upper neurons whose
+                        relevance rows (``N x K`` each) are computed and
+                        aggregated together; bounds memory. Default: as many
+                        as fit in :math:`2^{24}` relevance entries.
             show_progress (bool, optional): Show a progress bar per layer
                         pair. Default: False
 
         Returns:
             *DependencyGraph* of the kept neurons of every layer (the top
             layer's are the starting neurons), the Step II matrices, the
-            Step III relevance of every neuron, and the edges.
+            Step III relevance of every neuron, and the edges; its ``target``
+            is the int target, or the sorted distinct per-example targets.
+
+        Raises:
+            ValueError: for a listed layer not computed from the one below it,
+                        and for relevances that come out NaN or infinite
+                        (overflow), naming the layer pair.
 
         Examples::
 
@@ -480,6 +651,8 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
             >>> graph.neurons("fc2")
             >>> local = ssa.attribute(x_cats, target=3, mode="local",
             ...                       branching=8, max_neurons=8)
+            >>> pets = ssa.attribute(x_pets, top_neurons=[3, 5])   # a set of classes
+            >>> mixed = ssa.attribute(x, target=y)                 # one class per example
         """
         relevance_function, relevance_name = resolve_relevance(relevance)
         if aggregation not in _AGGREGATIONS:
@@ -488,12 +661,9 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if isinstance(percentile, bool) or not 0 <= percentile <= 100:
             raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
-        for name, value in (
-            ("branching", branching),
-            ("max_neurons", max_neurons),
-            ("chunk_size", chunk_size),
-        ):
-            _check_count(name, value)
+        branching = positive_int("branching", branching)
+        max_neurons = positive_int("max_neurons", max_neurons)
+        upper_neurons_per_chunk = positive_int("upper_neurons_per_chunk", upper_neurons_per_chunk)
         prepared = prepare_inputs(inputs)
         # The seed below a layer stands for the layer's own weights: only valid when
         # no hook of the user's changes what the layer outputs.
@@ -506,12 +676,46 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         with untouched_model(self.forward_func):
             with observe_layer_calls(self.layers, keep_input) as calls:
                 model_output, outputs = run_and_capture(
-                    self.forward_func, prepared, self.layers, additional_forward_args
+                    self.forward_func,
+                    prepared,
+                    self.layers,
+                    additional_forward_args,
+                    neuron_dim=self.neuron_dim,
                 )
-            _check_forward_order(calls.order, self.layer_names)
+            _check_forward_order(calls.order, self.layer_names, self.layers)
+            axes = [
+                neuron_axis(self.neuron_dim, output.dim(), name)
+                for output, name in zip(outputs, self.layer_names)
+            ]
+            if self.neuron_dim is None:
+                suspects = _sequence_axis_layers(
+                    self.forward_func, self.layers, self.layer_names, outputs
+                )
+                if suspects:
+                    warnings.warn(
+                        f"SSA takes dim 1 of a layer output as its neuron axis, but "
+                        f"{suspects} output 3-D tensors and are not convolutions: dim 1 is "
+                        "probably a sequence (token) axis there. Pass neuron_dim=-1 to "
+                        "StepwiseSensitivity for the features, or neuron_dim=1 to keep "
+                        "dim 1 and silence this warning.",
+                        stacklevel=3,
+                    )
+            _check_dependencies(outputs, self.layer_names)
+            top_shape = tuple(outputs[-1].movedim(1, axes[-1]).shape)
             upper_neurons, datapoints = _starting_neurons(
-                target, top_neurons, outputs[-1], model_output, self.layer_names[-1]
+                target,
+                top_neurons,
+                outputs[-1],
+                top_shape,
+                axes[-1],
+                model_output,
+                self.layer_names[-1],
             )
+            graph_target: Optional[Union[int, list[int]]] = None
+            if target is not None:
+                graph_target = (
+                    upper_neurons.tolist() if datapoints is not None else int(upper_neurons[0])
+                )
             top_relevance = torch.zeros(outputs[-1].shape[1], dtype=outputs[-1].dtype)
             top_relevance[upper_neurons] = 1.0
             neurons, relevances = [upper_neurons], [top_relevance]
@@ -525,10 +729,12 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
                     upper_layer=self.layers[upper],
                     lower_output=outputs[upper - 1],
                     upper_output=outputs[upper],
-                    upper_input=calls.inputs.get(upper),
+                    # the seed below the upper layer assumes its neurons along dim 1
+                    upper_input=calls.inputs.get(upper) if axes[upper] == 1 else None,
                     forward_func=self.forward_func,
                     inputs=prepared,
                     additional_forward_args=additional_forward_args,
+                    neuron_dim=self.neuron_dim,
                 )
                 matrix = self._relevance_matrix(
                     pair,
@@ -537,7 +743,7 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
                     relevance_function,
                     absolute,
                     aggregation,
-                    chunk_size,
+                    upper_neurons_per_chunk,
                     show_progress,
                 )
                 vector = aggregate_upper_neurons(matrix)
@@ -556,7 +762,7 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
             relevances,
             matrices,
             edges,
-            target=_graph_target(target),
+            target=graph_target,
             metadata={
                 "method": type(self).__name__,
                 "relevance": relevance_name,
@@ -567,6 +773,7 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
                 "branching": branching,
                 "max_neurons": max_neurons,
                 "num_examples": prepared[0].shape[0],
+                "neuron_dim": self.neuron_dim,
             },
         )
 
@@ -578,16 +785,17 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         relevance: RelevanceFunction,
         absolute: bool,
         aggregation: str,
-        chunk_size: Optional[int],
+        upper_neurons_per_chunk: Optional[int],
         show_progress: bool,
     ) -> Tensor:
         """Steps I and II over chunks of upper neurons: the (M, K) matrix, on CPU."""
         batch_size, lower_size = pair.lower_output.shape[:2]
-        if chunk_size is None:
-            chunk_size = max(1, DEFAULT_JACOBIAN_ELEMENTS // (batch_size * lower_size))
+        chunk = upper_neurons_per_chunk
+        if chunk is None:
+            chunk = max(1, DEFAULT_JACOBIAN_ELEMENTS // (batch_size * lower_size))
         rows = []
         for start, stop in progress(
-            list(_chunks(upper_neurons, chunk_size)),
+            list(_chunks(upper_neurons, chunk)),
             desc=f"SSA {pair.upper_name} -> {pair.lower_name}",
             disable=not show_progress,
         ):
@@ -600,22 +808,25 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
         labels: Any,
-        classes: Optional[list[int]] = None,
+        classes: Optional[Sequence[int]] = None,
         **attribute_kwargs: Any,
     ) -> dict[int, DependencyGraph]:
         r"""
         One class-specific dependency graph per class.
 
         Each graph is :meth:`attribute` on that class's own examples with the
-        class as ``target`` (the paper's class-specific graphs).
+        class as an int ``target`` (the paper's class-specific graphs), so the
+        top layer must be the model's output.
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Examples of all classes;
                         dimension 0 is the batch.
-            labels (Tensor or Sequence[int]): The class of each example (true
-                        labels, or the model's predictions), one per example.
-            classes (list[int], optional): The classes to build graphs for.
-                        Default: every class present in ``labels``, sorted.
+            labels (Tensor, numpy.ndarray or Sequence[int]): The class of each
+                        example (true labels, or the model's predictions), one
+                        per example.
+            classes (Sequence[int], optional): The classes to build graphs
+                        for. Default: every class present in ``labels``,
+                        sorted.
             **attribute_kwargs: Any other :meth:`attribute` argument
                         (``relevance``, ``mode``, ``branching``, ...);
                         ``additional_forward_args`` are passed unchanged, so
@@ -646,7 +857,9 @@ class StepwiseSensitivity(LayerAttribution, GradientAttribution):
         wanted = sorted(labels.unique().tolist()) if classes is None else list(classes)
         graphs = {}
         for label in wanted:
-            members = (labels == label).nonzero().flatten()
+            if not _is_integer(label):
+                raise TypeError(f"classes must hold ints, got {label!r}")
+            members = (labels == int(label)).nonzero().flatten()
             if len(members) == 0:
                 raise ValueError(f"class {label} has no examples among the labels")
             subset = tuple(t.detach()[members.to(t.device)] for t in formatted)

@@ -10,6 +10,11 @@ Every method of the package reads intermediate tensors through
   since "its output" would be ambiguous (Captum issue #1104);
 - a layer that never runs is an error that says so;
 - hooks are removed whatever happens.
+
+With ``neuron_dim`` the captured tensor is the output with that axis moved to
+dim 1, ``(N, neurons, ...)``, and the rest of the network receives it moved
+back: code reading the captured tensors sees every layer's neurons along dim 1,
+and gradients with respect to them flow through the whole network.
 """
 
 from __future__ import annotations
@@ -77,6 +82,28 @@ def check_layers_in_model(forward_func: Callable[..., Any], layers: Sequence[Mod
             )
 
 
+def neuron_axis(neuron_dim: Optional[int], dims: int, layer: str = "the layer") -> int:
+    """The non-negative position of the neuron axis in an output with ``dims`` dims.
+
+    ``neuron_dim`` None means dim 1; negative values count from the end. The
+    batch axis (dim 0) cannot hold neurons.
+    """
+    if dims < 2:
+        raise ValueError(
+            f"{layer} returns a tensor with {dims} dimension(s); a layer output needs a "
+            "batch dimension and a neuron dimension"
+        )
+    if neuron_dim is None:
+        return 1
+    if not -dims <= neuron_dim < dims or neuron_dim % dims == 0:
+        raise ValueError(
+            f"neuron_dim={neuron_dim} does not name a neuron axis of the output of {layer}, "
+            f"which has {dims} dimensions (dim 0 is the batch): use one of "
+            f"{[*range(1, dims), *range(1 - dims, 0)]}"
+        )
+    return neuron_dim % dims
+
+
 def call_forward(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],
@@ -93,6 +120,7 @@ def run_and_capture(
     layers: Sequence[Module],
     additional_forward_args: Any = None,
     stop_after_last: bool = False,
+    neuron_dim: Optional[int] = None,
 ) -> tuple[Any, list[Tensor]]:
     """Run the model once and return its output and each layer's output.
 
@@ -106,6 +134,9 @@ def run_and_capture(
             above when re-evaluating. A reused module is only detected when
             it runs twice before the stop, so use it only after a full pass
             has checked the layers.
+        neuron_dim: the axis of every layer's output that holds its neurons;
+            it is moved to dim 1 in the captured tensors (see
+            :func:`neuron_axis`). Default: None, dim 1 as it is.
 
     Returns:
         ``(model_output, [output of each layer])``.
@@ -131,10 +162,17 @@ def run_and_capture(
                     "forward pass (a reused module); its output is ambiguous. "
                     "Use a separate module instance for each use."
                 )
-            captured[position] = output
+            axis = 1
+            if neuron_dim is not None:  # other outputs (even 0-D ones) are captured as they are
+                axis = neuron_axis(neuron_dim, output.dim(), type(module).__name__)
+            # a moved view is what callers differentiate with respect to, so the
+            # network must continue from it, not from the original output
+            kept = output if axis == 1 else output.movedim(axis, 1)
+            captured[position] = kept
+            passed_on = kept.clone() if axis == 1 else kept.movedim(1, axis).clone()
             if stop_after_last and all(count > 0 for count in calls):
                 raise _StopForward
-            return output.clone()
+            return passed_on
 
         return hook
 

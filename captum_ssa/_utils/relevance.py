@@ -24,6 +24,7 @@ from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._utils.hooks import neuron_axis
 from captum_ssa._utils.segment import (
     activity_function,
     connection_weights,
@@ -44,7 +45,11 @@ class LayerPair:
     outputs in the autograd graph of that pass; ``upper_input`` is the upper
     layer's input when it was observed (plain Linear/Conv layers), else None.
     ``forward_func``, ``inputs`` and ``additional_forward_args`` let a relevance
-    function run the model again (Captum attributions do).
+    function run the model again (Captum attributions do). ``neuron_dim`` is the
+    axis of the layers' own outputs that holds their neurons (None: dim 1); the
+    two outputs here already have it moved to dim 1, and a relevance function
+    that runs the model again must move it the same way (``run_and_capture``
+    does with ``neuron_dim``).
     """
 
     lower_name: str
@@ -57,6 +62,15 @@ class LayerPair:
     forward_func: Callable[..., Any]
     inputs: tuple[Tensor, ...]
     additional_forward_args: Any = None
+    neuron_dim: Optional[int] = None
+
+    @property
+    def axes_moved(self) -> bool:
+        """Whether either layer's neurons were moved to dim 1 from another axis."""
+        return self.neuron_dim is not None and any(
+            neuron_axis(self.neuron_dim, output.dim()) != 1
+            for output in (self.lower_output, self.upper_output)
+        )
 
 
 RelevanceFunction = Callable[[LayerPair, Tensor, bool], Tensor]
@@ -115,7 +129,13 @@ def weight_activation(pair: LayerPair, upper_neurons: Tensor, absolute: bool) ->
 
 def direct_weights(pair: LayerPair, absolute: bool, name: str) -> Tensor:
     """The upper layer's (C, K) weights, or a clear error where they mean nothing."""
-    if not is_weighted_layer(pair.upper_layer):
+    if pair.axes_moved:
+        problem = (
+            f"neuron_dim={pair.neuron_dim} moves the neuron axis of {pair.lower_name!r} or "
+            f"{pair.upper_name!r} away from dim 1, where the weights' input and output "
+            "features are not"
+        )
+    elif not is_weighted_layer(pair.upper_layer):
         problem = (
             f"{pair.upper_name!r} is a {type(pair.upper_layer).__name__}, not a nn.Linear "
             "or nn.Conv1d/2d/3d"
@@ -196,7 +216,9 @@ class CaptumRelevance:
         self.__name__ = method_class.__name__
 
     def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
-        forward = activity_function(pair.forward_func, pair.upper_layer, len(pair.inputs))
+        forward = activity_function(
+            pair.forward_func, pair.upper_layer, len(pair.inputs), pair.neuron_dim
+        )
         method = self.method_class(forward, pair.lower_layer, **self.constructor_kwargs)
         inputs = tuple(t.detach() for t in pair.inputs)
         rows = []
@@ -212,6 +234,9 @@ class CaptumRelevance:
                     f"{self.__name__} returned {type(attribution).__name__}; a relevance "
                     "needs one tensor shaped like the lower layer's output"
                 )
+            if pair.neuron_dim is not None:  # shaped like the lower layer's own output
+                axis = neuron_axis(pair.neuron_dim, attribution.dim(), pair.lower_name)
+                attribution = attribution.movedim(axis, 1)
             rows.append(mean_magnitude(attribution.detach(), absolute))
         if not rows:
             return pair.lower_output.new_zeros(0, *pair.lower_output.shape[:2])

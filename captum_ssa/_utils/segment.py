@@ -276,6 +276,37 @@ def activity_gradients(
     return reduced
 
 
+def depends_on(upper_output: Tensor, lower_output: Tensor) -> bool:
+    """Whether ``upper_output`` was computed from ``lower_output``.
+
+    An iterative walk of the upper output's autograd graph looking for the lower
+    output's node: its ``grad_fn``, or for a leaf (an ``Identity`` on the input)
+    its gradient accumulator. Gradients between independent tensors are zero,
+    which would look like "nothing below is relevant" rather than a mistake.
+    A lower output outside autograd cannot be judged, and counts as a yes.
+    """
+    if not lower_output.requires_grad:
+        return True
+    target = lower_output.grad_fn
+
+    def is_lower(node: Any) -> bool:
+        if target is not None:
+            return node is target
+        return getattr(node, "variable", None) is lower_output
+
+    pending = [upper_output.grad_fn]
+    seen: set[int] = set()
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        if is_lower(node):
+            return True
+        seen.add(id(node))
+        pending.extend(child for child, _ in node.next_functions)
+    return False
+
+
 def _elementwise_path(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[list[Any]]:
     """The autograd nodes from ``upper_input`` down to ``lower_output`` when all are
     element-wise with a single input that depends on the network; else None."""
@@ -417,18 +448,24 @@ def activity_function(
     forward_func: Callable[..., Any],
     layer: Module,
     num_inputs: int,
+    neuron_dim: Optional[int] = None,
 ) -> Callable[..., Tensor]:
     """``(*inputs, *extra) -> activity of layer's neurons`` (N, C), spatial means.
 
     The forward function handed to a Captum attribution used between two
-    hidden layers: its outputs are the upper layer's neurons, so ``target=n``
-    picks neuron ``n``.
+    hidden layers: its outputs are the upper layer's neurons (along
+    ``neuron_dim``, dim 1 when None), so ``target=n`` picks neuron ``n``.
     """
 
     def activity(*arguments: Any) -> Tensor:
         inputs, extra = arguments[:num_inputs], arguments[num_inputs:]
         _, (output,) = run_and_capture(
-            forward_func, tuple(inputs), [layer], extra or None, stop_after_last=True
+            forward_func,
+            tuple(inputs),
+            [layer],
+            extra or None,
+            stop_after_last=True,
+            neuron_dim=neuron_dim,
         )
         return spatial_mean(output)
 
