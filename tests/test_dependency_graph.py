@@ -75,7 +75,7 @@ def cnn() -> tuple[nn.Module, dict[str, nn.Module]]:
 
 
 def reference_networkx(graph: DependencyGraph, label: Any = None) -> nx.DiGraph:
-    """The graph as METHODS.md §3 describes it, built plainly from the accessors."""
+    """The graph as the SSA paper describes it, built plainly from the accessors."""
     name_of = label or (lambda layer, index: (layer, index))
     reference = nx.DiGraph()
     names = graph.layer_names

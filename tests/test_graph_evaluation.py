@@ -6,6 +6,7 @@ import copy
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -291,5 +292,29 @@ def test_spearman_agreement_known_answers() -> None:
     # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)); ranks (1 2 3 4) vs (2 1 4 3)
     rho = spearman_agreement(torch.tensor([1.0, 2, 3, 4]), torch.tensor([2.0, 1, 4, 3]))
     assert rho == pytest.approx(1 - 6 * 4 / (4 * 15))
-    with pytest.raises(ValueError, match="different neurons"):
+    with pytest.raises(ValueError, match="must score the same neurons"):
         spearman_agreement(torch.rand(3), torch.rand(4))
+
+
+def test_error_messages_name_the_argument_and_what_was_expected() -> None:
+    model, layers, x, labels = balanced_model("mlp")
+    graph = graph_keeping(layers, CASES["mlp"], 2)
+    with pytest.raises(ValueError, match="labels must hold one class per input: expected"):
+        evaluate_graph(model, graph, x, labels[:-1])
+    with pytest.raises(ValueError, match="inputs must share one non-zero batch size"):
+        evaluate_graph(model, graph, x[:0], labels[:0])
+    with pytest.raises(TypeError, match="inputs must be a tensor or a tuple of tensors, got list"):
+        evaluate_graph(model, graph, [x], labels)  # type: ignore[arg-type]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            evaluate_graph(model, graph, x, labels, batch_size=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            ablation_importance(model, "fc1", x, labels, batch_size=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="class_graphs is empty: expected one graph"):
+        ensemble_predict(model, {}, x)
+    with pytest.raises(ValueError, match="layer must be a module of the model or its name"):
+        ablation_importance(model, "fc9", x, labels)
+    with pytest.raises(ValueError, match="importance and relevance must score the same neurons"):
+        spearman_agreement(torch.arange(3.0), torch.arange(4.0))
+    numpy_batch = evaluate_graph(model, graph, x, labels, batch_size=np.int64(5))
+    assert numpy_batch == evaluate_graph(model, graph, x, labels, batch_size=5)

@@ -1,4 +1,4 @@
-"""Comparing class-specific dependency graphs (METHODS.md §3, "Comparing classes").
+"""Comparing class-specific dependency graphs (step-wise sensitivity analysis).
 
 Classes whose graphs share many neurons share internal features; the
 neurons and links common to several classes are candidate partially
@@ -65,7 +65,10 @@ def bag_of_nodes(
     chosen = layer_names if layers is None else list(layers)
     unknown = sorted(set(chosen) - set(layer_names))
     if unknown:
-        raise ValueError(f"layers {unknown} are not in the graphs, which have {layer_names}")
+        raise ValueError(
+            f"layers must name layers of the graphs: {unknown} are not in the graphs, which "
+            f"have {layer_names}"
+        )
     nodes = [
         (name, index)
         for name in layer_names
@@ -117,7 +120,9 @@ def cluster_classes(bag: BagOfNodes) -> np.ndarray:
         flat clusters.
     """
     if len(bag.classes) < 2:
-        raise ValueError("clustering needs the graphs of at least two classes")
+        raise ValueError(
+            f"bag must hold the graphs of at least two classes to cluster, got {len(bag.classes)}"
+        )
     vectors = bag.vectors.double()
     norms = vectors.norm(dim=1, keepdim=True)
     normalised = torch.where(norms > 0, vectors / norms.clamp(min=1e-300), vectors)
@@ -258,7 +263,7 @@ def shared_subgraph(graphs: Sequence[DependencyGraph]) -> DependencyGraph:
 
 def _common_layer_names(graphs: Sequence[DependencyGraph]) -> list[str]:
     if not graphs:
-        raise ValueError("no graphs given")
+        raise ValueError("no graphs given: expected at least one DependencyGraph")
     names = graphs[0].layer_names
     for graph in graphs[1:]:
         if graph.layer_names != names:

@@ -1,4 +1,4 @@
-"""Measuring dependency graphs against the network (METHODS.md §3, "Uses of a graph").
+"""Measuring dependency graphs against the network (the uses of a graph in the SSA paper).
 
 - a graph as a compressed classifier: the network with every hidden neuron
   outside the graph set to zero (:func:`evaluate_graph`), and the
@@ -23,6 +23,7 @@ from torch.nn import Module
 from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._utils.hooks import check_layers_in_model, no_grad_capture
 from captum_ssa._utils.model_state import warn_if_training
+from captum_ssa._utils.validation import positive_int
 
 Inputs = Union[Tensor, tuple[Tensor, ...]]
 
@@ -134,7 +135,7 @@ def ensemble_predict(
         >>> accuracy = (ensemble_predict(net, graphs, x) == y).float().mean()
     """
     if not class_graphs:
-        raise ValueError("class_graphs is empty: the ensemble needs at least one graph")
+        raise ValueError("class_graphs is empty: expected one graph per class, at least one")
     inputs, _ = _check_inputs(inputs, None)
     classes = list(class_graphs)
     scores = torch.stack(
@@ -186,7 +187,7 @@ def ablation_importance(
     examples = len(labels)
     size = _neuron_count(model, module, inputs)
     correct_with = torch.zeros(size, dtype=torch.long)
-    rows = batch_size or _DEFAULT_BATCH_ROWS
+    rows = positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
     per_pass = max(1, rows // examples)
     predictions = _predictions(model, inputs, batch_size)
     base_correct = (predictions == labels.to(predictions.device)).sum().item()
@@ -222,7 +223,8 @@ def spearman_agreement(importance: Tensor, relevance: Tensor) -> float:
     second = torch.as_tensor(relevance).detach().cpu().reshape(-1)
     if first.shape != second.shape:
         raise ValueError(
-            f"the rankings cover different neurons: {first.numel()} and {second.numel()} values"
+            "importance and relevance must score the same neurons, one value each: got "
+            f"{first.numel()} and {second.numel()} values"
         )
     if first.numel() < 2 or bool((first == first[0]).all()) or bool((second == second[0]).all()):
         return math.nan  # rank correlation is undefined for constant rankings
@@ -234,22 +236,28 @@ def _check_inputs(inputs: Inputs, labels: Optional[Tensor]) -> tuple[tuple[Tenso
     if isinstance(inputs, Tensor):
         inputs = (inputs,)
     if not isinstance(inputs, tuple) or not all(isinstance(t, Tensor) for t in inputs):
-        raise TypeError("inputs must be a tensor or a tuple of tensors")
+        raise TypeError(
+            f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+        )
     if not inputs or any(t.dim() == 0 for t in inputs):
-        raise ValueError("inputs need a batch dimension")
+        raise ValueError("inputs must be tensors with a batch dimension (dim 0), got a scalar")
     examples = {len(t) for t in inputs}
     if len(examples) != 1 or 0 in examples:
-        raise ValueError(f"inputs need one non-zero batch size, got {sorted(examples)}")
+        raise ValueError(
+            f"inputs must share one non-zero batch size (dim 0), got {sorted(examples)}"
+        )
     if labels is None:
         return tuple(t.detach() for t in inputs), torch.empty(0, dtype=torch.long)
     labels = torch.as_tensor(labels).reshape(-1)
     if len(labels) != len(inputs[0]):
-        raise ValueError(f"{len(labels)} labels for {len(inputs[0])} inputs")
+        raise ValueError(
+            f"labels must hold one class per input: expected {len(inputs[0])}, got {len(labels)}"
+        )
     return tuple(t.detach() for t in inputs), labels
 
 
 def _batches(inputs: tuple[Tensor, ...], batch_size: Optional[int]) -> Iterator[tuple[Tensor, ...]]:
-    size = batch_size or _DEFAULT_BATCH_ROWS
+    size = positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
     for first in range(0, len(inputs[0]), size):
         yield tuple(t[first : first + size] for t in inputs)
 
@@ -279,7 +287,10 @@ def _resolve_layer(model: Module, layer: Union[str, Module]) -> Module:
     if isinstance(layer, str):
         modules = dict(model.named_modules())
         if layer not in modules:
-            raise ValueError(f"no layer named {layer!r} in {type(model).__name__}")
+            raise ValueError(
+                f"no layer named {layer!r} in {type(model).__name__}: layer must be a module "
+                "of the model or its name in model.named_modules()"
+            )
         return modules[layer]
     check_layers_in_model(model, [layer])
     return layer
@@ -289,7 +300,10 @@ def _neuron_count(model: Module, layer: Module, inputs: tuple[Tensor, ...]) -> i
     """The size of dim 1 of the layer's output, from one example."""
     (output,) = no_grad_capture(model, tuple(t[:1] for t in inputs), [layer])
     if output.dim() < 2:
-        raise ValueError(f"the layer's output {tuple(output.shape)} has no neuron axis (dim 1)")
+        raise ValueError(
+            f"layer must output (N, neurons, ...) with the neurons along dim 1, got an output "
+            f"shaped {tuple(output.shape)}"
+        )
     return output.shape[1]
 
 

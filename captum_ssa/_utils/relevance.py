@@ -1,4 +1,4 @@
-"""Relevance functions: Step I of step-wise sensitivity analysis (METHODS.md §3).
+"""Relevance functions: Step I of step-wise sensitivity analysis.
 
 A relevance function says how much each neuron k of a lower layer matters to
 a neuron n of the layer above, on each example. It is a plain callable
