@@ -79,6 +79,10 @@ def relevance_tensor(
         :math:`\omega[j, i, k]` is the relevance of lower neuron ``k`` to upper
         neuron ``upper_neurons[j]`` on example ``i``.
 
+    Raises:
+        ValueError: when the relevance function returns the wrong shape, or
+                    NaN or infinite values (e.g. after an overflow).
+
     Examples::
 
         >>> from captum_ssa._utils import relevance
@@ -93,8 +97,10 @@ def relevance_tensor(
             f"lower neurons) = {expected} for {pair.upper_name!r} over {pair.lower_name!r}, "
             f"got {shape}"
         )
-    if not torch.isfinite(omega).all():
-        # checked here, before Step II: Tukey's fences would turn NaN into "no outlier"
+    # checked here, before Step II: Tukey's fences would turn NaN into "no outlier".
+    # A finite sum needs every entry finite; only a non-finite one (rare: an overflowing
+    # sum of finite values) pays for the element-wise check.
+    if not torch.isfinite(omega.sum()) and not torch.isfinite(omega).all():
         name = getattr(relevance, "__name__", type(relevance).__name__)
         kind = "NaN" if torch.isnan(omega).any() else "infinite (Inf)"
         raise ValueError(
