@@ -43,6 +43,19 @@ def run(model: DigitsCNN, digits: Digits, output_dir: Path) -> list[str]:
             f"{label}s (unmasked model: {model_rate:.3f}), accuracy on all test "
             f"digits {masked.accuracy:.3f}"
         )
+    # target is Captum's: one class per example, each class over its own images;
+    # top_neurons is a set: both classes together over all the images
+    both = (digits.y_train == CLASSES[0]) | (digits.y_train == CLASSES[1])
+    per_example = ssa.attribute(digits.x_train[both], target=digits.y_train[both])
+    as_set = ssa.attribute(digits.x_train[both], top_neurons=list(CLASSES))
+    overlap = jaccard_similarity(
+        bag_of_nodes({"target": per_example, "set": as_set}, layers=["conv1", "conv2", "fc1"])
+    )
+    lines.append(
+        f"  over the {int(both.sum())} training images of {CLASSES}: the graph of per-example "
+        f"targets and that of the set top_neurons={list(CLASSES)} share hidden neurons "
+        f"with Jaccard similarity {overlap[0, 1]:.2f}"
+    )
     similarity = jaccard_similarity(bag_of_nodes(graphs, layers=["conv1", "conv2", "fc1"]))
     lines.append(
         f"  the two graphs' hidden neurons overlap with Jaccard similarity "
