@@ -9,7 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_ssa._utils.influence_measure import check_alpha, monotone_influence
+from captum_ssa._utils.influence_measure import (
+    _influence_of_query_block,
+    check_alpha,
+    monotone_influence,
+)
 from captum_ssa._utils.layer_selection import (
     gini_coefficient,
     linear_probe_accuracy,
@@ -258,6 +262,28 @@ def test_exactly_coincident_points_are_skipped_in_float32():
     expected = added_by_one_point(queries, query_labels, queries[0], label)
     assert torch.equal(expected[0], torch.zeros(32, dtype=torch.float64))
     torch.testing.assert_close((with_copy - without).double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("distances", [[], [1e-3]])
+def test_a_first_pass_without_gathering_says_whether_near_pairs_were_left_out(distances):
+    # on a GPU a query block is first summed without near pairs (no wait on the device)
+    queries, query_labels, reference, reference_labels = near_problem(distances)
+    reference_squared = reference.norm(dim=1).square()
+    arguments = (queries, query_labels, reference, reference_squared, reference_labels, None, 16)
+    first, gathered = torch.empty_like(queries), torch.empty_like(queries)
+    left_out = _influence_of_query_block(first, *arguments, gather_near=False)
+    assert not _influence_of_query_block(gathered, *arguments, gather_near=True)
+    assert left_out == bool(distances)
+    expected = monotone_influence(queries, query_labels, reference, reference_labels)
+    torch.testing.assert_close(gathered, expected)
+    if left_out:  # the near pair is missing from the first pass, and only it
+        without = monotone_influence(queries, query_labels, reference[:-1], reference_labels[:-1])
+        mask = torch.ones(len(queries), dtype=torch.bool)
+        mask[0] = False
+        torch.testing.assert_close(first[0], without[0])
+        torch.testing.assert_close(first[mask], gathered[mask])
+    else:
+        torch.testing.assert_close(first, gathered)
 
 
 @settings(max_examples=20, deadline=None)

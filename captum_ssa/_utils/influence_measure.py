@@ -114,9 +114,12 @@ def monotone_influence(
     influence = torch.empty_like(queries)
     # a reduction kernel, not reference * reference: no reference-sized temporary
     reference_squared = torch.linalg.vector_norm(reference, dim=1).square()
+    # nonzero() waits for a GPU, not for the CPU: on a GPU a query block is first
+    # summed without gathering the (rare) near pairs, and again only if it has any
+    gather_at_once = queries.device.type == "cpu"
     for start in range(0, queries.shape[0], chunk):
         block = slice(start, start + chunk)
-        _influence_of_query_block(
+        arguments = (
             influence[block],
             queries[block],
             query_labels[block],
@@ -126,6 +129,8 @@ def monotone_influence(
             alpha,
             chunk,
         )
+        if _influence_of_query_block(*arguments, gather_near=gather_at_once):
+            _influence_of_query_block(*arguments, gather_near=True)
     return influence
 
 
@@ -138,13 +143,16 @@ def _influence_of_query_block(
     reference_labels: Tensor,
     alpha: Optional[Alpha],
     points_per_chunk: int,
-) -> None:
+    gather_near: bool,
+) -> bool:
     """Write phi for a block of queries into ``out``, which is their only
     query-sized buffer: ``out = queries * sum_y w - sum_y w h(y)`` over the
-    far pairs, plus the near pairs' exact contributions."""
+    far pairs, plus, with ``gather_near``, the near pairs' exact contributions.
+    Returns whether near pairs were left out (never, with ``gather_near``)."""
     queries_squared = torch.linalg.vector_norm(queries, dim=1).square()
     weight_totals = torch.zeros_like(queries_squared)
     near_margin = _NEAR_EPS_FACTOR * torch.finfo(queries.dtype).eps
+    near_left_out = torch.zeros((), dtype=torch.bool, device=queries.device)
     out.zero_()
     for start in range(0, reference.shape[0], points_per_chunk):
         block = slice(start, start + points_per_chunk)
@@ -152,30 +160,35 @@ def _influence_of_query_block(
         squared_norms = queries_squared[:, None] + reference_squared[None, block]
         squared_distances = squared_norms.addmm(queries, reference[block].T, alpha=-2)
         counted = query_labels[:, None] != reference_labels[None, block]
-        far = squared_distances > squared_norms.mul_(near_margin)
-        near = counted & ~far
-        counted &= far
+        near = squared_distances <= squared_norms.mul_(near_margin)
+        near &= counted
+        counted ^= near  # near is a subset of counted: this removes it
+        if gather_near:
+            near_pairs = near.nonzero()
+        else:
+            near_left_out |= near.any()
+        del near  # freed before the weights are allocated: one block less at the peak
         weights = _pair_weights(squared_distances, counted, alpha)
         weight_totals += weights.sum(1)
         out.addmm_(weights, reference[block], alpha=-1)
-        if bool(near.any()):
-            _add_near_pairs(out, queries, reference[block], near, alpha, points_per_chunk)
+        if gather_near and len(near_pairs):
+            _add_near_pairs(out, queries, reference[block], near_pairs, alpha, points_per_chunk)
     out.addcmul_(queries, weight_totals[:, None])
+    return bool(near_left_out)
 
 
 def _add_near_pairs(
     out: Tensor,
     queries: Tensor,
     reference: Tensor,
-    near: Tensor,
+    near_pairs: Tensor,
     alpha: Optional[Alpha],
     points_per_chunk: int,
 ) -> None:
-    """Add alpha(r) (h(x) - h(y)) of the ``near`` (query, reference) pairs to
-    ``out``, from each pair's difference in float64, a few pairs at a time;
-    exactly coincident pairs are skipped."""
-    pairs = near.nonzero()
-    for piece in pairs.split(points_per_chunk):
+    """Add alpha(r) (h(x) - h(y)) of the ``(query row, reference row)`` pairs
+    to ``out``, from each pair's difference in float64, ``points_per_chunk``
+    pairs at a time; exactly coincident pairs are skipped."""
+    for piece in near_pairs.split(points_per_chunk):
         query_rows, reference_rows = piece.unbind(1)
         difference = queries[query_rows].double() - reference[reference_rows].double()
         squared_distances = difference.square().sum(1)
