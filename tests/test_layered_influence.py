@@ -1,4 +1,4 @@
-"""LayeredInfluence (METHODS.md §4): influence, layer choice, DeconvNet backprojection."""
+"""LayeredInfluence: influence, target, layer choice, DeconvNet backprojection, stale fits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Layered influence: explanations from the most influential hidden layer (METHODS.md §4)."""
+"""Layered influence: explanations from the most influential hidden layer (Ho, *Layered
+Explanations*), scored with the monotone influence measure of Sliwinski, Strobel and Zick."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-r"""The monotone influence measure on a layer's activations (METHODS.md §4.2).
+r"""The monotone influence measure on a layer's activations (Sliwinski, Strobel and Zick,
+*Axiomatic Characterization of Data-Driven Influence Measures for Classification*, AAAI 2019).
 
 For a query point :math:`h(x)` with label :math:`f(x)` and a reference set
 :math:`R` labelled by the model,

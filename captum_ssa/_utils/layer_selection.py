@@ -1,4 +1,5 @@
-"""Scoring candidate layers for LayeredInfluence (METHODS.md §4.1)."""
+"""Scoring candidate layers for LayeredInfluence: a linear probe per layer, or the
+dispersion (Gini coefficient) of its units' influence."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ _MAX_FOLDS = 5
 
 def neuron_activities(layer_output: Tensor) -> Tensor:
     """``(N, neurons)``: a unit's value, or a channel's spatial mean (dim 1 is
-    the neuron axis, METHODS.md notation)."""
+    the neuron axis)."""
     if layer_output.dim() == 1:
         return layer_output[:, None]
     return layer_output.reshape(*layer_output.shape[:2], -1).mean(2)
