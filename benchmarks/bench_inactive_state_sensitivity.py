@@ -165,7 +165,8 @@ def measure_memory(name: str, batch_size: int, reference_size: int, chunk_size: 
     runs with ``chunk_size`` (0: the default)."""
     model, x, reference = build(batch_size, reference_size)
     insens = InactiveStateSensitivity(model, getattr(model, name)).fit(reference)
-    insens.attribute(x[:1], jacobian_vectors_per_chunk=1)  # warm-up: load the kernels, not the chunks
+    # warm-up: load the kernels, not the chunks
+    insens.attribute(x[:1], jacobian_vectors_per_chunk=1)
     baseline = memory_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # restart VmHWM from the current RSS

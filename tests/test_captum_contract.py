@@ -256,6 +256,8 @@ def test_training_mode_warns_or_refuses_and_stays_in_training(method):
 # ------------------------------------------------------------ inputs and outputs
 
 
+# TwoInputs uses F.relu, which DeconvNet (LayeredInfluence) warns about
+@pytest.mark.filterwarnings("ignore:between the inputs")
 @pytest.mark.parametrize("method", METHODS, ids=ids(METHODS))
 def test_a_tuple_in_gives_a_tuple_out(method):
     torch.manual_seed(1)
@@ -431,3 +433,24 @@ def test_concurrent_calls_on_one_model_give_the_sequential_results(method):
     for result in results:
         same(result, expected)
     assert hooks_left(model) == 0
+
+
+# ----------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", METHODS, ids=ids(METHODS))
+def test_cuda_gives_the_cpu_result_without_warnings(method):
+    model, layers, x, y = cnn()
+    expected = method.explain(method.build(model, layers, x), x, y)
+    model.cuda()
+    x, y = x.cuda(), y.cuda()
+    with warnings.catch_warnings():
+        # e.g. cuDNN's batch norm must not read as "not piecewise linear"
+        warnings.simplefilter("error")
+        result = method.explain(method.build(model, layers, x), x, y)
+    if isinstance(result, DependencyGraph):
+        assert result == expected
+    else:
+        assert result.device.type == "cuda"
+        torch.testing.assert_close(result.cpu(), expected, rtol=1e-3, atol=1e-5)
