@@ -19,7 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from captum.attr import Deconvolution
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import Module
 from torch.nn.modules import activation as activation_modules
 
+from captum_ssa._utils.autograd_graph import walk
 from captum_ssa._utils.hooks import layer_name, run_and_capture
 from captum_ssa._utils.linearity import _op_name
 
@@ -141,19 +142,12 @@ def activations_not_overridden(
     """In ``output``'s autograd graph: the number of ReLU nodes that no
     activation module made (functional ReLUs), and the class name of each
     node made by an activation module other than ``nn.ReLU``."""
-    seen: set[int] = set()
-    stack: list[Optional[Any]] = [output.grad_fn]
     functional_relus, other_kinds = 0, []
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in walk(output.grad_fn):
         if id(node) in module_outputs:
             kind = module_outputs[id(node)][1]
             if kind:
                 other_kinds.append(kind)
         elif _op_name(node) == "Relu":
             functional_relus += 1
-        stack.extend(child for child, _ in node.next_functions)
     return functional_relus, other_kinds

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from captum_ssa._utils._compat import progress
+from captum_ssa._utils.autograd_graph import walk
 
 # Bound on the number of Jacobian entries alive at once (64 MiB of float32), which
 # other modules use to size their own chunks.
@@ -90,16 +91,7 @@ class _WidestGradient:
 
     def __init__(self, output: Tensor) -> None:
         self.elements = 0
-        self._nodes: list[Any] = []
-        seen: set[int] = set()
-        pending = [output.grad_fn]
-        while pending:
-            node = pending.pop()
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            self._nodes.append(node)
-            pending.extend(following for following, _ in node.next_functions)
+        self._nodes = list(walk(output.grad_fn))
 
     def _record(self, gradients: tuple[Optional[Tensor], ...]) -> None:
         sizes = (g.numel() for g in gradients if g is not None)

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from torch import Tensor
 
+from captum_ssa._utils.autograd_graph import walk
+
 # Operations that are piecewise linear in each of their arguments, whatever those
 # are, by their backward node's name without "Backward" and trailing digits.
 _PIECEWISE_LINEAR_OPS = frozenset(
@@ -79,8 +81,12 @@ _PIECEWISE_LINEAR_FAMILIES = (
     "Unbind",
     "Copy",
 )
-# Products: linear only while at most one factor depends on the inputs.
-_PRODUCT_OPS = frozenset({"Mul", "Div", "Mm", "Bmm", "Mv", "Dot", "NativeBatchNorm"})
+# Products: linear only while at most one factor depends on the inputs. Batch
+# norm is one in eval mode (its statistics are constants) on every backend: CPU
+# and CUDA's native kernel, cuDNN and MIOpen each name their own node.
+_PRODUCT_OPS = frozenset(
+    {"Mul", "Div", "Mm", "Bmm", "Mv", "Dot", "NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"}
+)
 
 
 def _is_piecewise_linear_op(name: str) -> bool:
@@ -98,6 +104,8 @@ def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
     Batch norm counts as linear only when its statistics are constants (eval
     mode); in training mode it divides by a batch statistic of the input.
     """
+    # ids below identify nodes only while the nodes are alive: hold them all
+    nodes = list(walk(output.grad_fn))
     input_nodes = {id(t.grad_fn) if t.grad_fn is not None else None for t in inputs}
     leaf_ids = {id(t) for t in inputs}
     depends: dict[int, bool] = {}
@@ -139,8 +147,8 @@ def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
                 found.add(name)
             stack.extend(child for child, _ in current.next_functions)
 
-    if output.grad_fn is not None:
-        visit(output.grad_fn, set())
+    if nodes:
+        visit(nodes[0], set())
     return sorted(found)
 
 

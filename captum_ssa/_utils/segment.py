@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn import Module
 from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
+from captum_ssa._utils.autograd_graph import walk
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
 from captum_ssa._utils.linearity import _op_name
@@ -294,17 +295,7 @@ def depends_on(upper_output: Tensor, lower_output: Tensor) -> bool:
             return node is target
         return getattr(node, "variable", None) is lower_output
 
-    pending = [upper_output.grad_fn]
-    seen: set[int] = set()
-    while pending:
-        node = pending.pop()
-        if node is None or id(node) in seen:
-            continue
-        if is_lower(node):
-            return True
-        seen.add(id(node))
-        pending.extend(child for child, _ in node.next_functions)
-    return False
+    return any(is_lower(node) for node in walk(upper_output.grad_fn))
 
 
 def _elementwise_path(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[list[Any]]:
