@@ -450,7 +450,10 @@ def test_cuda_gives_the_cpu_result_without_warnings(method):
         warnings.simplefilter("error")
         result = method.explain(method.build(model, layers, x), x, y)
     if isinstance(result, DependencyGraph):
-        assert result == expected
+        # the same neurons; relevances to float tolerance (other kernels)
+        for layer in layers:
+            assert torch.equal(result.neurons(layer), expected.neurons(layer))
+            torch.testing.assert_close(result.relevance(layer).cpu(), expected.relevance(layer))
     else:
         assert result.device.type == "cuda"
         torch.testing.assert_close(result.cpu(), expected, rtol=1e-3, atol=1e-5)
