@@ -1,4 +1,4 @@
-"""InactiveStateSensitivity against a slow plain reference of METHODS.md §2."""
+"""InactiveStateSensitivity against a slow plain reference of its definition (eq. 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inactive state sensitivity, Insens (METHODS.md §2)."""
+"""Inactive state sensitivity, Insens (Szymanski, McCane & Atkinson, 2019; see the class)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Switched linear projections (METHODS.md §1)."""
+"""Switched linear projections (Szymanski, McCane & Atkinson, 2019; see the class)."""
 
 from __future__ import annotations
 
