@@ -136,17 +136,6 @@ def test_evaluate_graph_without_target_and_with_several() -> None:
     assert math.isnan(absent.true_positive_rate)  # type: ignore[arg-type]
 
 
-def test_evaluate_graph_errors() -> None:
-    model, layers, x, labels = balanced_model("mlp")
-    graph = graph_keeping(layers, CASES["mlp"], 2)
-    with pytest.raises(ValueError, match="labels"):
-        evaluate_graph(model, graph, x, labels[:-1])
-    with pytest.raises(ValueError, match="batch"):
-        evaluate_graph(model, graph, x[:0], labels[:0])
-    with pytest.raises(TypeError):
-        evaluate_graph(model, graph, [x], labels)  # type: ignore[arg-type]
-
-
 def test_ensemble_predict_matches_pruned_copies() -> None:
     model, layers, x, _ = balanced_model("mlp")
     generator = torch.Generator().manual_seed(3)
