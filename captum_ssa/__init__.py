@@ -29,6 +29,7 @@ from captum_ssa._core.graph_evaluation import (
     evaluate_graph,
     spearman_agreement,
 )
+from captum_ssa._core.graph_view import graphs_to_html
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
 from captum_ssa._core.layered_influence import LayeredInfluence
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
@@ -58,6 +59,7 @@ __all__ = [
     "cluster_classes",
     "ensemble_predict",
     "evaluate_graph",
+    "graphs_to_html",
     "jaccard_similarity",
     "plot_clustermap",
     "shared_subgraph",

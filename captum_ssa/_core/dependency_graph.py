@@ -369,6 +369,33 @@ class DependencyGraph:
             graph.graph[_STATE_KEY] = self._state()
             path.write_text(json.dumps(nx.node_link_data(graph, edges="edges")))
 
+    def to_html(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+        r"""
+        Write the graph as one self-contained, interactive HTML page: layered,
+        neurons sized by relevance, edges filtered by a weight slider, hover
+        for a neuron's relevance and strongest edges, click for its ancestors
+        and descendants. See :func:`graphs_to_html`, which writes several
+        graphs (e.g. one per class) into one page.
+
+        Args:
+            path (str or Path): Where to write the page (conventionally ``.html``).
+            title (str, optional): The page's title. Default: "Dependency graph"
+                        and the target, if any.
+
+        Returns:
+            *Path* of the page written.
+
+        Examples::
+
+            >>> graph.to_html("class3.html")   # open it in a browser
+        """
+        from captum_ssa._core.graph_view import graphs_to_html
+
+        name = "graph" if self._target is None else f"target {self._target}"
+        if title is None:
+            title = "Dependency graph" + ("" if self._target is None else f" of {name}")
+        return graphs_to_html({name: self}, path, title=title)
+
     @classmethod
     def load(cls, path: Union[str, Path]) -> DependencyGraph:
         r"""
