@@ -389,7 +389,7 @@ class DependencyGraph:
 
             >>> graph.to_html("class3.html")   # open it in a browser
         """
-        from captum_ssa._core.graph_view import graphs_to_html
+        from captum_ssa._core.graph_view import graphs_to_html  # it imports this module
 
         name = "graph" if self._target is None else f"target {self._target}"
         if title is None:
