@@ -8,7 +8,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from digits import Digits, DigitsCNN, accuracy
 
-from captum_ssa import StepwiseSensitivity, bag_of_nodes, evaluate_graph, jaccard_similarity
+from captum_ssa import (
+    StepwiseSensitivity,
+    bag_of_nodes,
+    evaluate_graph,
+    graphs_to_html,
+    jaccard_similarity,
+)
 
 CLASSES = (3, 8)
 
@@ -60,5 +66,15 @@ def run(model: DigitsCNN, digits: Digits, output_dir: Path) -> list[str]:
     lines.append(
         f"  the two graphs' hidden neurons overlap with Jaccard similarity "
         f"{similarity[0, 1]:.2f}; graphs in ssa_graph_class<c>.graphml and .png"
+    )
+    # one page to explore both graphs and their shared subgraph in a browser
+    page = graphs_to_html(
+        {f"class {label}": graph for label, graph in graphs.items()},
+        output_dir / "ssa_class_graphs.html",
+        title=f"DigitsCNN: SSA class graphs of {', '.join(map(str, CLASSES))}",
+    )
+    lines.append(
+        f"  interactive view of both graphs and their shared subgraph: {page.name} "
+        f"({page.stat().st_size / 1024:.0f} KiB, self-contained)"
     )
     return lines
