@@ -14,11 +14,13 @@ from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.relevance import CaptumRelevance, LayerPair, resolve_relevance
 from captum_ssa._utils.segment import (
+    WeightedCall,
     activity_gradients,
-    connects_directly,
+    connecting_layer,
     elementwise_derivative,
     mean_gradient_magnitudes,
     observe_layer_calls,
+    record_weighted_calls,
     seeds_at_layer_input,
 )
 
@@ -132,11 +134,15 @@ def test_layers_whose_input_gradient_is_not_fixed_by_the_weights_seed_at_the_out
         torch.testing.assert_close(gradients[neuron], expected)
 
 
-def graph_between(model: nn.Module, lower: nn.Module, upper: nn.Module, x: Tensor) -> bool:
+def connection(model: nn.Module, lower: nn.Module, upper: nn.Module, x: Tensor) -> WeightedCall:
+    """The weighted layer SSA finds between two listed modules, as in ``attribute``."""
     inputs = (x.requires_grad_(),)
-    with observe_layer_calls([lower, upper], [False, True]) as calls:
-        _, (lower_output, _) = run_and_capture(model, inputs, [lower, upper])
-    return connects_directly(calls.inputs.get(1), lower_output)
+    with (
+        record_weighted_calls(list(model.modules())) as calls,
+        observe_layer_calls([lower, upper], [False, True]),
+    ):
+        _, (lower_output, upper_output) = run_and_capture(model, inputs, [lower, upper])
+    return connecting_layer(upper_output, lower_output, calls)
 
 
 class Skip(nn.Module):
@@ -150,28 +156,82 @@ class Skip(nn.Module):
         return self.fc2(torch.relu(hidden) + hidden.sin())
 
 
+class Functional(nn.Module):
+    """A matrix product that is not a module: its weights are nobody's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.relu = nn.ReLU()
+        self.matrix = nn.Parameter(torch.randn(4, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.relu(self.fc(x)) @ self.matrix)
+
+
+def paper_cnn() -> nn.Sequential:
+    """conv-ReLU-maxpool-conv-ReLU-avgpool-flatten-fc-ReLU-fc, the paper's Conv-Net shape."""
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(16, 5),
+        nn.ReLU(),
+        nn.Linear(5, 2),
+    ).eval()
+
+
 @pytest.mark.parametrize(
-    ("make", "direct"),
+    ("lower", "upper", "weighted"),
     [
-        (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2)), True),
-        (lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Tanh(), nn.Linear(4, 2)), True),
-        (lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)), False),
+        (1, 5, 3),  # ReLU -> max-pool -> conv -> batch norm -> ReLU
+        (2, 6, 3),  # max-pool -> conv -> batch norm -> ReLU -> adaptive avg-pool
+        (5, 10, 9),  # ReLU -> avg-pool -> flatten -> dropout -> fc -> ReLU
+        (6, 9, 9),  # the weighted layer listed itself
+        (10, 11, 11),
+        (0, 3, 3),  # conv -> ReLU (in place) -> max-pool -> conv
     ],
 )
-def test_direct_connection_allows_element_wise_operations_only(make, direct):
+def test_the_connecting_layer_is_found_through_activations_pooling_and_reshapes(
+    lower, upper, weighted
+):
+    model = paper_cnn()
+    call = connection(model, model[lower], model[upper], torch.randn(2, 1, 10, 10))
+    assert call.module is model[weighted]
+
+
+@pytest.mark.parametrize(
+    ("make", "lower", "upper", "shape", "message"),
+    [
+        (paper_cnn, 1, 10, (1, 10, 10), "two weighted layers"),
+        (paper_cnn, 3, 6, (1, 10, 10), "no nn.Linear or nn.Conv1d/2d/3d module"),
+        (Skip, "fc1", "fc2", (4,), r"\(Add\) combines several paths"),
+        (Functional, "fc", None, (3,), r"mixes neurons \(Mm\)"),
+        (
+            lambda: nn.Sequential(nn.Linear(3, 4), nn.Softmax(1), nn.Linear(4, 2)),
+            "0",
+            "2",
+            (3,),
+            r"mixes neurons \(Softmax\)",
+        ),
+    ],
+)
+def test_no_single_connecting_layer_is_a_clear_error(make, lower, upper, shape, message):
+    torch.manual_seed(0)
     model = make().eval()
-    assert graph_between(model, model[0], model[-1], torch.randn(2, 3)) is direct
-
-
-def test_direct_connection_sees_batch_norm_and_flatten_but_not_pooling_or_sums():
-    conv_bn = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)
-    ).eval()
-    assert graph_between(conv_bn, conv_bn[0], conv_bn[-1], torch.randn(2, 1, 6, 6))
-    pooled = nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(2), nn.Conv2d(3, 2, 1)).eval()
-    assert not graph_between(pooled, pooled[0], pooled[-1], torch.randn(2, 1, 6, 6))
-    skip = Skip().eval()
-    assert not graph_between(skip, skip.fc1, skip.fc2, torch.randn(2, 4))
+    modules = dict(model.named_modules())
+    lower_module = model[lower] if isinstance(lower, int) else modules[lower]
+    upper_module = (
+        model if upper is None else (model[upper] if isinstance(upper, int) else modules[upper])
+    )
+    with pytest.raises(ValueError, match=message):
+        connection(model, lower_module, upper_module, torch.randn(2, *shape))
 
 
 def test_a_callable_is_a_relevance_function_and_its_shape_is_checked():
@@ -293,5 +353,9 @@ def test_elementwise_derivative_is_the_diagonal_and_absent_where_examples_mix():
         _, (lower_output, _) = run_and_capture(
             training_bn, inputs, [training_bn[0], training_bn[2]]
         )
-    assert connects_directly(calls.inputs[1], lower_output)  # the weights still connect them
-    assert elementwise_derivative(calls.inputs[1], lower_output) is None  # but examples mix
+    assert elementwise_derivative(calls.inputs[1], lower_output) is None  # examples mix
+    # but the weights still connect the layers
+    assert (
+        connection(training_bn, training_bn[0], training_bn[2], inputs[0]).module
+        is (training_bn[2])
+    )

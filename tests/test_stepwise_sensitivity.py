@@ -29,7 +29,7 @@ from captum_ssa._utils import relevance as relevance_functions
 from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import ReusedLayerError, run_and_capture
 from captum_ssa._utils.relevance import LayerPair
-from captum_ssa._utils.segment import observe_layer_calls
+from captum_ssa._utils.segment import observe_layer_calls, record_weighted_calls
 from tests.behaviour import assert_same_snapshot, snapshot
 from tests.models import MLP, TwoInputs, build
 
@@ -115,11 +115,16 @@ def reference_step_one(
     relevance: str,
     absolute: bool,
     neuron_dim: Optional[int] = None,
+    weighted: Optional[nn.Module] = None,
 ) -> np.ndarray:
     """omega[i, k] for one upper neuron: one forward and backward per example.
 
-    ``neuron_dim`` names the neuron axis of both layers' outputs (None: dim 1).
+    ``neuron_dim`` names the neuron axis of both layers' outputs (None: dim 1);
+    ``weighted`` is the Linear/Conv between them (None: the upper layer). The
+    paper's presets whose absolute value comes after the mean over the data
+    ("activations_abs", "weight_act_abs") give signed rows here.
     """
+    weighted = upper if weighted is None else weighted
 
     def neurons_first(example: Tensor) -> Tensor:  # one example's output, neurons at dim 0
         axis = 1 if neuron_dim is None else neuron_dim % (example.dim() + 1)
@@ -143,12 +148,22 @@ def reference_step_one(
             grad = neurons_first(grad[0])
             grad = grad * activation if relevance == "gradient_x_activation" else grad
             row = over_positions(grad.abs() if absolute else grad)
+        elif relevance == "gradients":  # the paper's: |gradient|
+            activity = neurons_first(upper_output[0])[neuron].mean()
+            (grad,) = torch.autograd.grad(activity, lower_output)
+            row = over_positions(neurons_first(grad[0]).abs())
         elif relevance == "activation":
             row = mean_activation
+        elif relevance == "activations_abs":  # signed here, |mean over the data| later
+            row = over_positions(activation)
         elif relevance == "weight":
-            row = plain_weight_row(upper, neuron, size, absolute)
+            row = plain_weight_row(weighted, neuron, size, absolute)
+        elif relevance == "weight_abs":
+            row = plain_weight_row(weighted, neuron, size, True)
         elif relevance == "weight_activation":
-            row = plain_weight_row(upper, neuron, size, absolute) * mean_activation
+            row = plain_weight_row(weighted, neuron, size, absolute) * mean_activation
+        elif relevance == "weight_act_abs":  # signed activation, |mean over the data| later
+            row = plain_weight_row(weighted, neuron, size, True) * over_positions(activation)
         else:  # LayerIntegratedGradients between the two layers, one example at a time
 
             def activity_of_upper(inputs: Tensor) -> Tensor:
@@ -166,6 +181,10 @@ def reference_step_one(
 def most_relevant(values: np.ndarray, percentile: float, branching: Optional[int]) -> list[int]:
     if branching is not None:
         return sorted(sorted(range(len(values)), key=lambda k: (-values[k], k))[:branching])
+    if not values.any():  # nothing relevant: nothing kept
+        return []
+    if percentile == 0:
+        return list(range(len(values)))
     cut = np.percentile(values, percentile)
     return [k for k in range(len(values)) if values[k] > cut or values[k] == values.max()]
 
@@ -184,8 +203,12 @@ def reference_graph(
     branching: Optional[int] = None,
     max_neurons: Optional[int] = None,
     neuron_dim: Optional[int] = None,
+    weighted: Optional[list[nn.Module]] = None,
 ) -> dict[str, Any]:
-    """Neurons, edges, relevance vectors and matrices of SSA, computed plainly."""
+    """Neurons, edges, relevance vectors and matrices of SSA, computed plainly.
+
+    ``weighted[upper]`` is the Linear/Conv below listed layer ``upper`` (None:
+    the listed layers are the weighted ones)."""
     upper_set = sorted(start)
     kept = {len(layers) - 1: upper_set}
     vectors, matrices, edges = {}, {}, {}
@@ -194,14 +217,33 @@ def reference_graph(
         matrix = []
         for neuron in upper_set:
             omega = reference_step_one(
-                model, layers[lower], layers[upper], x, neuron, relevance, absolute, neuron_dim
+                model,
+                layers[lower],
+                layers[upper],
+                x,
+                neuron,
+                relevance,
+                absolute,
+                neuron_dim,
+                None if weighted is None else weighted[upper],
             )
             if examples_of is not None and upper == len(layers) - 1:
                 omega = omega[examples_of[neuron]]
             if aggregation == "tukey":
                 first, third = np.percentile(omega, [25, 75], axis=1, keepdims=True)
                 omega = (omega > third + 1.5 * (third - first)).astype(float)
-            matrix.append(omega.mean(0))
+            row = omega.mean(0)
+            matrix.append(np.abs(row) if relevance in ABSOLUTE_OF_MEAN else row)
+        if not upper_set:  # nothing kept above: nothing below either
+            (output,) = capture(model, [layers[lower]], x[:1])
+            size = output.shape[1 if neuron_dim is None else neuron_dim % output.dim()]
+            kept[lower], vectors[lower], matrices[lower], edges[lower] = (
+                [],
+                np.zeros(size),
+                np.zeros((0, size)),
+                set(),
+            )
+            continue
         matrix_array = np.array(matrix)
         vector = matrix_array.mean(0)
         if mode == "global":
@@ -275,6 +317,8 @@ OPTIONS = {
 }
 GRADIENT_FAMILY = ("gradient", "activation", "gradient_x_activation")
 ALL_RELEVANCES = (*GRADIENT_FAMILY, "weight", "weight_activation")
+PAPER_PRESETS = ("weight_abs", "activations_abs", "weight_act_abs", "gradients")
+ABSOLUTE_OF_MEAN = ("activations_abs", "weight_act_abs")
 CASES = [
     (name, relevance)
     for name in ("mlp", "direct_cnn", "residual_blocks")
@@ -292,6 +336,159 @@ def test_graph_equals_the_plain_reference(model_name, relevance, options):
     graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
     expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
     assert_matches_reference(graph, expected)
+
+
+PRESET_CASES = [
+    (name, preset, options)
+    for name in ("mlp", "direct_cnn")
+    for preset in PAPER_PRESETS
+    for options in ("mean_global", "mean_local_top")
+] + [("mlp", preset, "tukey_local_percentile") for preset in ("weight_abs", "gradients")]
+
+
+@pytest.mark.parametrize(("model_name", "preset", "options"), PRESET_CASES)
+def test_the_papers_presets_equal_the_plain_reference(model_name, preset, options):
+    model, layers, shape, start = case(model_name)
+    torch.manual_seed(7)
+    x = torch.randn(4, *shape)
+    kwargs = {"relevance": preset, **OPTIONS[options]}
+    graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
+    expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
+    assert_matches_reference(graph, expected)
+    assert graph.metadata["relevance"] == preset
+
+
+def activation_listing(listing: str) -> tuple[nn.Module, list[nn.Module], list[Any], tuple]:
+    """The test CNN (conv-ReLU-maxpool-conv-ReLU-avgpool-fc-ReLU-fc) with its activation
+    modules listed, as the paper ranks them, and the Linear/Conv below each listed one."""
+    model, _, shape = build("cnn", 0)
+    if listing == "relus":
+        layers = [model.relu1, model.relu2, model.relu3, model.fc2]
+    else:  # the pooling after the ReLUs
+        layers = [model.pool1, model.pool2, model.relu3, model.fc2]
+    return model, layers, [None, model.conv2, model.fc1, model.fc2], shape
+
+
+@pytest.mark.parametrize("options", ["mean_global", "mean_local_top"])
+@pytest.mark.parametrize("relevance", ALL_RELEVANCES + PAPER_PRESETS)
+@pytest.mark.parametrize("listing", ["relus", "pools"])
+def test_activation_modules_listed_equal_the_plain_reference(listing, relevance, options):
+    model, layers, weighted, shape = activation_listing(listing)
+    torch.manual_seed(7)
+    x = torch.randn(4, *shape)
+    kwargs = {"relevance": relevance, **OPTIONS[options]}
+    graph = StepwiseSensitivity(model, layers).attribute(x, target=1, **kwargs)
+    expected = reference_graph(model, layers, x, [1], weighted=weighted, **kwargs)
+    assert_matches_reference(graph, expected)
+    assert min(len(graph.neurons(name)) for name in graph.layer_names) > 0
+
+
+def test_on_non_negative_activations_the_absolute_mean_is_the_mean_absolute():
+    """The paper's ACTIVATIONS and ACTIVATIONS_ABS rows agree because ReLU outputs are
+    non-negative; on signed pre-activations |mean| and mean |.| differ."""
+    model, layers, _, shape = activation_listing("relus")
+    x = torch.randn(6, *shape)
+    ssa = StepwiseSensitivity(model, layers)
+    plain = ssa.attribute(x, target=0, relevance="activation")
+    paper = ssa.attribute(x, target=0, relevance="activations_abs")
+    for name in plain.layer_names[:-1]:
+        torch.testing.assert_close(paper.relevance(name), plain.relevance(name))
+    mlp, mlp_layers, mlp_shape, _ = case("mlp")
+    x = torch.randn(6, *mlp_shape)
+    signed = StepwiseSensitivity(mlp, mlp_layers[:2])
+    (hidden,) = capture(mlp, mlp_layers[:1], x)
+    graph = signed.attribute(x, top_neurons=0, relevance="activations_abs")
+    torch.testing.assert_close(graph.relevance("fc1"), hidden.detach().mean(0).abs())
+    other = signed.attribute(x, top_neurons=0, relevance="activation")
+    torch.testing.assert_close(other.relevance("fc1"), hidden.detach().abs().mean(0))
+    assert not torch.allclose(graph.relevance("fc1"), other.relevance("fc1"))
+
+
+def test_a_dead_relu_unit_has_no_activation_relevance_when_the_relus_are_listed():
+    model, _, shape = build("mlp", 0)
+    with torch.no_grad():
+        model.fc1.bias[2] = -50.0  # ReLU unit 2 of the first layer never fires
+    x = torch.randn(16, *shape)
+    relus = StepwiseSensitivity(model, [model.act1, model.act2, model.fc3])
+    for relevance in (
+        "activation",
+        "activations_abs",
+        "weight_act_abs",
+        "weight_activation",
+        "gradient_x_activation",
+    ):
+        graph = relus.attribute(x, target=1, relevance=relevance)
+        assert graph.relevance("act1")[2] == 0, relevance
+        assert 2 not in graph.neurons("act1").tolist(), relevance
+    # listing the Linear layers ranks its pre-activation, about -50, first
+    linears = StepwiseSensitivity(model, [model.fc1, model.fc2, model.fc3])
+    graph = linears.attribute(x, target=1, relevance="activation")
+    assert graph.relevance("fc1").argmax() == 2
+
+
+def test_percentile_zero_keeps_every_neuron_ties_included():
+    model, layers, shape, start = case("mlp")
+    x = torch.randn(5, *shape)
+    graph = StepwiseSensitivity(model, layers).attribute(x, **start, percentile=0)
+    assert graph.layer_sizes[:-1] == [len(graph.neurons(n)) for n in graph.layer_names[:-1]]
+    vector = torch.tensor([0.0, 2.0, 2.0, 1.0])
+    matrix = torch.tensor([[0.0, 2.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    upper = torch.tensor([0, 1])
+    kept, _ = threshold(matrix, vector, upper, "global", percentile=0)
+    assert kept.tolist() == [0, 1, 2, 3]
+    kept, edges = threshold(matrix, vector, upper, "local", percentile=0)
+    assert kept.tolist() == [0, 1, 2, 3] and len(edges) == 8
+
+
+def test_all_zero_relevance_keeps_nothing_beyond_what_branching_asks_for():
+    zeros = torch.zeros(2, 5)
+    upper = torch.tensor([3, 4])
+    for mode in ("global", "local"):
+        for percentile in (0, 50, 100):
+            kept, edges = threshold(zeros, zeros.mean(0), upper, mode, percentile)
+            assert kept.tolist() == [] and edges.shape == (0, 2), (mode, percentile)
+        kept, _ = threshold(zeros, zeros.mean(0), upper, mode, branching=2)
+        assert kept.tolist() == [0, 1]  # asked for two: ties go to the lower index
+    # local mode: an all-zero row chooses nothing, the other row still chooses
+    matrix = torch.tensor([[0.0, 0.0, 0.0], [0.0, 3.0, 1.0]])
+    kept, edges = threshold(matrix, matrix.mean(0), upper[:2], "local", percentile=50)
+    assert kept.tolist() == [1] and edges.tolist() == [[1, 4]]
+    # a constant positive row keeps all its (maximal) neurons, as before
+    kept, _ = threshold(torch.ones(1, 3), torch.ones(3), upper[:1], "global", percentile=50)
+    assert kept.tolist() == [0, 1, 2]
+
+
+def test_a_layer_with_no_relevant_neuron_is_empty_with_everything_below_and_warns():
+    model, layers, shape, start = case("mlp")
+    ssa = StepwiseSensitivity(model, layers)
+
+    def nothing(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+        return torch.zeros(len(upper_neurons), *pair.lower_output.shape[:2])
+
+    with pytest.warns(UserWarning, match="no neuron of 'fc2' is relevant"):
+        graph = ssa.attribute(torch.randn(3, *shape), **start, relevance=nothing)
+    assert [len(graph.neurons(name)) for name in graph.layer_names] == [0, 0, 1]
+    assert graph.relevance("fc1").abs().sum() == 0
+    assert graph.edges("fc3", "fc2").shape == (0, 2) and graph.edges("fc2", "fc1").shape == (0, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # branching asks for neurons: no warning
+        local = ssa.attribute(torch.randn(3, *shape), **start, relevance=nothing, branching=2)
+    assert [len(local.neurons(name)) for name in local.layer_names] == [2, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"relevance": "activations_abs", "aggregation": "tukey"}, "needs aggregation='mean'"),
+        ({"relevance": "weight_act_abs", "aggregation": "tukey"}, "needs aggregation='mean'"),
+        ({"relevance": "weight_abs", "absolute": False}, "fix where the absolute value goes"),
+        ({"relevance": "gradients", "absolute": False}, "fix where the absolute value goes"),
+    ],
+)
+def test_presets_with_contradicting_options_are_clear_errors(kwargs, message):
+    model, layers, shape, start = case("mlp")
+    with pytest.raises(ValueError, match=message):
+        StepwiseSensitivity(model, layers).attribute(torch.randn(3, *shape), **start, **kwargs)
 
 
 @pytest.mark.parametrize("options", ["mean_global", "tukey_local_percentile"])
@@ -437,7 +634,10 @@ def test_threshold_breaks_ties_by_lower_index_like_the_reference(
 
 def make_pair(model: nn.Module, lower: nn.Module, upper: nn.Module, x: Tensor) -> LayerPair:
     inputs = (x.clone().requires_grad_(),)
-    with observe_layer_calls([lower, upper], [False, True]) as calls:
+    with (
+        record_weighted_calls(list(model.modules())) as weighted,
+        observe_layer_calls([lower, upper], [False, True]) as calls,
+    ):
         _, (lower_output, upper_output) = run_and_capture(model, inputs, [lower, upper])
     return LayerPair(
         "lower",
@@ -449,10 +649,11 @@ def make_pair(model: nn.Module, lower: nn.Module, upper: nn.Module, x: Tensor) -
         calls.inputs.get(1),
         model,
         inputs,
+        weighted_calls=weighted,
     )
 
 
-@pytest.mark.parametrize("relevance", ALL_RELEVANCES)
+@pytest.mark.parametrize("relevance", ALL_RELEVANCES + PAPER_PRESETS)
 def test_step_one_on_a_batch_equals_step_one_per_example(relevance):
     model, layers, shape, _ = case("direct_cnn")
     x = torch.randn(5, *shape)
@@ -719,8 +920,8 @@ def test_target_needs_the_top_layer_to_be_the_output():
 @pytest.mark.parametrize(
     ("model_name", "lower", "upper", "message"),
     [
-        ("cnn", "conv1", "conv2", "not the output of 'conv1'"),  # max-pool between
-        ("residual", "block2", "fc_out", "not the output of 'block2'"),  # residual sum
+        ("cnn", "conv1", "fc1", "two weighted layers"),  # conv2 and fc1 between
+        ("residual", "fc_in", "fc_out", r"\(Add\) combines several paths"),  # residual sum
     ],
 )
 def test_weight_relevance_between_layers_not_directly_connected_is_a_clear_error(
@@ -732,10 +933,10 @@ def test_weight_relevance_between_layers_not_directly_connected_is_a_clear_error
         ssa.attribute(torch.randn(2, *shape), top_neurons=0, relevance=relevance)
 
 
-def test_weight_relevance_needs_a_weighted_upper_layer():
+def test_weight_relevance_needs_a_weighted_layer_between():
     model, _, shape = build("cnn", 0)
     ssa = StepwiseSensitivity(model, [model.conv1, model.pool1])
-    with pytest.raises(ValueError, match=r"not a nn\.Linear"):
+    with pytest.raises(ValueError, match=r"no nn\.Linear or nn\.Conv1d/2d/3d module lies"):
         ssa.attribute(torch.randn(2, *shape), top_neurons=0, relevance="weight")
 
 

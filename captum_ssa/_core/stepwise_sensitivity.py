@@ -35,8 +35,18 @@ from captum_ssa._utils.hooks import (
 )
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
 from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.relevance import LayerPair, RelevanceFunction, resolve_relevance
-from captum_ssa._utils.segment import depends_on, is_weighted_layer, observe_layer_calls
+from captum_ssa._utils.relevance import (
+    PRESETS,
+    LayerPair,
+    RelevanceFunction,
+    resolve_relevance,
+)
+from captum_ssa._utils.segment import (
+    depends_on,
+    is_weighted_layer,
+    observe_layer_calls,
+    record_weighted_calls,
+)
 from captum_ssa._utils.validation import positive_int, prepare_inputs
 
 _AGGREGATIONS = ("mean", "tukey")
@@ -196,14 +206,20 @@ def aggregate_upper_neurons(relevance_matrix: Tensor) -> Tensor:
 
 def _most_relevant(values: Tensor, percentile: float, branching: Optional[int]) -> Tensor:
     """Boolean mask over the last dim: the top ``branching`` (ties: lower index), or
-    every value above the ``percentile``, always including the maximum."""
+    every value above the ``percentile`` (``percentile=0``: every value), with the
+    maximum kept when it is not zero. An all-zero row keeps nothing (with
+    ``branching``, exactly the ``branching`` it asks for, lowest indices first)."""
     if branching is not None:
         order = values.argsort(dim=-1, descending=True, stable=True)
         mask = torch.zeros_like(values, dtype=torch.bool)
         return mask.scatter(-1, order[..., :branching], True)
+    relevant = (values != 0).any(-1, keepdim=True)
+    if percentile == 0:
+        return relevant.expand(values.shape)
     (cut,) = quantiles(values, torch.tensor([percentile / 100.0]))
     # a constant row has nothing strictly above its percentile: keep its maximum
-    return (values > cut) | (values == values.max(-1, keepdim=True).values)
+    highest = values.max(-1, keepdim=True).values
+    return ((values > cut) | (values == highest)) & relevant
 
 
 def _first_in_order(order: Tensor, size: int, count: int) -> Tensor:
@@ -233,7 +249,10 @@ def threshold(
     set: in local mode ranked by how many upper neurons chose a neuron, then
     by the summed weight of those choices; in global mode by relevance. Ties
     always go to the lower index, so the result is deterministic. A row or
-    vector with nothing strictly above its percentile keeps its maximum.
+    vector with nothing strictly above its percentile keeps its maximum;
+    ``percentile=0`` keeps every neuron, ties included. A row or vector that
+    is all zero (nothing relevant) keeps no neuron, whatever the percentile:
+    only ``branching``, which asks for a number of neurons, still gets them.
 
     Args:
         relevance_matrix (Tensor): :math:`\omega[n, k]` shaped ``(M, K)``.
@@ -663,6 +682,19 @@ class StepwiseSensitivity(Attribution):
         relevance_function, relevance_name = resolve_relevance(relevance)
         if aggregation not in _AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
+        if relevance_function in PRESETS.values() and not absolute:
+            raise ValueError(
+                f"relevance={relevance_name!r} is one of the paper's strategies, which fix "
+                "where the absolute value goes; absolute=False applies to 'gradient', "
+                "'activation', 'gradient_x_activation', 'weight' and 'weight_activation'"
+            )
+        absolute_of_mean = getattr(relevance_function, "absolute_after_aggregation", False)
+        if absolute_of_mean and aggregation != "mean":
+            raise ValueError(
+                f"relevance={relevance_name!r} is the absolute value of the mean over the "
+                f"data, so it needs aggregation='mean', not {aggregation!r}; for Tukey "
+                "outliers use 'activation' or 'weight_activation' (absolute per example)"
+            )
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if isinstance(percentile, bool) or not 0 <= percentile <= 100:
@@ -679,8 +711,14 @@ class StepwiseSensitivity(Attribution):
             and not (layer._forward_hooks or layer._forward_pre_hooks)
             for position, layer in enumerate(self.layers)
         ]
+        model = model_of(self.forward_func)
+        modules = list(model.modules()) if model is not None else self.layers
         with untouched_model(self.forward_func):
-            with observe_layer_calls(self.layers, keep_input) as calls:
+            # the weighted calls' hooks first, so that they see each module's own output
+            with (
+                record_weighted_calls(modules) as weighted_calls,
+                observe_layer_calls(self.layers, keep_input) as calls,
+            ):
                 model_output, outputs = run_and_capture(
                     self.forward_func,
                     prepared,
@@ -727,6 +765,7 @@ class StepwiseSensitivity(Attribution):
             neurons, relevances = [upper_neurons], [top_relevance]
             matrices: list[Tensor] = []
             edges: list[Tensor] = []
+            empty: list[str] = []
             for upper in range(len(self.layers) - 1, 0, -1):
                 pair = LayerPair(
                     lower_name=self.layer_names[upper - 1],
@@ -741,6 +780,7 @@ class StepwiseSensitivity(Attribution):
                     inputs=prepared,
                     additional_forward_args=additional_forward_args,
                     neuron_dim=self.neuron_dim,
+                    weighted_calls=weighted_calls,
                 )
                 matrix = self._relevance_matrix(
                     pair,
@@ -752,15 +792,31 @@ class StepwiseSensitivity(Attribution):
                     upper_neurons_per_chunk,
                     show_progress,
                 )
-                vector = aggregate_upper_neurons(matrix)
-                upper_neurons, pair_edges = threshold(
-                    matrix, vector, upper_neurons, mode, percentile, branching, max_neurons
-                )
+                if absolute_of_mean:
+                    matrix = matrix.abs()
+                if len(upper_neurons):
+                    vector = aggregate_upper_neurons(matrix)
+                    upper_neurons, pair_edges = threshold(
+                        matrix, vector, upper_neurons, mode, percentile, branching, max_neurons
+                    )
+                    if not len(upper_neurons):
+                        empty.append(pair.lower_name)
+                else:  # nothing is kept above, so nothing here is relevant to it
+                    vector = matrix.new_zeros(matrix.shape[1])
+                    pair_edges = torch.zeros(0, 2, dtype=torch.long)
                 datapoints = None
                 neurons.insert(0, upper_neurons)
                 relevances.insert(0, vector)
                 matrices.insert(0, matrix)
                 edges.insert(0, pair_edges)
+        if empty:
+            warnings.warn(
+                f"no neuron of {empty[0]!r} is relevant: its relevance to the neurons kept "
+                "above is zero everywhere, so the graph keeps no neuron there, nor in the "
+                "layers below it. List layers that the kept neurons depend on, or pass "
+                "branching to keep a number of neurons regardless.",
+                stacklevel=3,
+            )
         return DependencyGraph(
             self.layer_names,
             self.layers,
@@ -796,6 +852,8 @@ class StepwiseSensitivity(Attribution):
     ) -> Tensor:
         """Steps I and II over chunks of upper neurons: the (M, K) matrix, on CPU."""
         batch_size, lower_size = pair.lower_output.shape[:2]
+        if not len(upper_neurons):
+            return torch.zeros(0, lower_size, dtype=pair.lower_output.dtype)
         chunk = upper_neurons_per_chunk
         if chunk is None:
             chunk = max(1, DEFAULT_JACOBIAN_ELEMENTS // (batch_size * lower_size))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
@@ -26,14 +26,13 @@ from torch.nn import Module
 
 from captum_ssa._utils.hooks import neuron_axis
 from captum_ssa._utils.segment import (
+    WeightedCall,
     activity_function,
+    connecting_layer,
     connection_weights,
-    connects_directly,
-    is_weighted_layer,
     mean_gradient_magnitudes,
     mean_magnitude,
     spatial_mean,
-    weights_fit,
 )
 
 
@@ -49,7 +48,10 @@ class LayerPair:
     axis of the layers' own outputs that holds their neurons (None: dim 1); the
     two outputs here already have it moved to dim 1, and a relevance function
     that runs the model again must move it the same way (``run_and_capture``
-    does with ``neuron_dim``).
+    does with ``neuron_dim``). ``weighted_calls`` are the calls of plain
+    Linear/Conv modules seen in that pass (see
+    ``segment.record_weighted_calls``), where the weight relevances look for
+    the layer that connects the two.
     """
 
     lower_name: str
@@ -63,6 +65,7 @@ class LayerPair:
     inputs: tuple[Tensor, ...]
     additional_forward_args: Any = None
     neuron_dim: Optional[int] = None
+    weighted_calls: dict[int, WeightedCall] = field(default_factory=dict)
 
     @property
     def axes_moved(self) -> bool:
@@ -112,54 +115,103 @@ def activation(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor
 
 
 def weight(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
-    r""":math:`|W[n, k]|` (mean over the kernel for a conv), the same on every example."""
-    rows = direct_weights(pair, absolute, "weight")[upper_neurons.to(pair.lower_output.device)]
+    r""":math:`|W[n, k]|` of the Linear/Conv connecting the layers (see
+    :func:`weight_matrix`), the same on every example."""
+    rows = weight_matrix(pair, absolute, "weight")[upper_neurons.to(pair.lower_output.device)]
     batch_size = pair.lower_output.shape[0]
     return rows[:, None, :].expand(len(upper_neurons), batch_size, rows.shape[1])
 
 
 def weight_activation(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
     r""":math:`|W[n, k]| \cdot |\mathrm{mean}_p\, a_{k,p}|`."""
-    rows = direct_weights(pair, absolute, "weight_activation")[
+    rows = weight_matrix(pair, absolute, "weight_activation")[
         upper_neurons.to(pair.lower_output.device)
     ]
     values = _absolute_if(absolute, spatial_mean(pair.lower_output.detach()))
     return rows[:, None, :] * values[None]
 
 
-def direct_weights(pair: LayerPair, absolute: bool, name: str) -> Tensor:
-    """The upper layer's (C, K) weights, or a clear error where they mean nothing."""
+def weight_matrix(pair: LayerPair, absolute: bool, name: str) -> Tensor:
+    r"""
+    The (C, K) weights between upper neuron ``n`` and lower neuron ``k``.
+
+    They are the weights of the one ``nn.Linear``/``nn.ConvNd`` module between
+    the two listed layers. The listed layers may be the weighted layers
+    themselves or activation modules: between the lower output and the
+    weighted layer's input, and between its output and the upper output, only
+    element-wise operations (ReLU, eval-mode batch norm, dropout, adding a
+    constant), max/avg pooling and reshapes (flatten, squeeze) may lie, so
+    that channel ``k`` below stays channel ``k`` at the weights. The entry is
+    the mean of :math:`|W|` over the kernel for a conv, and over the ``F / K``
+    input features a flattened channel occupies for a Linear: each channel
+    has as many weights to each upper neuron, so this ranks like their sum.
+
+    Raises a ValueError, naming ``name`` and what lies between, where the
+    weights do not connect the two layers that way (two weighted layers, a
+    residual sum, a moved neuron axis, ...).
+    """
+    problem = None
     if pair.axes_moved:
         problem = (
             f"neuron_dim={pair.neuron_dim} moves the neuron axis of {pair.lower_name!r} or "
             f"{pair.upper_name!r} away from dim 1, where the weights' input and output "
             "features are not"
         )
-    elif not is_weighted_layer(pair.upper_layer):
-        problem = (
-            f"{pair.upper_name!r} is a {type(pair.upper_layer).__name__}, not a nn.Linear "
-            "or nn.Conv1d/2d/3d"
-        )
-    elif not connects_directly(pair.upper_input, pair.lower_output):
-        problem = (
-            f"the input of {pair.upper_name!r} is not the output of {pair.lower_name!r}: "
-            "there is more than element-wise operations and reshapes between them "
-            "(pooling, another layer, a residual sum, ...)"
-        )
-    elif pair.upper_input is not None and not weights_fit(
-        pair.upper_layer, pair.upper_input, pair.lower_output
-    ):
-        problem = (
-            f"the input features of {pair.upper_name!r} do not line up with the neurons "
-            f"of {pair.lower_name!r}"
-        )
     else:
-        return connection_weights(pair.upper_layer, pair.lower_output, absolute)
+        try:
+            call = connecting_layer(pair.upper_output, pair.lower_output, pair.weighted_calls)
+            return connection_weights(call, pair.lower_output, pair.upper_output, absolute)
+        except ValueError as error:
+            problem = str(error)
     raise ValueError(
-        f"relevance={name!r} needs the upper layer's weights to connect the two layers "
-        f"directly, but {problem}. Use relevance='gradient' (which differentiates "
-        "through whatever lies between), or list directly connected layers."
+        f"relevance={name!r} needs the weights of one nn.Linear or nn.Conv1d/2d/3d module "
+        f"connecting {pair.lower_name!r} to {pair.upper_name!r} through element-wise "
+        f"operations, pooling and reshapes only, but {problem}. Use relevance='gradient' "
+        "(which differentiates through whatever lies between), or list layers that one "
+        "weighted layer connects."
     )
+
+
+class _AbsoluteOfMean:
+    """A paper preset whose absolute value comes after Step II's mean over the data.
+
+    Step I gives the signed per-example values; :meth:`StepwiseSensitivity.attribute`
+    takes the absolute value of their mean (``absolute_after_aggregation``).
+    """
+
+    absolute_after_aggregation = True
+
+    def __init__(self, name: str, with_weights: bool) -> None:
+        self.__name__ = name
+        self.with_weights = with_weights
+
+    def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+        values = spatial_mean(pair.lower_output.detach())
+        if not self.with_weights:
+            return values.expand(len(upper_neurons), *values.shape)
+        rows = weight_matrix(pair, True, self.__name__)[upper_neurons.to(values.device)]
+        return rows[:, None, :] * values[None]
+
+
+def weight_abs(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+    r"""The paper's *weight_abs*: :math:`|W[n, k]|` (see :func:`weight_matrix`)."""
+    return weight(pair, upper_neurons, True)
+
+
+def gradients(pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
+    r"""The paper's *gradients*: :math:`|\partial a_n / \partial a_{k,p}|`, averaged
+    over positions here and over the data in Step II."""
+    return gradient(pair, upper_neurons, True)
+
+
+# The paper's four strategies (Dimanov and Jamnik 2018, Tables 2-4), with the
+# absolute value where the paper puts it.
+PRESETS: dict[str, RelevanceFunction] = {
+    "weight_abs": weight_abs,
+    "activations_abs": _AbsoluteOfMean("activations_abs", with_weights=False),
+    "weight_act_abs": _AbsoluteOfMean("weight_act_abs", with_weights=True),
+    "gradients": gradients,
+}
 
 
 BUILT_IN: dict[str, RelevanceFunction] = {
@@ -168,6 +220,7 @@ BUILT_IN: dict[str, RelevanceFunction] = {
     "gradient_x_activation": gradient_x_activation,
     "weight": weight,
     "weight_activation": weight_activation,
+    **PRESETS,
 }
 
 

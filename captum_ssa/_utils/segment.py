@@ -22,10 +22,18 @@ stretch's Jacobian is diagonal: the gradient is the seed times one derivative
 per element, and a whole relevance tensor is one batched product. Elsewhere
 (pooling, residual sums, ...) each upper neuron gets its own backward pass, or
 a chunk of neurons shares one (``is_grads_batched``) when gradients are small.
+
+The weight-based relevances need the one ``nn.Linear``/``nn.ConvNd`` that
+connects two listed layers, which may be activation modules (a ReLU, or the
+pooling after it) rather than the weighted layers themselves:
+:func:`record_weighted_calls` notes every weighted module's call during the
+forward pass, and :func:`connecting_layer` walks the autograd graph from the
+upper output down to the lower one to find it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +98,26 @@ _ELEMENTWISE_OPS = frozenset(
         "NativeBatchNorm",
         "CudnnBatchNorm",
         "MiopenBatchNorm",
+    }
+)
+
+
+# Autograd nodes that keep every channel's values in that channel: pooling over
+# positions, and reshapes that keep a channel's values together (flatten, squeeze).
+# Between two listed layers they may sit on either side of the connecting
+# Linear/Conv; the channel counts are checked against its weights.
+_CHANNEL_PRESERVING_OPS = frozenset(
+    {
+        "MaxPool2DWithIndices",
+        "MaxPool3DWithIndices",
+        "AvgPool2D",
+        "AvgPool3D",
+        "AdaptiveMaxPool2D",
+        "AdaptiveMaxPool3D",
+        "AdaptiveAvgPool2D",
+        "AdaptiveAvgPool3D",
+        "Squeeze",
+        "Unsqueeze",
     }
 )
 
@@ -323,16 +351,6 @@ def _elementwise_path(upper_input: Optional[Tensor], lower_output: Tensor) -> Op
     return None
 
 
-def connects_directly(upper_input: Optional[Tensor], lower_output: Tensor) -> bool:
-    """Whether ``upper_input`` is ``lower_output`` up to element-wise ops and reshapes.
-
-    Walks the autograd graph down from the upper layer's input; every node on
-    the way must be element-wise (ReLU, batch norm, adding a constant, ...) with
-    a single input that depends on the network, until the lower layer's output.
-    """
-    return _elementwise_path(upper_input, lower_output) is not None
-
-
 def elementwise_derivative(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[Tensor]:
     """``d upper_input / d lower_output`` where that Jacobian is diagonal, else None.
 
@@ -402,20 +420,168 @@ def mean_gradient_magnitudes(
     return activity_gradients(lower_output, upper_layer, upper_output, upper_input, neurons, reduce)
 
 
-def connection_weights(upper_layer: Module, lower_output: Tensor, absolute: bool) -> Tensor:
-    """The upper layer's weights as a (C, K) matrix between upper and lower neurons.
+@dataclass
+class WeightedCall:
+    """One call of a plain Linear/Conv module: the autograd nodes of its input and
+    output (kept alive, so that a walk meets these very objects) and its input shape."""
 
-    For a conv the entry is the mean over the kernel; for a Linear reading a
-    flattened (N, K, *P) output, the mean over the P columns of channel k.
-    ``absolute`` takes the absolute value before the mean.
+    module: Module
+    input_node: Any
+    output_node: Any
+    input_shape: tuple[int, ...]
+
+
+@contextmanager
+def record_weighted_calls(modules: Sequence[Module]) -> Iterator[dict[int, WeightedCall]]:
+    """Record every call of the plain Linear/Conv modules among ``modules``.
+
+    Yields a dict, filled during the forward pass, from ``id`` of each call's
+    output node to the call. Register it before any hook that replaces a
+    layer's output (``run_and_capture``'s clone): hooks run in registration
+    order, and the node recorded must be the module's own (a hook of the
+    user's registered earlier is then counted as part of the module: the
+    weights are the module's either way). Calls from other threads are left
+    out. Hooks are removed whatever happens.
     """
-    weight = getattr(upper_layer, "weight").detach()  # noqa: B009 (a Tensor, not a Module)
-    lower_neurons = lower_output.shape[1]
-    if type(upper_layer) is nn.Linear:
-        positions = lower_output[0, 0].numel()
-        blocks = weight.reshape(weight.shape[0], lower_neurons, positions)
+    calls: dict[int, WeightedCall] = {}
+    caller = threading.get_ident()
+
+    def hook(module: Module, args: tuple[Any, ...], output: Any) -> None:
+        if threading.get_ident() != caller or not args or not isinstance(args[0], Tensor):
+            return
+        if isinstance(output, Tensor) and output.grad_fn is not None:
+            node = output.grad_fn
+            calls[id(node)] = WeightedCall(module, args[0].grad_fn, node, tuple(args[0].shape))
+
+    weighted = [module for module in dict.fromkeys(modules) if is_weighted_layer(module)]
+    handles = [module.register_forward_hook(hook) for module in weighted]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _keeps_channels(node: Any, name: str) -> bool:
+    """Whether ``node`` maps each channel (dim 1) to itself: element-wise ops,
+    pooling, channel-preserving reshapes, and means over dims after the channels."""
+    if name in _ELEMENTWISE_OPS or name in _CHANNEL_PRESERVING_OPS:
+        return True
+    if name != "Mean" or not hasattr(node, "_saved_dim"):
+        return False
+    rank = len(node._saved_self_sym_sizes)
+    # dims come back as unsigned 64-bit integers: -1 reads as 2**64 - 1
+    dims = {(d - 2**64 if d >= 2**63 else d) % rank for d in node._saved_dim}
+    return not dims & {0, 1}
+
+
+def _nodes_reaching(root: Any, target: Any) -> tuple[set[int], list[Any]]:
+    """Ids of the nodes below ``root`` (``root`` included) from which ``target`` can
+    be reached, and every node walked (keeping the nodes alive keeps their ids valid)."""
+    nodes = list(walk(root))
+    children = {id(node): [c for c, _ in node.next_functions if c is not None] for node in nodes}
+    reaching = {id(target)}
+    grew = True
+    while grew:  # a fixed point: at most one round per step of the longest path
+        grew = False
+        for node in nodes:
+            if id(node) not in reaching and any(id(c) in reaching for c in children[id(node)]):
+                reaching.add(id(node))
+                grew = True
+    return reaching, nodes
+
+
+def connecting_layer(
+    upper_output: Tensor, lower_output: Tensor, calls: dict[int, WeightedCall]
+) -> WeightedCall:
+    """The one plain Linear/Conv between two layer outputs, or a ValueError saying why not.
+
+    Walks the autograd graph from ``upper_output`` down to ``lower_output``.
+    Every node on the way must keep channels apart (element-wise ops, max/avg
+    pooling, reshapes that keep a channel's values together, means over
+    positions) except one recorded call of a weighted module (``calls``, from
+    :func:`record_weighted_calls`), which the walk steps over to the module's
+    input. The path must be a single chain: a node with two inputs that both
+    depend on the lower output (a residual sum) mixes neurons the weights do
+    not describe. The message names the first node that breaks a rule.
+    """
+    target = lower_output.grad_fn
+    node = upper_output.grad_fn
+    if target is None or node is None:
+        raise ValueError("the layer outputs are not part of an autograd graph")
+    reaching, _alive = _nodes_reaching(node, target)
+    found: Optional[WeightedCall] = None
+    while node is not target:
+        call = calls.get(id(node))
+        if call is not None and call.output_node is node:
+            if found is not None:
+                raise ValueError(
+                    f"two weighted layers ({type(call.module).__name__} and "
+                    f"{type(found.module).__name__}) lie between them"
+                )
+            found, node = call, call.input_node
+            if node is None or id(node) not in reaching:
+                raise ValueError(
+                    f"the {type(call.module).__name__} between them does not read the "
+                    "lower layer's output"
+                )
+            continue
+        name = _op_name(node)
+        if not _keeps_channels(node, name):
+            raise ValueError(
+                f"an operation that mixes neurons ({name}) lies between them, and is not "
+                "a plain nn.Linear/nn.Conv module"
+            )
+        inputs = [c for c, _ in node.next_functions if c is not None and id(c) in reaching]
+        if len(inputs) != 1:
+            raise ValueError(
+                f"an operation ({name}) combines several paths from the lower layer "
+                "(a residual sum, ...)"
+            )
+        node = inputs[0]
+    if found is None:
+        raise ValueError("no nn.Linear or nn.Conv1d/2d/3d module lies between them")
+    return found
+
+
+def connection_weights(
+    call: WeightedCall, lower_output: Tensor, upper_output: Tensor, absolute: bool
+) -> Tensor:
+    r"""The connecting layer's weights as a (C, K) matrix between upper and lower neurons.
+
+    Channel ``k`` of the lower output reaches the layer as input channel ``k``
+    (a conv) or as the ``F / K`` consecutive input features of a flattened
+    channel (a Linear after a flatten, possibly of a pooled map); output
+    channel ``n`` of the layer is upper neuron ``n``. The entry is the mean of
+    :math:`|W|` over those weights: over the kernel for a conv, over the
+    channel's features for a Linear (``absolute=False``: the signed mean).
+    A mean rather than a sum keeps conv and Linear weights on one scale; it
+    ranks the same, since every channel has as many weights to each upper
+    neuron. Raises a ValueError when the channel counts do not line up.
+    """
+    module = call.module
+    weight = getattr(module, "weight").detach()  # noqa: B009 (a Tensor, not a Module)
+    lower_neurons, upper_neurons = lower_output.shape[1], upper_output.shape[1]
+    if weight.shape[0] != upper_neurons:
+        raise ValueError(
+            f"its {type(module).__name__} has {weight.shape[0]} outputs for the upper "
+            f"layer's {upper_neurons} neurons"
+        )
+    if type(module) is nn.Linear:
+        features = call.input_shape[-1]
+        if len(call.input_shape) != 2 or features % lower_neurons:
+            raise ValueError(
+                f"its Linear reads inputs shaped {call.input_shape}, not (N, features) with "
+                f"the lower layer's {lower_neurons} channels flattened into the features"
+            )
+        blocks = weight.reshape(upper_neurons, lower_neurons, features // lower_neurons)
         return spatial_mean(blocks.abs() if absolute else blocks)
-    groups: int = getattr(upper_layer, "groups")  # noqa: B009
+    if call.input_shape[1] != lower_neurons:
+        raise ValueError(
+            f"its {type(module).__name__} reads {call.input_shape[1]} channels, the lower "
+            f"layer has {lower_neurons} neurons"
+        )
+    groups: int = getattr(module, "groups")  # noqa: B009
     kernels = weight.reshape(*weight.shape[:2], -1)
     per_group = spatial_mean(kernels.abs() if absolute else kernels)
     matrix = weight.new_zeros(weight.shape[0], lower_neurons)
@@ -426,13 +592,6 @@ def connection_weights(upper_layer: Module, lower_output: Tensor, absolute: bool
         columns = slice(group * inputs_per_group, (group + 1) * inputs_per_group)
         matrix[rows, columns] = per_group[rows]
     return matrix
-
-
-def weights_fit(upper_layer: Module, upper_input: Tensor, lower_output: Tensor) -> bool:
-    """Whether the upper layer's input features line up with the lower neurons."""
-    if type(upper_layer) is nn.Linear:
-        return upper_input.dim() == 2 and upper_input.shape[1] == lower_output[0].numel()
-    return upper_input.shape[1:] == lower_output.shape[1:]
 
 
 def activity_function(
