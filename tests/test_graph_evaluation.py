@@ -15,9 +15,12 @@ from torch import Tensor, nn
 
 from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._core.graph_evaluation import (
+    ClassRates,
     GraphEvaluation,
     ablation_importance,
+    class_rates,
     ensemble_predict,
+    evaluate_ensemble,
     evaluate_graph,
     spearman_agreement,
 )
@@ -114,6 +117,13 @@ def test_evaluate_graph_matches_a_pruned_copy(name: str) -> None:
         (plain_predictions == labels).float().mean().item()
     )
     assert result.accuracy != result.model_accuracy or name == "residual"
+    predicted = masked_predictions == target
+    assert result.precision == pytest.approx(
+        (labels[predicted] == target).float().mean().item() if predicted.any() else math.nan,
+        nan_ok=True,
+    )
+    assert result.false_positive_rate == pytest.approx(predicted[~own].float().mean().item())
+    assert result.predicted_fraction == pytest.approx(predicted.float().mean().item())
     assert no_trace(model, parameters)
     assert evaluate_graph(model, graph, x, labels, batch_size=5) == result
 
@@ -123,6 +133,8 @@ def test_evaluate_graph_without_target_and_with_several() -> None:
     everything = {"fc1": list(range(8)), "fc2": list(range(7)), "fc3": [0]}
     untargeted = evaluate_graph(model, graph_keeping(layers, everything, None), x, labels)
     assert untargeted.true_positive_rate is None
+    assert untargeted.precision is None and untargeted.false_positive_rate is None
+    assert untargeted.predicted_fraction is None
     assert untargeted.kept_fraction == 1.0
     assert untargeted.accuracy == untargeted.model_accuracy  # nothing masked
     several = evaluate_graph(model, graph_keeping(layers, everything, [0, 2]), x, labels)
@@ -130,10 +142,64 @@ def test_evaluate_graph_without_target_and_with_several() -> None:
     with torch.no_grad():
         expected = (model(x).argmax(1)[own] == labels[own]).float().mean().item()
     assert several.true_positive_rate == pytest.approx(expected)
+    with torch.no_grad():
+        predictions = model(x).argmax(1)
+    chosen = (predictions == 0) | (predictions == 2)
+    assert several.precision == pytest.approx(
+        (predictions[chosen] == labels[chosen]).float().mean().item()
+    )
+    assert several.false_positive_rate == pytest.approx(chosen[~own].float().mean().item())
+    assert several.predicted_fraction == pytest.approx(chosen.float().mean().item())
     absent = evaluate_graph(
         model, graph_keeping(layers, everything, 1), x, torch.zeros_like(labels)
     )
     assert math.isnan(absent.true_positive_rate)  # type: ignore[arg-type]
+    everyone = evaluate_graph(
+        model, graph_keeping(layers, everything, 1), x, torch.ones_like(labels)
+    )
+    assert math.isnan(everyone.false_positive_rate)  # type: ignore[arg-type]
+
+
+def plain_rates(predictions: list[int], labels: list[int], positive: set[int]) -> tuple:
+    """Counted one input at a time."""
+    tp = sum(p == y and y in positive for p, y in zip(predictions, labels))
+    own = sum(y in positive for y in labels)
+    chosen = sum(p in positive for p in predictions)
+    hits = sum(p == y and p in positive for p, y in zip(predictions, labels))
+    false = sum(p in positive and y not in positive for p, y in zip(predictions, labels))
+    others = len(labels) - own
+    return (
+        tp / own if own else math.nan,
+        hits / chosen if chosen else math.nan,
+        false / others if others else math.nan,
+        chosen / len(labels),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=15),
+    positive=st.sets(st.integers(0, 3), min_size=1, max_size=2),
+)
+def test_class_rates_match_counting_one_input_at_a_time(
+    pairs: list[tuple[int, int]], positive: set[int]
+) -> None:
+    predictions = [p for p, _ in pairs]
+    labels = [y for _, y in pairs]
+    rates = class_rates(torch.tensor(predictions), torch.tensor(labels), sorted(positive))
+    expected = plain_rates(predictions, labels, positive)
+    assert rates == pytest.approx(expected, nan_ok=True)
+
+
+def test_a_masked_network_predicting_its_class_for_everything_is_exposed() -> None:
+    model, layers, x, labels = balanced_model("mlp")
+    little = {"fc1": [0], "fc2": [0], "fc3": [2]}
+    with torch.no_grad():
+        layers["fc3"].bias[2] += 100.0  # with most hidden units off, the bias decides: 2
+    result = evaluate_graph(model, graph_keeping(layers, little, 2), x, labels)
+    assert result.true_positive_rate == 1.0
+    assert result.predicted_fraction == 1.0 and result.false_positive_rate == 1.0
+    assert result.precision == pytest.approx((labels == 2).float().mean().item())
 
 
 def test_ensemble_predict_matches_pruned_copies() -> None:
@@ -168,6 +234,19 @@ def test_ensemble_predict_matches_pruned_copies() -> None:
     assert torch.equal(subset, torch.tensor([3, 1])[scores[:, [3, 1]].argmax(1)])
     with pytest.raises(ValueError, match="empty"):
         ensemble_predict(model, {}, x)
+
+    _, _, _, labels = balanced_model("mlp")
+    report = evaluate_ensemble(model, graphs, x, labels, batch_size=9)
+    assert report.accuracy == pytest.approx((predictions == labels).float().mean().item())
+    with torch.no_grad():
+        plain = model(x).argmax(1)
+    assert report.model_accuracy == pytest.approx((plain == labels).float().mean().item())
+    assert sorted(report.classes) == [0, 1, 2, 3]
+    for label, rates in report.classes.items():
+        assert isinstance(rates, ClassRates)
+        expected = plain_rates(predictions.tolist(), labels.tolist(), {label})
+        assert tuple(rates) == pytest.approx(expected, nan_ok=True)
+    assert sum(rates.predicted_fraction for rates in report.classes.values()) == pytest.approx(1)
 
 
 def reference_ablation(model: nn.Module, layer_name: str, x: Tensor, labels: Tensor) -> Tensor:
@@ -211,6 +290,52 @@ def test_ablation_importance_matches_a_loop_over_pruned_copies(
     assert torch.equal(by_module, importance)
 
 
+def reference_loss_ablation(model: nn.Module, layer_name: str, x: Tensor, labels: Tensor) -> Tensor:
+    """The rise of the mean cross-entropy, one pruned copy per neuron."""
+    with torch.no_grad():
+        base = nn.functional.cross_entropy(model(x).double(), labels)
+        module = dict(model.named_modules())[layer_name]
+        rises = []
+        for neuron in range(module.weight.shape[0]):
+            pruned = copy.deepcopy(model)
+            target = dict(pruned.named_modules())[layer_name]
+            target.weight[neuron] = 0
+            target.bias[neuron] = 0
+            rises.append(nn.functional.cross_entropy(pruned(x).double(), labels) - base)
+    return torch.stack(rises)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "batch_size"),
+    [("mlp", "fc1", None), ("mlp", "fc2", 5), ("cnn", "conv2", 30), ("residual", "block1", 64)],
+)
+def test_ablation_loss_matches_a_loop_over_pruned_copies(
+    name: str, layer: str, batch_size: Any
+) -> None:
+    model, _, x, labels = balanced_model(name)
+    importance = ablation_importance(model, layer, x, labels, batch_size, metric="loss")
+    expected = reference_loss_ablation(model, layer, x, labels)
+    assert torch.allclose(importance, expected.to(importance.dtype), atol=1e-5)
+    assert len(importance.unique()) == len(importance)  # no ties, unlike accuracy
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+@pytest.mark.parametrize("batch_size", [1, 7, 48, 100])
+def test_ablation_batch_size_bounds_the_rows_of_every_forward_pass(
+    metric: str, batch_size: int
+) -> None:
+    model, _, x, labels = balanced_model("mlp")  # 48 examples
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: rows.append(len(args[0])))
+    try:
+        importance = ablation_importance(model, "fc2", x, labels, batch_size, metric=metric)
+    finally:
+        handle.remove()
+    assert max(rows) <= batch_size
+    unbounded = ablation_importance(model, "fc2", x, labels, metric=metric)
+    assert torch.allclose(importance, unbounded, atol=1e-6)
+
+
 def test_ablation_importance_with_inplace_relu_after_the_layer() -> None:
     # the zoo MLP's act2 (after fc2) is nn.ReLU(inplace=True)
     model, _, x, labels = balanced_model("mlp")
@@ -230,6 +355,8 @@ def test_ablation_importance_errors() -> None:
         ablation_importance(model, nn.Linear(2, 2), x, labels)
     with pytest.raises(ValueError, match="labels"):
         ablation_importance(model, "fc1", x, labels[:3])
+    with pytest.raises(ValueError, match="metric must be one of"):
+        ablation_importance(model, "fc1", x, labels, metric="f1")
 
 
 def test_ablation_importance_warns_in_training_mode_with_dropout() -> None:

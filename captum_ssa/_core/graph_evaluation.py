@@ -3,6 +3,8 @@
 - a graph as a compressed classifier: the network with every hidden neuron
   outside the graph set to zero (:func:`evaluate_graph`), and the
   class-specific ensemble (:func:`ensemble_predict`);
+- the same with labels, and what each class's predictions are worth
+  (:func:`evaluate_ensemble`);
 - the ablation gold standard (:func:`ablation_importance`) and its Spearman
   agreement with a relevance ranking (:func:`spearman_agreement`), the paper's
   Table 2.
@@ -11,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple, Optional, Union
 
@@ -19,6 +21,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor
 from torch.nn import Module
+from torch.nn.functional import cross_entropy
 
 from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._utils.hooks import check_layers_in_model, no_grad_capture
@@ -30,23 +33,103 @@ Inputs = Union[Tensor, tuple[Tensor, ...]]
 # Rows per forward pass when no batch size is given: small enough for any
 # reasonable model's activations, large enough to keep the passes few.
 _DEFAULT_BATCH_ROWS = 4096
+_METRICS = ("accuracy", "loss")
 
 
 class GraphEvaluation(NamedTuple):
     """How well the network restricted to a dependency graph classifies.
 
     ``accuracy`` and ``model_accuracy`` are over all inputs, with and without
-    the mask. ``true_positive_rate`` is the fraction of the inputs labelled
-    with the graph's own class(es) that the masked network assigns to their
-    label (None for a graph without a target; NaN when no input has that
-    label). ``kept_fraction`` is the fraction of the hidden layers' neurons
-    that the graph keeps.
+    the mask. ``kept_fraction`` is the fraction of the hidden layers' neurons
+    that the graph keeps. The rest describe the graph's own class(es) C
+    (``graph.target``), as a one-against-the-rest classifier:
+
+    - ``true_positive_rate``: of the inputs labelled in C, the fraction the
+      masked network assigns to their label (NaN when no input is in C);
+    - ``precision``: of the inputs the masked network assigns to a class of
+      C, the fraction whose label is that class (NaN when it assigns none);
+    - ``false_positive_rate``: of the inputs labelled outside C, the
+      fraction the masked network assigns to a class of C (NaN when every
+      input is in C);
+    - ``predicted_fraction``: the fraction of all inputs the masked network
+      assigns to a class of C.
+
+    A masked network that predicts C for every input has a true-positive
+    rate of 1 and is useless; its false-positive rate of 1 and a
+    ``predicted_fraction`` of 1 say so. All four are None for a graph
+    without a target.
     """
 
     accuracy: float
     true_positive_rate: Optional[float]
     kept_fraction: float
     model_accuracy: float
+    precision: Optional[float] = None
+    false_positive_rate: Optional[float] = None
+    predicted_fraction: Optional[float] = None
+
+
+class ClassRates(NamedTuple):
+    """One class (or set of classes) C against the rest, from predictions and labels.
+
+    ``true_positive_rate``, ``precision``, ``false_positive_rate`` and
+    ``predicted_fraction`` as in :class:`GraphEvaluation`; NaN where the
+    fraction has no inputs to count.
+    """
+
+    true_positive_rate: float
+    precision: float
+    false_positive_rate: float
+    predicted_fraction: float
+
+
+class EnsembleEvaluation(NamedTuple):
+    """How the class-specific ensemble classifies (:func:`evaluate_ensemble`).
+
+    ``accuracy`` and ``model_accuracy`` are over all inputs, for the ensemble
+    and the plain network; ``classes`` holds, for every class of the ensemble,
+    its :class:`ClassRates` from the ensemble's predictions, so that a class
+    the ensemble predicts for almost everything shows as such.
+    """
+
+    accuracy: float
+    model_accuracy: float
+    classes: dict[int, ClassRates]
+
+
+def class_rates(predictions: Tensor, labels: Tensor, classes: Sequence[int]) -> ClassRates:
+    r"""
+    The one-against-the-rest rates of the classes ``classes`` (see :class:`ClassRates`).
+
+    Args:
+        predictions (Tensor): ``(N,)`` predicted classes.
+        labels (Tensor): ``(N,)`` true classes.
+        classes (Sequence[int]): The class(es) C counted as positive.
+
+    Returns:
+        *ClassRates*; a fraction with nothing to count is NaN.
+
+    Examples::
+
+        >>> rates = class_rates(torch.tensor([3, 3, 1, 1]), torch.tensor([3, 1, 1, 1]), [3])
+        >>> rates.precision, rates.predicted_fraction
+        (0.5, 0.5)
+    """
+    labels = labels.to(predictions.device)
+    chosen = torch.tensor(list(classes), device=predictions.device)
+    own = torch.isin(labels, chosen)
+    predicted = torch.isin(predictions, chosen)
+    hits = predictions == labels
+
+    def fraction(counted: Tensor, among: Tensor) -> float:
+        return (counted & among).sum().item() / among.sum().item() if among.any() else math.nan
+
+    return ClassRates(
+        true_positive_rate=fraction(hits, own),
+        precision=fraction(hits, predicted),
+        false_positive_rate=fraction(predicted, ~own),
+        predicted_fraction=predicted.float().mean().item(),
+    )
 
 
 def evaluate_graph(
@@ -77,7 +160,9 @@ def evaluate_graph(
 
     Returns:
         *GraphEvaluation* with ``accuracy``, ``true_positive_rate``,
-        ``kept_fraction`` and ``model_accuracy``.
+        ``kept_fraction``, ``model_accuracy``, and what the true-positive
+        rate costs: ``precision``, ``false_positive_rate`` and
+        ``predicted_fraction`` of the graph's class(es).
 
     Examples::
 
@@ -88,18 +173,18 @@ def evaluate_graph(
     masked = _predictions(model, inputs, batch_size, graph)
     plain = _predictions(model, inputs, batch_size)
     labels = labels.to(masked.device)
-    true_positive_rate = None
+    rates: Optional[ClassRates] = None
     if graph.target is not None:
         classes = [graph.target] if isinstance(graph.target, int) else graph.target
-        own = torch.isin(labels, torch.tensor(classes, device=labels.device))
-        true_positive_rate = (
-            (masked[own] == labels[own]).float().mean().item() if own.any() else math.nan
-        )
+        rates = class_rates(masked, labels, classes)
     return GraphEvaluation(
         accuracy=(masked == labels).float().mean().item(),
-        true_positive_rate=true_positive_rate,
+        true_positive_rate=None if rates is None else rates.true_positive_rate,
         kept_fraction=graph.kept_fraction,
         model_accuracy=(plain == labels).float().mean().item(),
+        precision=None if rates is None else rates.precision,
+        false_positive_rate=None if rates is None else rates.false_positive_rate,
+        predicted_fraction=None if rates is None else rates.predicted_fraction,
     )
 
 
@@ -145,64 +230,130 @@ def ensemble_predict(
     return torch.tensor(classes, device=scores.device)[scores.argmax(1)]
 
 
+def evaluate_ensemble(
+    model: Module,
+    class_graphs: Mapping[int, DependencyGraph],
+    inputs: Inputs,
+    labels: Tensor,
+    batch_size: Optional[int] = None,
+) -> EnsembleEvaluation:
+    r"""
+    The class-specific ensemble (:func:`ensemble_predict`) against ``labels``:
+    its accuracy next to the plain network's, and for every class what the
+    ensemble's predictions of it are worth (:class:`ClassRates`: true-positive
+    rate, precision, false-positive rate, fraction of inputs predicted as it).
+
+    Args:
+        model (torch.nn.Module): The classifier the graphs were built on.
+        class_graphs (Mapping[int, DependencyGraph]): One graph per class.
+        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
+                    batch.
+        labels (Tensor): The ``(N,)`` true classes.
+        batch_size (int, optional): Examples per forward pass. Default: all
+                    at once, up to 4096.
+
+    Returns:
+        *EnsembleEvaluation* with ``accuracy``, ``model_accuracy`` and
+        ``classes`` (class -> :class:`ClassRates`).
+
+    Examples::
+
+        >>> graphs = StepwiseSensitivity(net, layers).class_graphs(x, y)
+        >>> report = evaluate_ensemble(net, graphs, x_test, y_test)
+        >>> report.classes[3].false_positive_rate
+    """
+    inputs, labels = _check_inputs(inputs, labels)
+    predictions = ensemble_predict(model, class_graphs, inputs, batch_size)
+    plain = _predictions(model, inputs, batch_size)
+    labels = labels.to(predictions.device)
+    return EnsembleEvaluation(
+        accuracy=(predictions == labels).float().mean().item(),
+        model_accuracy=(plain == labels).float().mean().item(),
+        classes={label: class_rates(predictions, labels, [label]) for label in class_graphs},
+    )
+
+
 def ablation_importance(
     model: Module,
     layer: Union[str, Module],
     inputs: Inputs,
     labels: Tensor,
     batch_size: Optional[int] = None,
+    metric: str = "accuracy",
 ) -> Tensor:
     r"""
-    The ablation gold standard: the drop in accuracy when one neuron of
-    ``layer`` alone is zeroed, for every neuron.
+    The ablation gold standard: how much worse the model does when one neuron
+    of ``layer`` alone is zeroed, for every neuron.
 
     A neuron is a position along dim 1 of the layer's output (a unit, or a
     whole conv channel); zeroing it sets its output to 0 for every input. The
     ablations run in batches: the inputs are repeated once per ablated neuron
     in a chunk, and a forward hook zeroes neuron ``k`` in the ``k``-th copy.
+    No forward pass has more than ``batch_size`` rows: when the inputs
+    outnumber it, each ablation runs over chunks of them.
 
     Args:
-        model (torch.nn.Module): The classifier, output ``(N, classes)``.
+        model (torch.nn.Module): The classifier, output ``(N, classes)``
+                    scores (logits for ``metric="loss"``).
         layer (str or torch.nn.Module): The layer, or its name in
                     ``model.named_modules()``.
         inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
                     batch.
         labels (Tensor): The ``(N,)`` true classes.
         batch_size (int, optional): Rows (copies x examples) per forward
-                    pass. Default: 4096, or one ablation per pass if the
-                    inputs are more.
+                    pass, at most. Default: 4096.
+        metric (str, optional): ``"accuracy"``: the drop in accuracy (the
+                    paper's; on small data many neurons tie at 0).
+                    ``"loss"``: the rise of the mean cross-entropy of the
+                    outputs read as logits, which moves with every neuron
+                    and so has no ties. Default: ``"accuracy"``
 
     Returns:
-        *Tensor* ``(K,)``: accuracy of the model minus accuracy with neuron
-        ``k`` zeroed (positive for neurons the decision needs).
+        *Tensor* ``(K,)``: the model's metric minus the metric with neuron
+        ``k`` zeroed, as a loss (positive for neurons the decision needs).
 
     Examples::
 
-        >>> importance = ablation_importance(net, net.fc1, x, y)
+        >>> importance = ablation_importance(net, net.fc1, x, y, metric="loss")
         >>> spearman_agreement(importance, graph.relevance(net.fc1))
     """
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     module = _resolve_layer(model, layer)
     inputs, labels = _check_inputs(inputs, labels)
     warn_if_training(model)
     examples = len(labels)
     size = _neuron_count(model, module, inputs)
-    correct_with = torch.zeros(size, dtype=torch.long)
     rows = positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
-    per_pass = max(1, rows // examples)
-    predictions = _predictions(model, inputs, batch_size)
-    base_correct = (predictions == labels.to(predictions.device)).sum().item()
+    per_chunk = min(examples, rows)  # examples per forward pass
+    copies_per_pass = rows // per_chunk  # ablated neurons per forward pass
+    losses = torch.zeros(size, dtype=torch.float64)  # summed over the examples
+    base = _losses(_outputs(model, inputs, rows), labels, metric).sum()
     with torch.no_grad():
-        for first in range(0, size, per_pass):
-            ablated = torch.arange(first, min(first + per_pass, size))
-            copies = len(ablated)
-            handle = module.register_forward_hook(_ablation_hook(ablated, size, examples))
-            try:
-                outputs = model(*(_repeat(t, copies) for t in inputs))
-            finally:
-                handle.remove()
-            hits = outputs.argmax(1) == labels.to(outputs.device).repeat(copies)
-            correct_with[first : first + copies] = hits.reshape(copies, examples).sum(1).cpu()
-    return (base_correct - correct_with).to(torch.get_default_dtype()) / examples
+        for start in range(0, examples, per_chunk):
+            chunk = tuple(t[start : start + per_chunk] for t in inputs)
+            chunk_labels = labels[start : start + per_chunk]
+            count = len(chunk_labels)
+            for first in range(0, size, copies_per_pass):
+                ablated = torch.arange(first, min(first + copies_per_pass, size))
+                copies = len(ablated)
+                handle = module.register_forward_hook(_ablation_hook(ablated, size, count))
+                try:
+                    outputs = model(*(_repeat(t, copies) for t in chunk))
+                finally:
+                    handle.remove()
+                per_row = _losses(outputs, chunk_labels.repeat(copies), metric)
+                losses[first : first + copies] += per_row.reshape(copies, count).sum(1)
+    return ((losses - base) / examples).to(torch.get_default_dtype())
+
+
+def _losses(outputs: Tensor, labels: Tensor, metric: str) -> Tensor:
+    """Per-example loss in float64 on the CPU: 1 for a wrong prediction
+    (``"accuracy"``), or the cross-entropy of the outputs as logits (``"loss"``)."""
+    labels = labels.to(outputs.device)
+    if metric == "accuracy":
+        return (outputs.argmax(1) != labels).double().cpu()
+    return cross_entropy(outputs.double(), labels, reduction="none").cpu()
 
 
 def spearman_agreement(importance: Tensor, relevance: Tensor) -> float:
