@@ -616,14 +616,31 @@ class StepwiseSensitivity(Attribution):
             relevance (str, Attribution or Callable, optional): Step I's
                         relevance function: ``"gradient"``, ``"activation"``,
                         ``"gradient_x_activation"``, ``"weight"`` or
-                        ``"weight_activation"`` (the weight ones need each
-                        upper layer to be a Linear/Conv reading the lower
-                        layer's output directly, neurons along dim 1); a
-                        Captum layer attribution class or instance (e.g.
+                        ``"weight_activation"``; the paper's four strategies,
+                        with the absolute value where the paper puts it:
+                        ``"weight_abs"`` ("the absolute value of the
+                        weights", :math:`|W[n, k]|`), ``"activations_abs"``
+                        ("the absolute average activation of a neuron over
+                        the target data", :math:`|\mathrm{mean}_i a_k(x_i)|`,
+                        not the mean of :math:`|a_k|`), ``"weight_act_abs"``
+                        (:math:`|W[n, k]|` times that) and ``"gradients"``
+                        ("the absolute gradient values ... averaged across the
+                        target data", :math:`\mathrm{mean}_i |\partial a_n /
+                        \partial a_k|`); a Captum layer attribution class or
+                        instance (e.g.
                         :class:`captum.attr.LayerIntegratedGradients`, see
                         ``CaptumRelevance``); or a callable
                         ``(pair, upper_neurons, absolute) -> (M, N, K) tensor``
-                        (see :class:`LayerPair`). Default: ``"gradient"``
+                        (see :class:`LayerPair`). The weight-based ones use
+                        the one Linear/Conv between two listed layers, which
+                        may be activation modules (a ReLU, or the pooling
+                        after it, as the paper ranks activations) with only
+                        element-wise operations, pooling and reshapes around
+                        it; elsewhere they raise a ValueError. The two whose
+                        absolute value comes after the mean over the data
+                        (``"activations_abs"``, ``"weight_act_abs"``) need
+                        ``aggregation="mean"``; the presets take no
+                        ``absolute=False``. Default: ``"gradient"``
             absolute (bool, optional): Absolute relevances (taken before the
                         spatial mean); False gives the signed variants.
                         Default: True
@@ -636,7 +653,10 @@ class StepwiseSensitivity(Attribution):
                         Default: ``"global"``
             percentile (float, optional): Step IV keeps neurons above this
                         percentile (of the relevance vector; in local mode of
-                        each row) unless ``branching`` is given. Default: 50
+                        each row) unless ``branching`` is given; 0 keeps every
+                        neuron. A vector or row that is all zero keeps none
+                        (a layer left empty warns, and the layers below it
+                        are empty too). Default: 50
             branching (int, optional): Keep the top ``branching`` neurons (per
                         upper neuron in local mode) instead. Default: None
             max_neurons (int, optional): At most this many neurons per lower

@@ -7,7 +7,11 @@ a neuron n of the layer above, on each example. It is a plain callable
 
 returning a tensor shaped ``(len(upper_neurons), N, K)``: row ``[j, i, k]`` is
 the relevance of lower neuron ``k`` to upper neuron ``upper_neurons[j]`` on
-example ``i``. The built-ins are reached by name (:data:`BUILT_IN`); a Captum
+example ``i``. The built-ins are reached by name (:data:`BUILT_IN`), among
+them the four strategies of Dimanov and Jamnik's SSA paper (:data:`PRESETS`).
+A function with the attribute ``absolute_after_aggregation = True`` returns
+signed values whose absolute value SSA takes after Step II's mean over the
+data (the paper's "absolute average activation"). A Captum
 layer attribution (class or instance) is wrapped in :class:`CaptumRelevance`;
 any other callable with this signature is used as it is.
 """
