@@ -337,14 +337,16 @@ def test_click_highlights_ancestors_and_descendants(
     count = browser.execute_script("return document.getElementById('edge-count').textContent")
     assert count.startswith(f"{reference.number_of_edges()} of ")
     for node in sorted(reference.nodes):
-        ActionChains(browser).move_to_element(node_element(browser, node)).click().perform()
+        ActionChains(browser, duration=0).move_to_element(
+            node_element(browser, node)
+        ).click().perform()
         assert highlighted(browser) == {
             "ancestor": nx.ancestors(reference, node),
             "descendant": nx.descendants(reference, node),
             "selected": {node},
         }
     # the background clears the selection
-    ActionChains(browser).move_to_element_with_offset(
+    ActionChains(browser, duration=0).move_to_element_with_offset(
         browser.find_element("id", "neurons"), 0, 0
     ).click().perform()
     assert highlighted(browser) == {kind: set() for kind in HIGHLIGHTS}
@@ -360,7 +362,7 @@ def test_hover_shows_relevance_and_strongest_edges(
     open_page(browser, graphs_to_html(graphs, tmp_path / "view.html"))
     graph = graphs[0].to_networkx()
     node = ("mid", 3)
-    ActionChains(browser).move_to_element(node_element(browser, node)).perform()
+    ActionChains(browser, duration=0).move_to_element(node_element(browser, node)).perform()
     tooltip = browser.find_element(By.ID, "tooltip")
     assert tooltip.is_displayed()
     text = tooltip.text
@@ -390,7 +392,9 @@ def test_hostile_names_and_values_that_are_not_finite_render(browser: Any, tmp_p
     open_page(browser, graphs_to_html({"<!--": graph}, tmp_path / "view.html", title="<i>x"))
     assert browser.title == "<i>x"
     assert rendered_nodes(browser) == {("</script><b>", 0), ("</script><b>", 1), ("top", 0)}
-    ActionChains(browser).move_to_element(node_element(browser, ("</script><b>", 0))).perform()
+    ActionChains(browser, duration=0).move_to_element(
+        node_element(browser, ("</script><b>", 0))
+    ).perform()
     assert "relevance not finite" in browser.find_element(By.ID, "tooltip").text
     assert page_errors(browser) == []
 
