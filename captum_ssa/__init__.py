@@ -23,9 +23,13 @@ from captum_ssa._core.class_comparison import (
 )
 from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._core.graph_evaluation import (
+    ClassRates,
+    EnsembleEvaluation,
     GraphEvaluation,
     ablation_importance,
+    class_rates,
     ensemble_predict,
+    evaluate_ensemble,
     evaluate_graph,
     spearman_agreement,
 )
@@ -45,7 +49,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BagOfNodes",
     "CaptumRelevance",
+    "ClassRates",
     "DependencyGraph",
+    "EnsembleEvaluation",
     "GraphEvaluation",
     "InactiveStateSensitivity",
     "LayerPair",
@@ -56,8 +62,10 @@ __all__ = [
     "SwitchedProjection",
     "ablation_importance",
     "bag_of_nodes",
+    "class_rates",
     "cluster_classes",
     "ensemble_predict",
+    "evaluate_ensemble",
     "evaluate_graph",
     "graphs_to_html",
     "jaccard_similarity",
