@@ -326,9 +326,8 @@ CASES = [
 ] + [(name, relevance) for name in ("cnn", "residual") for relevance in GRADIENT_FAMILY]
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize(("model_name", "relevance"), CASES)
-def test_graph_equals_the_plain_reference(model_name, relevance, options):
+def graph_and_reference(model_name: str, relevance: Any, options: str) -> DependencyGraph:
+    """SSA's graph on four examples, checked against the plain reference."""
     model, layers, shape, start = case(model_name)
     torch.manual_seed(7)
     x = torch.randn(4, *shape)
@@ -336,6 +335,13 @@ def test_graph_equals_the_plain_reference(model_name, relevance, options):
     graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
     expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
     assert_matches_reference(graph, expected)
+    return graph
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize(("model_name", "relevance"), CASES)
+def test_graph_equals_the_plain_reference(model_name, relevance, options):
+    graph_and_reference(model_name, relevance, options)
 
 
 PRESET_CASES = [
@@ -348,13 +354,7 @@ PRESET_CASES = [
 
 @pytest.mark.parametrize(("model_name", "preset", "options"), PRESET_CASES)
 def test_the_papers_presets_equal_the_plain_reference(model_name, preset, options):
-    model, layers, shape, start = case(model_name)
-    torch.manual_seed(7)
-    x = torch.randn(4, *shape)
-    kwargs = {"relevance": preset, **OPTIONS[options]}
-    graph = StepwiseSensitivity(model, layers).attribute(x, **start, **kwargs)
-    expected = reference_graph(model, layers, x, starting_set(model, layers, start), **kwargs)
-    assert_matches_reference(graph, expected)
+    graph = graph_and_reference(model_name, preset, options)
     assert graph.metadata["relevance"] == preset
 
 
