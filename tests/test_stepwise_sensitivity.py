@@ -338,6 +338,9 @@ def graph_and_reference(model_name: str, relevance: Any, options: str) -> Depend
     return graph
 
 
+# On four examples of these small networks Tukey's fences often find no outlier
+# at all: the layer then keeps no neuron and SSA says so (the reference agrees).
+@pytest.mark.filterwarnings("ignore:no neuron of")
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize(("model_name", "relevance"), CASES)
 def test_graph_equals_the_plain_reference(model_name, relevance, options):
