@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # no screen needed
 import demo_layered_influence
 import demo_stepwise_sensitivity
 import demo_switched_projection
+import ssa_circles
 from digits import accuracy, load_digits_tensors, train_digits_cnn
 
 PARTS = [demo_switched_projection, demo_stepwise_sensitivity, demo_layered_influence]
@@ -41,6 +42,10 @@ def main() -> None:
     ]
     for part in PARTS:
         summary += ["", *part.run(model, digits, args.output_dir)]
+    # the SSA paper's own toy problem, in the fast mode CI runs (~2 s)
+    circles = ssa_circles.reproduce(ssa_circles.FAST_SEEDS, ssa_circles.FAST_EPOCHS)
+    ssa_circles.write_markdown(circles, args.output_dir)
+    summary += ["", *ssa_circles.demo_lines(circles)]
     summary += ["", f"total time: {time.perf_counter() - started:.1f} s"]
 
     text = "\n".join(summary) + "\n"
