@@ -10,7 +10,7 @@ geometry) and shows the result as a clustermap.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class BagOfNodes(NamedTuple):
 
 
 def bag_of_nodes(
-    class_graphs: Mapping[Hashable, DependencyGraph],
+    class_graphs: Mapping[Any, DependencyGraph],
     layers: Optional[Sequence[str]] = None,
 ) -> BagOfNodes:
     r"""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -24,7 +24,7 @@ _DIGITS = 6
 
 
 def graphs_to_html(
-    graphs: Mapping[Hashable, DependencyGraph],
+    graphs: Mapping[Any, DependencyGraph],
     path: Union[str, Path],
     title: str = "Dependency graphs",
     shared: bool = True,
@@ -96,7 +96,7 @@ def _page(data: Mapping[str, Any]) -> str:
     return template.replace(_DATA_SLOT, blob)
 
 
-def _named_views(graphs: Mapping[Hashable, DependencyGraph]) -> list[tuple[str, DependencyGraph]]:
+def _named_views(graphs: Mapping[Any, DependencyGraph]) -> list[tuple[str, DependencyGraph]]:
     """``(str(name), graph)`` pairs, checking types and that the names stay distinct."""
     if not isinstance(graphs, Mapping):
         raise TypeError(
