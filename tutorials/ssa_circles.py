@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from digits import accuracy
 from sklearn.datasets import make_circles
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
@@ -197,11 +198,6 @@ def train_mlp(data: Circles, hidden: tuple[int, int], seed: int, epochs: int) ->
         optimiser.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
 
 
 def rank_agreements(model: CirclesMLP, data: Circles) -> dict[str, dict[str, float]]:
