@@ -479,15 +479,18 @@ def _nodes_reaching(root: Any, target: Any) -> tuple[set[int], list[Any]]:
     """Ids of the nodes below ``root`` (``root`` included) from which ``target`` can
     be reached, and every node walked (keeping the nodes alive keeps their ids valid)."""
     nodes = list(walk(root))
-    children = {id(node): [c for c, _ in node.next_functions if c is not None] for node in nodes}
-    reaching = {id(target)}
-    grew = True
-    while grew:  # a fixed point: at most one round per step of the longest path
-        grew = False
-        for node in nodes:
-            if id(node) not in reaching and any(id(c) in reaching for c in children[id(node)]):
-                reaching.add(id(node))
-                grew = True
+    parents: dict[int, list[Any]] = {}
+    for node in nodes:
+        for child, _ in node.next_functions:
+            if child is not None:
+                parents.setdefault(id(child), []).append(node)
+    # upwards from the target, each node once
+    reaching, pending = {id(target)}, [target]
+    while pending:
+        for parent in parents.get(id(pending.pop()), []):
+            if id(parent) not in reaching:
+                reaching.add(id(parent))
+                pending.append(parent)
     return reaching, nodes
 
 
