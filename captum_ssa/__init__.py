@@ -42,6 +42,7 @@ from captum_ssa._core.switched_linear_projection import (
     SwitchedProjection,
 )
 from captum_ssa._utils.hooks import ReusedLayerError
+from captum_ssa._utils.memory_budget import get_memory_budget, memory_budget, set_memory_budget
 from captum_ssa._utils.relevance import CaptumRelevance, LayerPair
 
 __version__ = "0.1.0"
@@ -67,9 +68,12 @@ __all__ = [
     "ensemble_predict",
     "evaluate_ensemble",
     "evaluate_graph",
+    "get_memory_budget",
     "graphs_to_html",
     "jaccard_similarity",
+    "memory_budget",
     "plot_clustermap",
+    "set_memory_budget",
     "shared_subgraph",
     "spearman_agreement",
 ]

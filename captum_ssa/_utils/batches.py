@@ -1,0 +1,79 @@
+"""One reading of "data": a single batch, or a stream of batches to walk once.
+
+Every method that aggregates over a dataset (SSA, the Insens and LayeredInfluence
+fits, the graph evaluations) accepts the same forms, read here:
+
+- a tensor, or a tuple of tensors (the inputs of a multi-input model): one batch;
+- any other iterable, such as a ``DataLoader``: a stream of batches, each a tensor
+  (the inputs) or a list/tuple whose first element is the inputs (a tensor, or a
+  tuple of tensors) and whose second element, if present, is the labels, which is
+  what a ``DataLoader`` over a ``TensorDataset(x, y)`` yields.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import Tensor
+
+from captum_ssa._utils.validation import prepare_inputs
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The inputs of one batch (always a tuple) and its labels, if it had any."""
+
+    inputs: tuple[Tensor, ...]
+    labels: Optional[Tensor]
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+
+def is_batch_stream(data: Any) -> bool:
+    """Whether ``data`` is an iterable of batches rather than one batch."""
+    return not isinstance(data, (Tensor, tuple)) and isinstance(data, Iterable)
+
+
+def iterate_batches(data: Any, argument: str = "inputs") -> Iterator[Batch]:
+    """Yield the batches of ``data`` (see the module docstring), inputs checked.
+
+    ``argument`` names the argument in error messages.
+    """
+    if isinstance(data, (Tensor, tuple)):
+        yield Batch(prepare_inputs(data), None)
+        return
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
+        raise TypeError(
+            f"{argument} must be a tensor, a tuple of tensors or an iterable of batches "
+            f"(such as a DataLoader), got {type(data).__name__}"
+        )
+    for position, element in enumerate(data):
+        yield _read_batch(element, argument, position)
+
+
+def _read_batch(element: Any, argument: str, position: int) -> Batch:
+    if isinstance(element, Tensor):
+        return Batch(prepare_inputs(element), None)
+    if not isinstance(element, (list, tuple)) or not element:
+        raise TypeError(
+            f"batch {position} of {argument} must be a tensor or a non-empty (inputs, labels) "
+            f"list/tuple, got {type(element).__name__}"
+        )
+    inputs = element[0]
+    if isinstance(inputs, list):
+        inputs = tuple(inputs)
+    labels = element[1] if len(element) > 1 else None
+    if labels is not None and not isinstance(labels, Tensor):
+        raise TypeError(
+            f"the labels of batch {position} of {argument} must be a tensor, "
+            f"got {type(labels).__name__}"
+        )
+    prepared = prepare_inputs(inputs)
+    if labels is not None and labels.shape[:1] != prepared[0].shape[:1]:
+        raise ValueError(
+            f"batch {position} of {argument} has {prepared[0].shape[0]} inputs but "
+            f"{labels.shape[0] if labels.dim() else 'scalar'} labels"
+        )
+    return Batch(prepared, labels)
