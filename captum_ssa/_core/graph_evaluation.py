@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple, Optional, Union
 
@@ -21,14 +21,21 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor
 from torch.nn import Module
-from torch.nn.functional import cross_entropy
 
 from captum_ssa._core.dependency_graph import DependencyGraph
-from captum_ssa._utils.hooks import check_layers_in_model, no_grad_capture
+from captum_ssa._utils.ablation import (
+    ablation_layout,
+    add_ablated_losses,
+    metric_losses,
+    neuron_count,
+    resolve_layer,
+)
+from captum_ssa._utils.batches import Batch
+from captum_ssa._utils.distributed import all_reduce_sum
+from captum_ssa._utils.labelled_data import labelled_batches, unlabelled_batches
 from captum_ssa._utils.model_state import warn_if_training
+from captum_ssa._utils.streaming import pieces, same_on_every_rank
 from captum_ssa._utils.validation import positive_int
-
-Inputs = Union[Tensor, tuple[Tensor, ...]]
 
 # Rows per forward pass when no batch size is given: small enough for any
 # reasonable model's activations, large enough to keep the passes few.
@@ -97,6 +104,36 @@ class EnsembleEvaluation(NamedTuple):
     classes: dict[int, ClassRates]
 
 
+# own, predicted, correct among own, correct among predicted, predicted among the rest
+RATE_COUNTS = 5
+
+
+def rate_counts(predictions: Tensor, labels: Tensor, classes: Sequence[int]) -> Tensor:
+    """The counts behind :class:`ClassRates` (CPU int64), which add up over batches."""
+    labels = labels.to(predictions.device)
+    chosen = torch.tensor(list(classes), device=predictions.device)
+    own = torch.isin(labels, chosen)
+    predicted = torch.isin(predictions, chosen)
+    hits = predictions == labels
+    counted = [own, predicted, hits & own, hits & predicted, predicted & ~own]
+    return torch.stack([c.sum() for c in counted]).cpu()
+
+
+def rates_from_counts(counts: Tensor, examples: int) -> ClassRates:
+    """:class:`ClassRates` from :func:`rate_counts` over ``examples`` inputs."""
+    own, predicted, hits_own, hits_predicted, false_positives = (int(c) for c in counts)
+
+    def fraction(part: int, whole: int) -> float:
+        return part / whole if whole else math.nan
+
+    return ClassRates(
+        true_positive_rate=fraction(hits_own, own),
+        precision=fraction(hits_predicted, predicted),
+        false_positive_rate=fraction(false_positives, examples - own),
+        predicted_fraction=fraction(predicted, examples),
+    )
+
+
 def class_rates(predictions: Tensor, labels: Tensor, classes: Sequence[int]) -> ClassRates:
     r"""
     The one-against-the-rest rates of the classes ``classes`` (see :class:`ClassRates`).
@@ -115,48 +152,46 @@ def class_rates(predictions: Tensor, labels: Tensor, classes: Sequence[int]) -> 
         >>> rates.precision, rates.predicted_fraction
         (0.5, 0.5)
     """
-    labels = labels.to(predictions.device)
-    chosen = torch.tensor(list(classes), device=predictions.device)
-    own = torch.isin(labels, chosen)
-    predicted = torch.isin(predictions, chosen)
-    hits = predictions == labels
-
-    def fraction(counted: Tensor, among: Tensor) -> float:
-        return (counted & among).sum().item() / among.sum().item() if among.any() else math.nan
-
-    return ClassRates(
-        true_positive_rate=fraction(hits, own),
-        precision=fraction(hits, predicted),
-        false_positive_rate=fraction(predicted, ~own),
-        predicted_fraction=predicted.float().mean().item(),
-    )
+    return rates_from_counts(rate_counts(predictions, labels, classes), len(predictions))
 
 
 def evaluate_graph(
     model: Module,
     graph: DependencyGraph,
-    inputs: Inputs,
-    labels: Tensor,
+    inputs: Any,
+    labels: Optional[Tensor] = None,
     batch_size: Optional[int] = None,
+    show_progress: bool = False,
 ) -> GraphEvaluation:
     r"""
     The graph as a compressed classifier: run ``model`` with every neuron of
     the graph's hidden layers that is not in the graph set to zero
-    (:meth:`DependencyGraph.mask`), and compare its predictions with ``labels``.
+    (:meth:`DependencyGraph.mask`), and compare its predictions with the labels.
 
     For a class-specific graph (SSA on one class's inputs, starting from that
     class) the paper reports the true-positive rate on the class's own inputs
     next to the original network's accuracy, with about half the neurons kept.
 
+    The data is read once, a batch at a time, and only counts are kept, so
+    memory does not grow with the dataset. Under ``torch.distributed`` each
+    rank passes its own shard and the counts are summed over the ranks: every
+    rank gets the result over all the data.
+
     Args:
         model (torch.nn.Module): The classifier the graph was built on; its
                     output is ``(N, classes)`` scores.
         graph (DependencyGraph): The graph to evaluate.
-        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
-                    batch.
-        labels (Tensor): The ``(N,)`` true classes.
-        batch_size (int, optional): Examples per forward pass. Default: all
-                    at once, up to 4096.
+        inputs (Tensor, tuple[Tensor, ...] or Iterable): The inputs,
+                    dimension 0 the batch, with ``labels``; or, with
+                    ``labels=None``, an iterable of ``(inputs, labels)``
+                    batches such as a ``DataLoader`` over a
+                    ``TensorDataset(x, y)``.
+        labels (Tensor, optional): The ``(N,)`` true classes of tensor
+                    ``inputs``. Default: None (the labels of each batch)
+        batch_size (int, optional): Examples per forward pass, at most.
+                    Default: each batch as given, up to 4096.
+        show_progress (bool, optional): Show a progress bar over the batches.
+                    Default: False
 
     Returns:
         *GraphEvaluation* with ``accuracy``, ``true_positive_rate``,
@@ -168,20 +203,33 @@ def evaluate_graph(
 
         >>> graph = StepwiseSensitivity(net, layers).attribute(x[y == 3], target=3)
         >>> evaluate_graph(net, graph, x, y).true_positive_rate
+        >>> evaluate_graph(net, graph, DataLoader(TensorDataset(x, y), batch_size=256))
     """
-    inputs, labels = _check_inputs(inputs, labels)
-    masked = _predictions(model, inputs, batch_size, graph)
-    plain = _predictions(model, inputs, batch_size)
-    labels = labels.to(masked.device)
-    rates: Optional[ClassRates] = None
+    rows = _rows(batch_size)
+    classes = None
     if graph.target is not None:
-        classes = [graph.target] if isinstance(graph.target, int) else graph.target
-        rates = class_rates(masked, labels, classes)
+        classes = [graph.target] if isinstance(graph.target, int) else list(graph.target)
+    # examples, correct with the mask, correct without, then the rates' counts
+    totals = torch.zeros(3 + RATE_COUNTS, dtype=torch.int64)
+    warn_if_training(model)
+    with torch.no_grad():
+        for batch in labelled_batches(inputs, labels, show_progress):
+            for piece in pieces(batch, rows):
+                masked = _forward(model, piece.inputs, graph).argmax(1)
+                plain = _forward(model, piece.inputs).argmax(1)
+                truth = _labels_of(piece, masked.device)
+                totals[:3] += torch.stack(
+                    [torch.tensor(len(truth)), *_correct(masked, plain, truth)]
+                )
+                if classes is not None:
+                    totals[3:] += rate_counts(masked, truth, classes)
+    examples, masked_correct, plain_correct = _examples_in(all_reduce_sum(totals))
+    rates = None if classes is None else rates_from_counts(totals[3:], examples)
     return GraphEvaluation(
-        accuracy=(masked == labels).float().mean().item(),
+        accuracy=masked_correct / examples,
         true_positive_rate=None if rates is None else rates.true_positive_rate,
         kept_fraction=graph.kept_fraction,
-        model_accuracy=(plain == labels).float().mean().item(),
+        model_accuracy=plain_correct / examples,
         precision=None if rates is None else rates.precision,
         false_positive_rate=None if rates is None else rates.false_positive_rate,
         predicted_fraction=None if rates is None else rates.predicted_fraction,
@@ -191,8 +239,9 @@ def evaluate_graph(
 def ensemble_predict(
     model: Module,
     class_graphs: Mapping[int, DependencyGraph],
-    inputs: Inputs,
+    inputs: Any,
     batch_size: Optional[int] = None,
+    show_progress: bool = False,
 ) -> Tensor:
     r"""
     The class-specific ensemble: for each input, the class whose masked
@@ -206,13 +255,18 @@ def ensemble_predict(
         model (torch.nn.Module): The classifier the graphs were built on.
         class_graphs (Mapping[int, DependencyGraph]): One graph per class, e.g.
                     from ``StepwiseSensitivity.class_graphs``.
-        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
-                    batch.
-        batch_size (int, optional): Examples per forward pass. Default: all
-                    at once, up to 4096.
+        inputs (Tensor, tuple[Tensor, ...] or Iterable): The inputs, dimension
+                    0 the batch, or an iterable of batches such as a
+                    ``DataLoader`` (tensors or ``(inputs, labels)`` pairs; the
+                    labels are not used).
+        batch_size (int, optional): Examples per forward pass, at most.
+                    Default: each batch as given, up to 4096.
+        show_progress (bool, optional): Show a progress bar over the batches.
+                    Default: False
 
     Returns:
-        *Tensor* ``(N,)`` of predicted classes (keys of ``class_graphs``).
+        *Tensor* ``(N,)`` of predicted classes (keys of ``class_graphs``), in
+        the order of the inputs (under ``torch.distributed``, of this rank's).
 
     Examples::
 
@@ -221,36 +275,48 @@ def ensemble_predict(
     """
     if not class_graphs:
         raise ValueError("class_graphs is empty: expected one graph per class, at least one")
-    inputs, _ = _check_inputs(inputs, None)
-    classes = list(class_graphs)
-    scores = torch.stack(
-        [_outputs(model, inputs, batch_size, class_graphs[label])[:, label] for label in classes],
-        dim=1,
-    )
-    return torch.tensor(classes, device=scores.device)[scores.argmax(1)]
+    rows = _rows(batch_size)
+    warn_if_training(model)
+    predictions = []
+    with torch.no_grad():
+        for batch in unlabelled_batches(inputs, show_progress):
+            for piece in pieces(batch, rows):
+                predictions.append(_ensemble_predictions(model, class_graphs, piece.inputs))
+    if not predictions:
+        raise ValueError("inputs holds no batches: expected at least one example")
+    return torch.cat(predictions)
 
 
 def evaluate_ensemble(
     model: Module,
     class_graphs: Mapping[int, DependencyGraph],
-    inputs: Inputs,
-    labels: Tensor,
+    inputs: Any,
+    labels: Optional[Tensor] = None,
     batch_size: Optional[int] = None,
+    show_progress: bool = False,
 ) -> EnsembleEvaluation:
     r"""
-    The class-specific ensemble (:func:`ensemble_predict`) against ``labels``:
+    The class-specific ensemble (:func:`ensemble_predict`) against the labels:
     its accuracy next to the plain network's, and for every class what the
     ensemble's predictions of it are worth (:class:`ClassRates`: true-positive
     rate, precision, false-positive rate, fraction of inputs predicted as it).
 
+    Like :func:`evaluate_graph`, it reads the data once and keeps only counts,
+    summed over the ranks under ``torch.distributed``.
+
     Args:
         model (torch.nn.Module): The classifier the graphs were built on.
         class_graphs (Mapping[int, DependencyGraph]): One graph per class.
-        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
-                    batch.
-        labels (Tensor): The ``(N,)`` true classes.
-        batch_size (int, optional): Examples per forward pass. Default: all
-                    at once, up to 4096.
+        inputs (Tensor, tuple[Tensor, ...] or Iterable): The inputs,
+                    dimension 0 the batch, with ``labels``; or, with
+                    ``labels=None``, an iterable of ``(inputs, labels)``
+                    batches such as a ``DataLoader``.
+        labels (Tensor, optional): The ``(N,)`` true classes of tensor
+                    ``inputs``. Default: None (the labels of each batch)
+        batch_size (int, optional): Examples per forward pass, at most.
+                    Default: each batch as given, up to 4096.
+        show_progress (bool, optional): Show a progress bar over the batches.
+                    Default: False
 
     Returns:
         *EnsembleEvaluation* with ``accuracy``, ``model_accuracy`` and
@@ -262,24 +328,40 @@ def evaluate_ensemble(
         >>> report = evaluate_ensemble(net, graphs, x_test, y_test)
         >>> report.classes[3].false_positive_rate
     """
-    inputs, labels = _check_inputs(inputs, labels)
-    predictions = ensemble_predict(model, class_graphs, inputs, batch_size)
-    plain = _predictions(model, inputs, batch_size)
-    labels = labels.to(predictions.device)
+    if not class_graphs:
+        raise ValueError("class_graphs is empty: expected one graph per class, at least one")
+    rows = _rows(batch_size)
+    classes = list(class_graphs)
+    # examples, correct by the ensemble, correct by the network, then each class's counts
+    totals = torch.zeros(3 + RATE_COUNTS * len(classes), dtype=torch.int64)
+    warn_if_training(model)
+    with torch.no_grad():
+        for batch in labelled_batches(inputs, labels, show_progress):
+            for piece in pieces(batch, rows):
+                predicted = _ensemble_predictions(model, class_graphs, piece.inputs)
+                plain = _forward(model, piece.inputs).argmax(1)
+                truth = _labels_of(piece, predicted.device)
+                totals[:3] += torch.stack(
+                    [torch.tensor(len(truth)), *_correct(predicted, plain, truth)]
+                )
+                totals[3:] += torch.cat([rate_counts(predicted, truth, [c]) for c in classes])
+    examples, ensemble_correct, plain_correct = _examples_in(all_reduce_sum(totals))
+    per_class = totals[3:].reshape(len(classes), RATE_COUNTS)
     return EnsembleEvaluation(
-        accuracy=(predictions == labels).float().mean().item(),
-        model_accuracy=(plain == labels).float().mean().item(),
-        classes={label: class_rates(predictions, labels, [label]) for label in class_graphs},
+        accuracy=ensemble_correct / examples,
+        model_accuracy=plain_correct / examples,
+        classes={c: rates_from_counts(counts, examples) for c, counts in zip(classes, per_class)},
     )
 
 
 def ablation_importance(
     model: Module,
     layer: Union[str, Module],
-    inputs: Inputs,
-    labels: Tensor,
+    inputs: Any,
+    labels: Optional[Tensor] = None,
     batch_size: Optional[int] = None,
     metric: str = "accuracy",
+    show_progress: bool = False,
 ) -> Tensor:
     r"""
     The ablation gold standard: how much worse the model does when one neuron
@@ -287,19 +369,25 @@ def ablation_importance(
 
     A neuron is a position along dim 1 of the layer's output (a unit, or a
     whole conv channel); zeroing it sets its output to 0 for every input. The
-    ablations run in batches: the inputs are repeated once per ablated neuron
-    in a chunk, and a forward hook zeroes neuron ``k`` in the ``k``-th copy.
-    No forward pass has more than ``batch_size`` rows: when the inputs
-    outnumber it, each ablation runs over chunks of them.
+    ablations run in groups: a piece of the examples is repeated once per
+    ablated neuron of a group, and a forward hook zeroes the group's ``j``-th
+    neuron in the ``j``-th copy. No forward pass has more than ``batch_size``
+    rows (copies x examples); the pieces and groups are the split within it
+    that needs the fewest forward passes. The data is read once, a batch at a
+    time; under ``torch.distributed`` each rank passes its shard and the sums
+    are combined over the ranks.
 
     Args:
         model (torch.nn.Module): The classifier, output ``(N, classes)``
                     scores (logits for ``metric="loss"``).
         layer (str or torch.nn.Module): The layer, or its name in
                     ``model.named_modules()``.
-        inputs (Tensor or tuple[Tensor, ...]): The inputs, dimension 0 the
-                    batch.
-        labels (Tensor): The ``(N,)`` true classes.
+        inputs (Tensor, tuple[Tensor, ...] or Iterable): The inputs,
+                    dimension 0 the batch, with ``labels``; or, with
+                    ``labels=None``, an iterable of ``(inputs, labels)``
+                    batches such as a ``DataLoader``.
+        labels (Tensor, optional): The ``(N,)`` true classes of tensor
+                    ``inputs``. Default: None (the labels of each batch)
         batch_size (int, optional): Rows (copies x examples) per forward
                     pass, at most. Default: 4096.
         metric (str, optional): ``"accuracy"``: the drop in accuracy (the
@@ -307,6 +395,8 @@ def ablation_importance(
                     ``"loss"``: the rise of the mean cross-entropy of the
                     outputs read as logits, which moves with every neuron
                     and so has no ties. Default: ``"accuracy"``
+        show_progress (bool, optional): Show a progress bar over the batches.
+                    Default: False
 
     Returns:
         *Tensor* ``(K,)``: the model's metric minus the metric with neuron
@@ -319,41 +409,33 @@ def ablation_importance(
     """
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
-    module = _resolve_layer(model, layer)
-    inputs, labels = _check_inputs(inputs, labels)
+    module = resolve_layer(model, layer)
+    rows = _rows(batch_size)
     warn_if_training(model)
-    examples = len(labels)
-    size = _neuron_count(model, module, inputs)
-    rows = positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
-    per_chunk = min(examples, rows)  # examples per forward pass
-    copies_per_pass = rows // per_chunk  # ablated neurons per forward pass
-    losses = torch.zeros(size, dtype=torch.float64)  # summed over the examples
-    base = _losses(_outputs(model, inputs, rows), labels, metric).sum()
+    size = 0
+    # per ablated neuron its summed loss, then the unablated loss and the examples
+    totals = torch.zeros(0, dtype=torch.float64)
     with torch.no_grad():
-        for start in range(0, examples, per_chunk):
-            chunk = tuple(t[start : start + per_chunk] for t in inputs)
-            chunk_labels = labels[start : start + per_chunk]
-            count = len(chunk_labels)
-            for first in range(0, size, copies_per_pass):
-                ablated = torch.arange(first, min(first + copies_per_pass, size))
-                copies = len(ablated)
-                handle = module.register_forward_hook(_ablation_hook(ablated, size, count))
-                try:
-                    outputs = model(*(_repeat(t, copies) for t in chunk))
-                finally:
-                    handle.remove()
-                per_row = _losses(outputs, chunk_labels.repeat(copies), metric)
-                losses[first : first + copies] += per_row.reshape(copies, count).sum(1)
+        for batch in labelled_batches(inputs, labels, show_progress):
+            if not size:
+                size = neuron_count(model, module, batch.inputs)
+                totals = torch.zeros(size + 2, dtype=torch.float64)
+            for piece in pieces(batch, rows):
+                totals[size] += metric_losses(model(*piece.inputs), _labels_of(piece), metric).sum()
+            totals[size + 1] += batch.size
+            examples_per_pass, neurons_per_pass = ablation_layout(batch.size, size, rows)
+            for piece in pieces(batch, examples_per_pass):
+                add_ablated_losses(totals, module, model, piece, size, neurons_per_pass, metric)
+    if not same_on_every_rank([size]):
+        raise ValueError(
+            "the ranks disagree on the layer's neuron count (or one has no batches): "
+            "every rank needs at least one batch of inputs of the same shape"
+        )
+    if not size:
+        raise ValueError("inputs holds no batches: expected at least one example")
+    all_reduce_sum(totals)
+    losses, base, examples = totals[:size], totals[size], totals[size + 1]
     return ((losses - base) / examples).to(torch.get_default_dtype())
-
-
-def _losses(outputs: Tensor, labels: Tensor, metric: str) -> Tensor:
-    """Per-example loss in float64 on the CPU: 1 for a wrong prediction
-    (``"accuracy"``), or the cross-entropy of the outputs as logits (``"loss"``)."""
-    labels = labels.to(outputs.device)
-    if metric == "accuracy":
-        return (outputs.argmax(1) != labels).double().cpu()
-    return cross_entropy(outputs.double(), labels, reduction="none").cpu()
 
 
 def spearman_agreement(importance: Tensor, relevance: Tensor) -> float:
@@ -382,95 +464,41 @@ def spearman_agreement(importance: Tensor, relevance: Tensor) -> float:
     return float(spearmanr(first.double().numpy(), second.double().numpy()).statistic)
 
 
-def _check_inputs(inputs: Inputs, labels: Optional[Tensor]) -> tuple[tuple[Tensor, ...], Tensor]:
-    """Inputs as a tuple of detached tensors, labels as a 1-D tensor, sizes checked."""
-    if isinstance(inputs, Tensor):
-        inputs = (inputs,)
-    if not isinstance(inputs, tuple) or not all(isinstance(t, Tensor) for t in inputs):
-        raise TypeError(
-            f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
-        )
-    if not inputs or any(t.dim() == 0 for t in inputs):
-        raise ValueError("inputs must be tensors with a batch dimension (dim 0), got a scalar")
-    examples = {len(t) for t in inputs}
-    if len(examples) != 1 or 0 in examples:
-        raise ValueError(
-            f"inputs must share one non-zero batch size (dim 0), got {sorted(examples)}"
-        )
-    if labels is None:
-        return tuple(t.detach() for t in inputs), torch.empty(0, dtype=torch.long)
-    labels = torch.as_tensor(labels).reshape(-1)
-    if len(labels) != len(inputs[0]):
-        raise ValueError(
-            f"labels must hold one class per input: expected {len(inputs[0])}, got {len(labels)}"
-        )
-    return tuple(t.detach() for t in inputs), labels
+def _rows(batch_size: Optional[int]) -> int:
+    return positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
 
 
-def _batches(inputs: tuple[Tensor, ...], batch_size: Optional[int]) -> Iterator[tuple[Tensor, ...]]:
-    size = positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
-    for first in range(0, len(inputs[0]), size):
-        yield tuple(t[first : first + size] for t in inputs)
-
-
-def _outputs(
-    model: Module,
-    inputs: tuple[Tensor, ...],
-    batch_size: Optional[int],
-    graph: Optional[DependencyGraph] = None,
+def _forward(
+    model: Module, inputs: tuple[Tensor, ...], graph: Optional[DependencyGraph] = None
 ) -> Tensor:
-    """The model's outputs, masked by ``graph`` if one is given, without gradients."""
-    warn_if_training(model)
-    with torch.no_grad(), graph.mask(model) if graph is not None else nullcontext():
-        return torch.cat([model(*batch) for batch in _batches(inputs, batch_size)])
+    """The model's outputs, masked by ``graph`` if one is given (call under no_grad)."""
+    with graph.mask(model) if graph is not None else nullcontext():
+        return model(*inputs)
 
 
-def _predictions(
-    model: Module,
-    inputs: tuple[Tensor, ...],
-    batch_size: Optional[int],
-    graph: Optional[DependencyGraph] = None,
+def _ensemble_predictions(
+    model: Module, class_graphs: Mapping[int, DependencyGraph], inputs: tuple[Tensor, ...]
 ) -> Tensor:
-    return _outputs(model, inputs, batch_size, graph).argmax(1)
+    classes = list(class_graphs)
+    scores = torch.stack(
+        [_forward(model, inputs, class_graphs[label])[:, label] for label in classes], dim=1
+    )
+    return torch.tensor(classes, device=scores.device)[scores.argmax(1)]
 
 
-def _resolve_layer(model: Module, layer: Union[str, Module]) -> Module:
-    if isinstance(layer, str):
-        modules = dict(model.named_modules())
-        if layer not in modules:
-            raise ValueError(
-                f"no layer named {layer!r} in {type(model).__name__}: layer must be a module "
-                "of the model or its name in model.named_modules()"
-            )
-        return modules[layer]
-    check_layers_in_model(model, [layer])
-    return layer
+def _labels_of(piece: Batch, device: Optional[torch.device] = None) -> Tensor:
+    assert piece.labels is not None  # labelled_batches gives labels to every batch
+    return piece.labels if device is None else piece.labels.to(device)
 
 
-def _neuron_count(model: Module, layer: Module, inputs: tuple[Tensor, ...]) -> int:
-    """The size of dim 1 of the layer's output, from one example."""
-    (output,) = no_grad_capture(model, tuple(t[:1] for t in inputs), [layer])
-    if output.dim() < 2:
-        raise ValueError(
-            f"layer must output (N, neurons, ...) with the neurons along dim 1, got an output "
-            f"shaped {tuple(output.shape)}"
-        )
-    return output.shape[1]
+def _correct(first: Tensor, second: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """How many of each of two predictions match the labels (CPU counts)."""
+    return (first == labels).sum().cpu(), (second == labels).sum().cpu()
 
 
-def _repeat(tensor: Tensor, copies: int) -> Tensor:
-    return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
-
-
-def _ablation_hook(ablated: Tensor, size: int, examples: int) -> Any:
-    """Zero neuron ``ablated[j]`` in the ``j``-th copy of the examples."""
-
-    def hook(_module: Module, _args: Any, output: Tensor) -> Tensor:
-        copies = len(ablated)
-        keep = torch.ones(copies, size, dtype=torch.bool, device=output.device)
-        keep[torch.arange(copies), ablated.to(output.device)] = False
-        keep = keep.repeat_interleave(examples, dim=0)
-        keep = keep.reshape(copies * examples, size, *([1] * (output.dim() - 2)))
-        return torch.where(keep, output, torch.zeros((), dtype=output.dtype, device=output.device))
-
-    return hook
+def _examples_in(totals: Tensor) -> tuple[int, int, int]:
+    """The first three counts, after a check that there were examples at all."""
+    examples, first, second = (int(t) for t in totals[:3])
+    if examples == 0:
+        raise ValueError("inputs holds no batches: expected at least one example")
+    return examples, first, second
