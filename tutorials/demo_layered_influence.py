@@ -28,7 +28,7 @@ def _as_image(tensor: Tensor) -> np.ndarray:
     return tensor.detach().permute(1, 2, 0).cpu().numpy()
 
 
-def _two_digit_data() -> Digits:
+def two_digit_data() -> Digits:
     """The 0s and 7s, relabelled 0 and 1."""
     digits = load_digits_tensors(classes=list(DIGITS))
     return Digits(
@@ -83,7 +83,7 @@ def _figure(
 
 def run(model: DigitsCNN, digits: Digits, output_dir: Path) -> list[str]:
     del model, digits  # the paper's setting is a two-class network: trained below
-    data = _two_digit_data()
+    data = two_digit_data()
     started = time.perf_counter()
     network = train_digits_cnn(data.x_train, data.y_train, classes=2)
     train_seconds = time.perf_counter() - started
