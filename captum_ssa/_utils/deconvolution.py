@@ -27,9 +27,8 @@ from torch import Tensor, nn
 from torch.nn import Module
 from torch.nn.modules import activation as activation_modules
 
-from captum_ssa._utils.autograd_graph import walk
+from captum_ssa._utils.autograd_graph import op_name, walk
 from captum_ssa._utils.hooks import layer_name, run_and_capture
-from captum_ssa._utils.linearity import _op_name
 
 # Every activation module torch defines (nn.ReLU included, to tell its nodes
 # from functional ReLUs); attention is no activation.
@@ -148,6 +147,6 @@ def activations_not_overridden(
             kind = module_outputs[id(node)][1]
             if kind:
                 other_kinds.append(kind)
-        elif _op_name(node) == "Relu":
+        elif op_name(node) == "Relu":
             functional_relus += 1
     return functional_relus, other_kinds

@@ -10,145 +10,38 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor
 
-from captum_ssa._utils.autograd_graph import walk
-
-# Operations that are piecewise linear in each of their arguments, whatever those
-# are, by their backward node's name without "Backward" and trailing digits.
-_PIECEWISE_LINEAR_OPS = frozenset(
-    {
-        "AccumulateGrad",
-        "Add",
-        "Sub",
-        "Neg",
-        "Sum",
-        "Mean",
-        "View",
-        "UnsafeView",
-        "Reshape",
-        "ReshapeAlias",
-        "Expand",
-        "Squeeze",
-        "Unsqueeze",
-        "Permute",
-        "Transpose",
-        "T",
-        "Clone",
-        "ToCopy",
-        "Cat",
-        "Stack",
-        "Gather",
-        "Narrow",
-        "Flip",
-        "Roll",
-        "Repeat",
-        "ConstantPadNd",
-        "Relu",
-        "Threshold",
-        "LeakyRelu",
-        "Hardtanh",
-        "Clamp",
-        "ClampMin",
-        "ClampMax",
-        "Abs",
-        "Maximum",
-        "Minimum",
-        "Max",
-        "Min",
-        "Addmm",
-        "Addmv",
-        "Alias",
-        "AsStrided",
-        "Flatten",
-    }
+from captum_ssa._utils.autograd_graph import (
+    is_node_of,
+    is_piecewise_linear,
+    nodes_reaching,
+    op_name,
 )
-_PIECEWISE_LINEAR_FAMILIES = (
-    "MaxPool",
-    "AvgPool",
-    "AdaptiveAvgPool",
-    "AdaptiveMaxPool",
-    "Convolution",
-    "ReflectionPad",
-    "ReplicationPad",
-    "Upsample",
-    "Index",
-    "Slice",
-    "Select",
-    "Split",
-    "Unbind",
-    "Copy",
-)
-# Products: linear only while at most one factor depends on the inputs. Batch
-# norm is one in eval mode (its statistics are constants) on every backend: CPU
-# and CUDA's native kernel, cuDNN and MIOpen each name their own node.
-_PRODUCT_OPS = frozenset(
-    {"Mul", "Div", "Mm", "Bmm", "Mv", "Dot", "NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"}
-)
-
-
-def _is_piecewise_linear_op(name: str) -> bool:
-    return name in _PIECEWISE_LINEAR_OPS or name.startswith(_PIECEWISE_LINEAR_FAMILIES)
-
-
-def _op_name(node: Any) -> str:
-    return type(node).__name__.rstrip("0123456789").removesuffix("Backward")
 
 
 def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
     """Names of the operations between ``inputs`` and ``output`` that are not
     piecewise linear in the inputs (empty when the map is piecewise linear).
 
-    Batch norm counts as linear only when its statistics are constants (eval
-    mode); in training mode it divides by a batch statistic of the input.
+    Only operations computed from the inputs count, and each is judged by the
+    one table of :mod:`captum_ssa._utils.autograd_graph`: a product or a
+    division by a constant is linear, of two input-dependent factors or by an
+    input-dependent divisor it is not; batch norm is linear only when its
+    statistics are constants (eval mode). The history of the inputs themselves
+    (they may be a hidden layer's outputs) is not looked at.
     """
-    # ids below identify nodes only while the nodes are alive: hold them all
-    nodes = list(walk(output.grad_fn))
-    input_nodes = {id(t.grad_fn) if t.grad_fn is not None else None for t in inputs}
-    leaf_ids = {id(t) for t in inputs}
-    depends: dict[int, bool] = {}
-    found: set[str] = set()
-
-    def depends_on_inputs(node: Optional[Any]) -> bool:
-        if node is None:
-            return False
-        key = id(node)
-        if key in depends:
-            return depends[key]
-        depends[key] = False  # guards against revisiting while in progress
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            result = id(variable) in leaf_ids
-        else:
-            result = key in input_nodes
-            for child, _ in node.next_functions:
-                result = depends_on_inputs(child) or result
-        depends[key] = result
-        return result
-
-    def visit(node: Any, seen: set[int]) -> None:
-        stack = [node]
-        while stack:
-            current = stack.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            if not depends_on_inputs(current) or id(current) in input_nodes:
-                continue
-            name = _op_name(current)
-            if name in _PRODUCT_OPS:
-                factors = [c for c, _ in current.next_functions if depends_on_inputs(c)]
-                batch_norm_in_training = bool(getattr(current, "_saved_training", False))
-                if len(factors) > 1 or batch_norm_in_training:
-                    found.add(name)
-            elif not _is_piecewise_linear_op(name):
-                found.add(name)
-            stack.extend(child for child, _ in current.next_functions)
-
-    if nodes:
-        visit(nodes[0], set())
+    is_input = is_node_of(inputs)
+    reaching, nodes = nodes_reaching(output.grad_fn, is_input)
+    found = {
+        op_name(node)
+        for node in nodes
+        if id(node) in reaching
+        and not is_input(node)
+        and not is_piecewise_linear(node, lambda child: id(child) in reaching)
+    }
     return sorted(found)
 
 

@@ -44,10 +44,16 @@ from torch import Tensor, nn
 from torch.nn import Module
 from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
-from captum_ssa._utils.autograd_graph import walk
+from captum_ssa._utils.autograd_graph import (
+    OpKind,
+    classify,
+    is_node_of,
+    nodes_reaching,
+    op_name,
+    walk,
+)
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
-from captum_ssa._utils.linearity import _op_name
 
 # Modules whose output is exactly an affine map of their single input with
 # their own weights; subclasses may override ``forward``, so the types are exact.
@@ -60,66 +66,6 @@ _CONVOLUTIONS: dict[type, Callable[..., Tensor]] = {
 # Gradients of at most this many entries (N x K x positions) are computed for
 # several upper neurons per backward pass; larger ones one neuron per pass.
 VECTORISED_GRADIENT_ELEMENTS = 2**16
-
-# Autograd nodes that map each element to the element at the same place (up to
-# a reshape): a path made only of these keeps "lower neuron k" and "upper input
-# channel k" the same neuron, so the upper layer's weights connect them directly.
-_ELEMENTWISE_OPS = frozenset(
-    {
-        "Clone",
-        "View",
-        "UnsafeView",
-        "Reshape",
-        "ReshapeAlias",
-        "Alias",
-        "ToCopy",
-        "Relu",
-        "LeakyRelu",
-        "Threshold",
-        "Hardtanh",
-        "Clamp",
-        "ClampMin",
-        "ClampMax",
-        "Sigmoid",
-        "Tanh",
-        "Gelu",
-        "Silu",
-        "Elu",
-        "Softplus",
-        "Mish",
-        "Hardswish",
-        "Hardsigmoid",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Neg",
-        "NativeDropout",
-        "NativeBatchNorm",
-        "CudnnBatchNorm",
-        "MiopenBatchNorm",
-    }
-)
-
-
-# Autograd nodes that keep every channel's values in that channel: pooling over
-# positions, and reshapes that keep a channel's values together (flatten, squeeze).
-# Between two listed layers they may sit on either side of the connecting
-# Linear/Conv; the channel counts are checked against its weights.
-_CHANNEL_PRESERVING_OPS = frozenset(
-    {
-        "MaxPool2DWithIndices",
-        "MaxPool3DWithIndices",
-        "AvgPool2D",
-        "AvgPool3D",
-        "AdaptiveMaxPool2D",
-        "AdaptiveMaxPool3D",
-        "AdaptiveAvgPool2D",
-        "AdaptiveAvgPool3D",
-        "Squeeze",
-        "Unsqueeze",
-    }
-)
 
 
 def is_weighted_layer(layer: Module) -> bool:
@@ -316,39 +262,30 @@ def depends_on(upper_output: Tensor, lower_output: Tensor) -> bool:
     """
     if not lower_output.requires_grad:
         return True
-    target = lower_output.grad_fn
-
-    def is_lower(node: Any) -> bool:
-        if target is not None:
-            return node is target
-        return getattr(node, "variable", None) is lower_output
-
-    return any(is_lower(node) for node in walk(upper_output.grad_fn))
+    is_lower = is_node_of([lower_output])
+    return any(is_lower(node) for node in walk(upper_output.grad_fn, stop=is_lower))
 
 
-def _elementwise_path(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[list[Any]]:
-    """The autograd nodes from ``upper_input`` down to ``lower_output`` when all are
-    element-wise with a single input that depends on the network; else None."""
-    if upper_input is None:
-        return None
+def _is_elementwise_path(upper_input: Tensor, lower_output: Tensor) -> bool:
+    """Whether the autograd nodes from ``upper_input`` down to ``lower_output`` are
+    all element-wise, each with a single input that depends on the network.
+    Batch norm in training mode is not element-wise: it mixes the examples."""
     target = lower_output.grad_fn
     node = upper_input.grad_fn
-    path: list[Any] = []
     while node is not None and target is not None:
         if node is target:
-            return path
-        if _op_name(node) not in _ELEMENTWISE_OPS:
-            return None
+            return True
+        if not classify(node) & OpKind.ELEMENTWISE:
+            return False
         children = [
             child
             for child, _ in node.next_functions
-            if child is not None and type(child).__name__ != "AccumulateGrad"
+            if child is not None and op_name(child) != "AccumulateGrad"
         ]
         if len(children) != 1:
-            return None
-        path.append(node)
+            return False
         node = children[0]
-    return None
+    return False
 
 
 def elementwise_derivative(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[Tensor]:
@@ -356,13 +293,11 @@ def elementwise_derivative(upper_input: Optional[Tensor], lower_output: Tensor) 
 
     On an element-wise path each input element reaches only its own output
     element, so one backward pass of ones gives the whole diagonal, shaped like
-    ``lower_output``. Batch norm in training mode mixes the examples, so a path
-    through it is not diagonal.
+    ``lower_output``.
     """
-    path = _elementwise_path(upper_input, lower_output)
-    if upper_input is None or path is None or upper_input.numel() != lower_output.numel():
+    if upper_input is None or upper_input.numel() != lower_output.numel():
         return None
-    if any(getattr(node, "_saved_training", False) for node in path):
+    if not _is_elementwise_path(upper_input, lower_output):
         return None
     (derivative,) = torch.autograd.grad(
         upper_input, lower_output, torch.ones_like(upper_input), retain_graph=True
@@ -462,38 +397,6 @@ def record_weighted_calls(modules: Sequence[Module]) -> Iterator[dict[int, Weigh
             handle.remove()
 
 
-def _keeps_channels(node: Any, name: str) -> bool:
-    """Whether ``node`` maps each channel (dim 1) to itself: element-wise ops,
-    pooling, channel-preserving reshapes, and means over dims after the channels."""
-    if name in _ELEMENTWISE_OPS or name in _CHANNEL_PRESERVING_OPS:
-        return True
-    if name != "Mean" or not hasattr(node, "_saved_dim"):
-        return False
-    rank = len(node._saved_self_sym_sizes)
-    # dims come back as unsigned 64-bit integers: -1 reads as 2**64 - 1
-    dims = {(d - 2**64 if d >= 2**63 else d) % rank for d in node._saved_dim}
-    return not dims & {0, 1}
-
-
-def _nodes_reaching(root: Any, target: Any) -> tuple[set[int], list[Any]]:
-    """Ids of the nodes below ``root`` (``root`` included) from which ``target`` can
-    be reached, and every node walked (keeping the nodes alive keeps their ids valid)."""
-    nodes = list(walk(root))
-    parents: dict[int, list[Any]] = {}
-    for node in nodes:
-        for child, _ in node.next_functions:
-            if child is not None:
-                parents.setdefault(id(child), []).append(node)
-    # upwards from the target, each node once
-    reaching, pending = {id(target)}, [target]
-    while pending:
-        for parent in parents.get(id(pending.pop()), []):
-            if id(parent) not in reaching:
-                reaching.add(id(parent))
-                pending.append(parent)
-    return reaching, nodes
-
-
 def connecting_layer(
     upper_output: Tensor, lower_output: Tensor, calls: dict[int, WeightedCall]
 ) -> WeightedCall:
@@ -512,7 +415,7 @@ def connecting_layer(
     node = upper_output.grad_fn
     if target is None or node is None:
         raise ValueError("the layer outputs are not part of an autograd graph")
-    reaching, _alive = _nodes_reaching(node, target)
+    reaching, _alive = nodes_reaching(node, lambda candidate: candidate is target)
     found: Optional[WeightedCall] = None
     while node is not target:
         call = calls.get(id(node))
@@ -529,8 +432,8 @@ def connecting_layer(
                     "lower layer's output"
                 )
             continue
-        name = _op_name(node)
-        if not _keeps_channels(node, name):
+        name = op_name(node)
+        if not classify(node) & OpKind.KEEPS_CHANNELS:
             raise ValueError(
                 f"an operation that mixes neurons ({name}) lies between them, and is not "
                 "a plain nn.Linear/nn.Conv module"
