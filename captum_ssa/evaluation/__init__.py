@@ -1,0 +1,49 @@
+"""Comparing attribution methods: ours beside Captum's, on faithfulness,
+robustness and sanity metrics, with Quantus through one ``explain_func``.
+
+- :func:`compare` -> :class:`ComparisonTable` (methods × metrics, mean ± std).
+- Metrics usable alone: :func:`infidelity_score`, :func:`max_sensitivity`
+  (Captum's), :func:`selectivity` (pixel flipping, AOPC), :func:`continuity`,
+  :func:`topk_flip` (DeepDIVE), :func:`randomisation_check` (Adebayo et al.).
+- :func:`quantus_explain`, :func:`run_quantus_metric`: Quantus without glue.
+- The DeepDIVE robot arm: :func:`robot_arm_dataset`, :func:`robot_arm_jacobian`,
+  :func:`train_robot_arm`, :func:`importance_agreement`, :func:`direction_agreement`.
+"""
+
+from captum_ssa.evaluation.compare import DEFAULT_METRICS, compare
+from captum_ssa.evaluation.explainers import Explainer
+from captum_ssa.evaluation.faithfulness import (
+    SelectivityResult,
+    TopKFlipResult,
+    selectivity,
+    topk_flip,
+)
+from captum_ssa.evaluation.quantus_adapter import quantus_explain, run_quantus_metric
+from captum_ssa.evaluation.robustness import continuity, infidelity_score, max_sensitivity
+from captum_ssa.evaluation.sanity import (
+    RandomisationResult,
+    randomisable_layers,
+    randomisation_check,
+    spearman_rows,
+)
+from captum_ssa.evaluation.table import ComparisonTable
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "ComparisonTable",
+    "Explainer",
+    "RandomisationResult",
+    "SelectivityResult",
+    "TopKFlipResult",
+    "compare",
+    "continuity",
+    "infidelity_score",
+    "max_sensitivity",
+    "quantus_explain",
+    "randomisable_layers",
+    "randomisation_check",
+    "run_quantus_metric",
+    "selectivity",
+    "spearman_rows",
+    "topk_flip",
+]
