@@ -16,8 +16,8 @@ from captum_ssa._utils._compat import (
     TensorOrTupleOfTensorsGeneric,
     _format_output,
     _is_tuple,
-    progress,
 )
+from captum_ssa._utils.distributed import all_reduce_sum
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
     layer_function,
@@ -34,7 +34,8 @@ from captum_ssa._utils.model_state import (
     untouched_model,
     weights_fingerprint,
 )
-from captum_ssa._utils.validation import positive_int, prepare_inputs, reference_batches
+from captum_ssa._utils.streaming import same_on_every_rank, stream
+from captum_ssa._utils.validation import positive_int, prepare_inputs
 
 _WEIGHTINGS = ("frequency", "uniform")
 
@@ -137,7 +138,11 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
             reference (Tensor, tuple, or Iterable): The reference data: a
                         tensor (a tuple of tensors for a multi-input model), or
                         an iterable of batches such as a ``DataLoader``
-                        yielding tensors or ``(x, y)`` pairs.
+                        yielding tensors or ``(x, y)`` pairs (``y`` is not
+                        used). It is read once, keeping one count per neuron,
+                        so memory does not grow with its size. Under
+                        ``torch.distributed`` each rank passes its own shard
+                        and the counts are summed over the ranks.
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after each batch. Default: None
             show_progress (bool, optional): Show a progress bar over the
@@ -156,26 +161,22 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
         size = 0
         with untouched_model(self.forward_func):
             for number, batch in enumerate(
-                progress(
-                    reference_batches(reference),
-                    desc="Reference batches",
-                    disable=not show_progress,
-                )
+                stream(reference, "reference", show_progress, "Reference batches")
             ):
                 outputs = no_grad_capture(
-                    self.forward_func, batch, self._layers, additional_forward_args
+                    self.forward_func, batch.inputs, self._layers, additional_forward_args
                 )
+                # a running count per neuron: memory does not grow with the data
                 batch_counts = [(output > 0).sum(0) for output in outputs]
                 if counts is not None:
-                    _check_same_layer_shapes(counts, batch_counts, batch, number)
+                    _check_same_layer_shapes(counts, batch_counts, batch.inputs, number)
                 counts = (
                     batch_counts
                     if counts is None
                     else [c + b for c, b in zip(counts, batch_counts)]
                 )
-                size += batch[0].shape[0]
-        if counts is None or size == 0:
-            raise ValueError("the reference data is empty: fit needs at least one sample")
+                size += batch.size
+        counts, size = _summed_over_ranks(counts, size, len(self._layers))
         self._active_counts = counts
         self.reference_size = size
         self._fitted_weights = weights_fingerprint(self.forward_func)
@@ -308,6 +309,28 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
             per_layer = [pooled]
         results = [_format_output(is_tuple, tuple(t.detach() for t in r)) for r in per_layer]
         return results if isinstance(self.layer, list) and not pool_layers else results[0]
+
+
+def _summed_over_ranks(
+    counts: Optional[list[Tensor]], size: int, layers: int
+) -> tuple[list[Tensor], int]:
+    """The counts and reference size over every rank's shard (this rank's alone
+    without ``torch.distributed``), or a clear error where there is no data."""
+    # the same on every rank, so that all ranks raise together rather than some
+    # waiting in a collective that the others have left
+    shapes = (
+        [0] * 2 * layers if counts is None else [x for c in counts for x in (c.numel(), c.dim())]
+    )
+    if not same_on_every_rank(shapes):
+        raise ValueError(
+            "the ranks' reference shards give layer outputs of different shapes, or one "
+            "rank has no reference batches: every rank needs reference inputs of one shape"
+        )
+    if counts is None:
+        raise ValueError("the reference data is empty: fit needs at least one sample")
+    for count in counts:
+        all_reduce_sum(count)
+    return counts, int(all_reduce_sum(torch.tensor(size)))
 
 
 def _check_same_layer_shapes(

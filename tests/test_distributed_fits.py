@@ -1,0 +1,73 @@
+"""Two gloo ranks, each streaming its shard, give the one-process results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
+from captum_ssa._core.graph_evaluation import (
+    ablation_importance,
+    evaluate_ensemble,
+    evaluate_graph,
+)
+from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
+from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
+
+WORLD_SIZE = 2
+
+
+def results_of(loader: Any) -> dict[str, Any]:
+    """Everything the fits and evaluations give over ``loader``, on this process."""
+    model, layers, _, _ = balanced_model("cnn")
+    insens = InactiveStateSensitivity(model, [layers["conv2"], layers["fc1"]]).fit(loader)
+    graph = graph_keeping(layers, CASES["cnn"], 1)
+    graphs = {c: graph_keeping(layers, {**CASES["cnn"], "fc2": [c]}, c) for c in range(3)}
+    return {
+        "counts": insens._fitted_counts(),
+        "reference_size": insens.reference_size,
+        "graph": evaluate_graph(model, graph, loader),
+        "ensemble": evaluate_ensemble(model, graphs, loader),
+        "ablation": ablation_importance(model, "conv2", loader, batch_size=20),
+    }
+
+
+def shard_loader(rank: int, world_size: int) -> DataLoader:
+    _, _, x, labels = balanced_model("cnn")
+    shard = slice(rank, None, world_size)  # DistributedSampler's split without shuffling
+    return DataLoader(TensorDataset(x[shard], labels[shard]), batch_size=5)
+
+
+def run_rank(rank: int, world_size: int, directory: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world_size
+    )
+    try:
+        torch.save(results_of(shard_loader(rank, world_size)), f"{directory}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_gloo_ranks_give_the_one_process_results(tmp_path: Path) -> None:
+    # fork: the ranks inherit the imported modules (a spawned rank re-imports torch
+    # and captum, which costs seconds); each rank runs single-threaded
+    mp.start_processes(
+        run_rank, args=(WORLD_SIZE, str(tmp_path)), nprocs=WORLD_SIZE, start_method="fork"
+    )
+    expected = results_of(shard_loader(0, 1))
+    for rank in range(WORLD_SIZE):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert got["reference_size"] == expected["reference_size"] == 48
+        for a, b in zip(got["counts"], expected["counts"]):
+            assert torch.equal(a, b)
+        # counts: exactly equal (repr, since NaN rates are not equal to themselves)
+        assert repr(got["graph"]) == repr(expected["graph"])
+        assert repr(got["ensemble"]) == repr(expected["ensemble"])
+        assert torch.equal(got["ablation"], expected["ablation"])
