@@ -3,18 +3,27 @@
 #   make test   runs the whole test suite
 # Both create the virtual environment .venv on first use. torch is pinned to the
 # CPU build that installs locally in seconds; an unpinned torch pulls a CUDA build.
+#
+# make test-floors runs the suite against the oldest versions pyproject.toml declares
+# (the pins of .ci/floors.txt) on Python 3.10, in .venv-floors. The same works by hand:
+#   make test VENV=.venv-floors CONSTRAINTS=.ci/floors.txt PYTHON=python3.10
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_PIN ?= torch==2.13.0
+# a pip constraints file applied to every install into $(VENV) (e.g. .ci/floors.txt)
+CONSTRAINTS ?=
+# with constraints, torch's version comes from them
+TORCH_PIN ?= $(if $(CONSTRAINTS),torch,torch==2.13.0)
 CAPTUM_PIN ?= captum>=0.8,<0.10
+FLOORS_PYTHON ?= python3.10
 BIN := $(VENV)/bin
+PIP_INSTALL = $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS))
 
-.PHONY: demo test lint benchmarks clean
+.PHONY: demo test test-floors lint benchmarks clean
 
-$(VENV)/installed: pyproject.toml Makefile
+$(VENV)/installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet "$(CAPTUM_PIN)" -e ".[dev]"
+	$(PIP_INSTALL) "$(TORCH_PIN)"
+	$(PIP_INSTALL) "$(CAPTUM_PIN)" -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/installed
@@ -22,6 +31,9 @@ demo: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest
+
+test-floors:
+	$(MAKE) test VENV=.venv-floors CONSTRAINTS=.ci/floors.txt PYTHON="$(FLOORS_PYTHON)"
 
 lint: $(VENV)/installed
 	$(BIN)/ruff check .
@@ -32,4 +44,4 @@ benchmarks: $(VENV)/installed
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) .venv-floors out

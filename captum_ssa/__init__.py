@@ -44,8 +44,7 @@ from captum_ssa._core.switched_linear_projection import (
 from captum_ssa._utils.hooks import ReusedLayerError
 from captum_ssa._utils.memory_budget import get_memory_budget, memory_budget, set_memory_budget
 from captum_ssa._utils.relevance import CaptumRelevance, LayerPair
-
-__version__ = "0.1.0"
+from captum_ssa._version import __version__ as __version__
 
 __all__ = [
     "BagOfNodes",
