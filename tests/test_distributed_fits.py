@@ -17,14 +17,18 @@ from captum_ssa._core.graph_evaluation import (
     evaluate_graph,
 )
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
+from captum_ssa._core.layered_influence import LayeredInfluence
 from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
 
 WORLD_SIZE = 2
 
 
-def results_of(loader: Any) -> dict[str, Any]:
-    """Everything the fits and evaluations give over ``loader``, on this process."""
-    model, layers, _, _ = balanced_model("cnn")
+def results_of(rank: int, world_size: int) -> dict[str, Any]:
+    """Everything the fits and evaluations give over this rank's shard."""
+    loader = shard_loader(rank, world_size)
+    model, layers, x, _ = balanced_model("cnn")
+    explainer = LayeredInfluence(model, [layers["conv1"], layers["conv2"], layers["fc1"]])
+    explainer.fit(contiguous_shard_loader(rank, world_size))
     insens = InactiveStateSensitivity(model, [layers["conv2"], layers["fc1"]]).fit(loader)
     graph = graph_keeping(layers, CASES["cnn"], 1)
     graphs = {c: graph_keeping(layers, {**CASES["cnn"], "fc2": [c]}, c) for c in range(3)}
@@ -34,6 +38,9 @@ def results_of(loader: Any) -> dict[str, Any]:
         "graph": evaluate_graph(model, graph, loader),
         "ensemble": evaluate_ensemble(model, graphs, loader),
         "ablation": ablation_importance(model, "conv2", loader, batch_size=20),
+        "layer_scores": explainer.layer_scores,
+        "influence": explainer.influence(x[:5] + 0.5),
+        "influence_reference_size": explainer.reference_size,
     }
 
 
@@ -43,13 +50,21 @@ def shard_loader(rank: int, world_size: int) -> DataLoader:
     return DataLoader(TensorDataset(x[shard], labels[shard]), batch_size=5)
 
 
+def contiguous_shard_loader(rank: int, world_size: int) -> DataLoader:
+    """Consecutive halves: the union of the shards in rank order is the data in
+    order, so LayeredInfluence's probe folds match one process's exactly."""
+    _, _, x, labels = balanced_model("cnn")
+    shard = slice(rank * len(x) // world_size, (rank + 1) * len(x) // world_size)
+    return DataLoader(TensorDataset(x[shard], labels[shard]), batch_size=7)
+
+
 def run_rank(rank: int, world_size: int, directory: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world_size
     )
     try:
-        torch.save(results_of(shard_loader(rank, world_size)), f"{directory}/rank{rank}.pt")
+        torch.save(results_of(rank, world_size), f"{directory}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -61,7 +76,7 @@ def test_two_gloo_ranks_give_the_one_process_results(tmp_path: Path) -> None:
     mp.start_processes(
         run_rank, args=(WORLD_SIZE, str(tmp_path)), nprocs=WORLD_SIZE, start_method="fork"
     )
-    expected = results_of(shard_loader(0, 1))
+    expected = results_of(0, 1)
     for rank in range(WORLD_SIZE):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         assert got["reference_size"] == expected["reference_size"] == 48
@@ -71,3 +86,7 @@ def test_two_gloo_ranks_give_the_one_process_results(tmp_path: Path) -> None:
         assert repr(got["graph"]) == repr(expected["graph"])
         assert repr(got["ensemble"]) == repr(expected["ensemble"])
         assert torch.equal(got["ablation"], expected["ablation"])
+        # the reference set is the union of the shards, on every rank
+        assert got["influence_reference_size"] == expected["influence_reference_size"] == 48
+        assert got["layer_scores"] == pytest.approx(expected["layer_scores"], abs=1e-12)
+        torch.testing.assert_close(got["influence"], expected["influence"])

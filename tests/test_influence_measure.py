@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from captum_ssa._utils.influence_measure import (
     _influence_of_query_block,
+    _reference_blocks,
     check_alpha,
     monotone_influence,
 )
@@ -268,8 +269,8 @@ def test_exactly_coincident_points_are_skipped_in_float32():
 def test_a_first_pass_without_gathering_says_whether_near_pairs_were_left_out(distances):
     # on a GPU a query block is first summed without near pairs (no wait on the device)
     queries, query_labels, reference, reference_labels = near_problem(distances)
-    reference_squared = reference.norm(dim=1).square()
-    arguments = (queries, query_labels, reference, reference_squared, reference_labels, None, 16)
+    blocks = _reference_blocks(reference, reference_labels, 16)
+    arguments = (queries, query_labels, blocks, None, 16)
     first, gathered = torch.empty_like(queries), torch.empty_like(queries)
     left_out = _influence_of_query_block(first, *arguments, gather_near=False)
     assert not _influence_of_query_block(gathered, *arguments, gather_near=True)

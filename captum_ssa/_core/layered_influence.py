@@ -4,12 +4,9 @@ Explanations*), scored with the monotone influence measure of Sliwinski, Strobel
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import numpy as np
 import torch
 from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
@@ -21,6 +18,13 @@ from captum_ssa._utils._compat import (
     _format_output,
     _is_tuple,
 )
+from captum_ssa._utils.batches import is_batch_stream
+from captum_ssa._utils.class_targets import (
+    ClassTarget,
+    class_targets,
+    model_labels,
+    top_unit_seed,
+)
 from captum_ssa._utils.deconvolution import deconvolve_from_layer
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
@@ -28,17 +32,11 @@ from captum_ssa._utils.hooks import (
     run_and_capture,
     unique_layer_names,
 )
-from captum_ssa._utils.influence_measure import (
-    DEFAULT_POINTS_PER_CHUNK,
-    Alpha,
-    check_alpha,
-    monotone_influence,
-)
+from captum_ssa._utils.influence_measure import Alpha, check_alpha, monotone_influence
 from captum_ssa._utils.layer_selection import (
     gini_coefficient,
     linear_probe_accuracy,
     lowest_within_tolerance,
-    neuron_activities,
 )
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
@@ -46,21 +44,13 @@ from captum_ssa._utils.model_state import (
     untouched_model,
     weights_fingerprint,
 )
-from captum_ssa._utils.segment import observe_layer_calls
-from captum_ssa._utils.validation import positive_int, prepare_inputs, reference_batches
+from captum_ssa._utils.reference_activations import LayerReference, Probe, ReferenceReader
+from captum_ssa._utils.validation import positive_int, prepare_inputs
+
+__all__ = ["ClassTarget", "LayeredInfluence", "class_targets", "model_labels", "top_unit_seed"]
 
 _CRITERIA = ("linear", "dispersion")
 LayerChoice = Union[Module, str, None]
-ClassTarget = Union[int, Tensor, np.ndarray, Sequence[int], None]
-
-
-@dataclass
-class _LayerReference:
-    """One candidate layer's activations on the reference set, centred."""
-
-    activations: Tensor  # (M, units): h(y) - mean, one row per reference point
-    mean: Tensor  # (units,)
-    shape: tuple[int, ...]  # the layer output's shape per example
 
 
 class LayeredInfluence(NeuronAttribution, GradientAttribution):
@@ -70,8 +60,9 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
     influential units back to the input with DeconvNet.
 
     1. :meth:`fit` runs the model on a reference set :math:`R` (e.g. the
-       training data), keeps every candidate layer's activations and the
-       model's own labels :math:`f(y)`, and chooses the layer: with
+       training data), labels it with the model's own predictions
+       :math:`f(y)`, chooses the layer, and keeps that layer's activations
+       only (the other candidates are read as small probe features): with
        ``criterion="linear"`` the *lowest* layer whose cross-validated linear
        probe (logistic regression on the neuron activities, predicting the
        model's labels) is within ``tolerance`` of the best layer's; with
@@ -143,7 +134,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         GradientAttribution.__init__(self, forward_func)
         self._candidates = candidates
         self._names = unique_layer_names(model_of(forward_func), candidates)
-        self._references: Optional[list[_LayerReference]] = None
+        self._reference: Optional[LayerReference] = None
         self._reference_labels: Optional[Tensor] = None
         self._chosen = 0
         self._scores: dict[str, float] = {}
@@ -189,6 +180,8 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         tolerance: float = 0.02,
         layer: LayerChoice = None,
         additional_forward_args: Any = None,
+        show_progress: bool = False,
+        dispersion_points: Optional[int] = None,
     ) -> LayeredInfluence:
         r"""
         Record the reference activations and labels, and choose the layer.
@@ -198,9 +191,16 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         a tensor (a tuple of tensors for a multi-input model),
                         or an iterable of batches such as a ``DataLoader``
                         yielding tensors or ``(x, y)`` pairs (``y`` is ignored:
-                        the labels are the model's predictions). Every
-                        candidate layer's activations are kept, so memory grows
-                        with ``len(R)`` times the layers' sizes.
+                        the labels are the model's predictions). Only the
+                        chosen layer's activations are kept (``len(R)`` times
+                        its size, in one buffer, centred in place); to choose,
+                        fit reads the reference twice (first the candidates'
+                        probe features, then the chosen layer), so it must be
+                        re-iterable (a ``DataLoader`` or list, not an
+                        iterator) unless ``layer`` is given. Under
+                        ``torch.distributed`` each rank passes its shard and
+                        every rank keeps the union of the shards, in rank
+                        order.
             batch_size (int, optional): Run the model on at most this many
                         reference points at a time. Default: None (each batch
                         as given)
@@ -210,17 +210,32 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         mean) predicts the model's labels within ``tolerance``
                         of the best layer's accuracy. ``"dispersion"``: the
                         layer with the largest Gini coefficient of its units'
-                        mean :math:`|\phi|` over the reference points (default
-                        :math:`\alpha`). Default: ``"linear"``
+                        mean :math:`|\phi|` (default :math:`\alpha`) over a
+                        subsample of ``dispersion_points`` reference points,
+                        scored against the same subsample. Default:
+                        ``"linear"``
             tolerance (float, optional): The accuracy a layer may lose to the
                         best one and still be chosen (``"linear"`` only).
                         Default: 0.02
             layer (torch.nn.Module or str, optional): Use this candidate layer
                         (a module or its name) and skip the scoring, as with a
-                        single candidate. Default: None
+                        single candidate; the reference is then read once.
+                        Default: None
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs of every batch.
                         Default: None
+            show_progress (bool, optional): Show a progress bar over the
+                        reference batches. Default: False
+            dispersion_points (int, optional): The size of the subsample
+                        ``"dispersion"`` scores the candidates on: the points
+                        whose index :math:`i` in the stream has the smallest
+                        :math:`\mathrm{frac}(i \cdot 0.618...)`, a sample spread
+                        evenly over the whole reference set and the same for
+                        any batching. Its cost is every candidate's
+                        activations on it and :math:`S^2` pairs per
+                        candidate. Default: None (all points up to 2048, fewer
+                        where the candidates' activations on them exceed the
+                        memory budget)
 
         Returns:
             *LayeredInfluence*: ``self``, with :attr:`chosen_layer`,
@@ -239,34 +254,38 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
             raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
         batch_size = positive_int("batch_size", batch_size)
+        sample_points = positive_int("dispersion_points", dispersion_points)
         given = None if layer is None else self._candidate_index(layer)
+        reader = ReferenceReader(
+            self.forward_func,
+            self._candidates,
+            self._names,
+            additional_forward_args,
+            batch_size,
+            show_progress,
+        )
         with untouched_model(self.forward_func), torch.no_grad():
-            references, labels, call_order = self._run_reference(
-                reference, batch_size, additional_forward_args
-            )
-        classes = labels.unique()
-        if classes.numel() < 2:
-            raise ValueError(
-                f"the model predicts one class ({classes.tolist()}) for every "
-                "reference point: the influence measure compares each point with "
-                "differently-labelled points, so the reference set needs at "
-                "least two predicted classes"
-            )
-        if given is not None or len(self._candidates) == 1:
-            chosen, table = (0 if given is None else given), {}
-        else:
-            scores = []
-            for position in call_order:  # a loop, so warnings point at the caller
-                scores.append(_layer_score(references[position], labels, criterion))
-            best = (
-                lowest_within_tolerance(scores, tolerance)
-                if criterion == "linear"
-                else max(range(len(scores)), key=scores.__getitem__)
-            )
-            chosen = call_order[best]
-            table = {self._names[p]: s for p, s in zip(call_order, scores)}
+            if given is not None or len(self._candidates) == 1:
+                chosen, table, rows_per_rank = (0 if given is None else given), {}, None
+            else:
+                _check_readable_twice(reference)
+                probe = reader.probe(reference, criterion, sample_points)
+                _check_two_classes(probe.labels)
+                scores = []
+                for position in probe.call_order:  # a loop, so warnings point at the caller
+                    scores.append(_layer_score(probe, position, criterion))
+                best = (
+                    lowest_within_tolerance(scores, tolerance)
+                    if criterion == "linear"
+                    else max(range(len(scores)), key=scores.__getitem__)
+                )
+                chosen = probe.call_order[best]
+                table = {self._names[p]: score for p, score in zip(probe.call_order, scores)}
+                rows_per_rank = probe.rows_per_rank
+            kept, labels = reader.keep(reference, chosen, rows_per_rank)
+        _check_two_classes(labels)
         # set only now, so a failed fit leaves the previous one intact
-        self._references, self._reference_labels = references, labels
+        self._reference, self._reference_labels = kept, labels
         self._chosen, self._scores = chosen, table
         # taken last and outside untouched_model: what the stored statistics describe
         self._fingerprint = weights_fingerprint(self.forward_func)
@@ -311,7 +330,8 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             points_per_chunk (int, optional): The most query points and the
                         most reference points in one block of the computation;
                         memory grows with it, not with the reference set.
-                        Default: None (1024)
+                        Default: None (1024, or fewer where a block would
+                        exceed the memory budget)
 
         Returns:
             *Tensor* of **influence** shaped like the layer's output,
@@ -386,7 +406,8 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         :meth:`influence`. Default: None (:math:`1/r^2`)
             points_per_chunk (int, optional): Block size, in query and
                         reference points, of the influence computation (see
-                        :meth:`influence`). Default: None (1024)
+                        :meth:`influence`). Default: None (1024, or fewer
+                        within the memory budget)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -431,13 +452,13 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             )
         return _format_output(_is_tuple(inputs), reconstruction)
 
-    def _fitted_references(self) -> list[_LayerReference]:
-        if self._references is None:
+    def _fitted_references(self) -> LayerReference:
+        if self._reference is None:
             raise RuntimeError(
                 "LayeredInfluence is not fitted: call fit(reference) with "
                 "reference data (e.g. the training set) first"
             )
-        return self._references
+        return self._reference
 
     def _candidate_index(self, layer: Union[Module, str]) -> int:
         for position, (candidate, name) in enumerate(zip(self._candidates, self._names)):
@@ -453,58 +474,14 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         """The candidate to use, once the fit is known to be there and current."""
         self._fitted_references()
         check_fit_current(self._fingerprint, self.forward_func, type(self).__name__)
-        return self._chosen if layer is None else self._candidate_index(layer)
-
-    def _run_reference(
-        self, reference: Any, batch_size: Optional[int], additional_forward_args: Any
-    ) -> tuple[list[_LayerReference], Tensor, list[int]]:
-        """Every candidate's centred activations, the labels, and the order in
-        which the candidates run (lowest first)."""
-        activations: list[list[Tensor]] = [[] for _ in self._candidates]
-        shapes: list[Optional[tuple[int, ...]]] = [None] * len(self._candidates)
-        labels: list[Tensor] = []
-        call_order: list[int] = []
-        first_shapes: Optional[list[tuple[int, ...]]] = None
-        for index, batch in enumerate(reference_batches(reference)):
-            batch_shapes = [tuple(t.shape[1:]) for t in batch]
-            first_shapes = first_shapes or batch_shapes
-            if batch_shapes != first_shapes:
-                raise ValueError(
-                    f"reference batch {index} holds inputs shaped {_shown(batch_shapes)} "
-                    f"per example, batch 0 {_shown(first_shapes)}: every reference "
-                    "point is compared with every other in the layer, so give "
-                    "reference inputs of one shape"
-                )
-            step = batch[0].shape[0] if batch_size is None else batch_size
-            for start in range(0, batch[0].shape[0], step):
-                part = tuple(t[start : start + step] for t in batch)
-                no_inputs_kept = [False] * len(self._candidates)
-                with observe_layer_calls(self._candidates, no_inputs_kept) as calls:
-                    output, outputs = run_and_capture(
-                        self.forward_func, part, self._candidates, additional_forward_args
-                    )
-                call_order = call_order or calls.order
-                labels.append(model_labels(output))
-                for position, layer_output in enumerate(outputs):
-                    shape = tuple(layer_output.shape[1:])
-                    if shapes[position] not in (None, shape):
-                        raise ValueError(
-                            f"layer {self._names[position]} outputs {shape} per "
-                            f"example in one reference batch and {shapes[position]} "
-                            "in another; give reference inputs of one shape"
-                        )
-                    shapes[position] = shape
-                    activations[position].append(
-                        layer_output.detach().reshape(len(layer_output), -1)
-                    )
-        if not labels:
-            raise ValueError("the reference data is empty: fit needs reference points")
-        references = [
-            _centred(torch.cat(parts), shape)
-            for parts, shape in zip(activations, shapes)
-            if shape is not None
-        ]
-        return references, torch.cat(labels), call_order
+        position = self._chosen if layer is None else self._candidate_index(layer)
+        if position != self._chosen:
+            raise ValueError(
+                f"fit kept the reference activations of layer {self._names[self._chosen]} "
+                f"only, not of {self._names[position]}: call fit(reference, "
+                f"layer={self._names[position]!r}) to explain with that layer"
+            )
+        return position
 
     def _influence_of(
         self,
@@ -514,7 +491,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         alpha: Optional[Alpha],
         points_per_chunk: Optional[int],
     ) -> Tensor:
-        reference = self._fitted_references()[position]
+        reference = self._fitted_references()
         reference_labels = self._reference_labels
         assert reference_labels is not None
         if tuple(activation.shape[1:]) != reference.shape:
@@ -525,11 +502,11 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             )
         device = activation.device
         queries = activation.detach().reshape(len(activation), -1)
-        queries = queries.to(reference.activations.dtype) - reference.mean.to(device)
+        queries = queries.to(reference.mean.dtype) - reference.mean.to(device)
         influence = monotone_influence(
             queries,
             labels.to(device),
-            reference.activations.to(device),
+            [block.to(device) for block in reference.blocks],
             reference_labels.to(device),
             alpha=alpha,
             points_per_chunk=points_per_chunk,
@@ -537,108 +514,36 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         return influence.reshape(activation.shape)
 
 
-def _layer_score(reference: _LayerReference, labels: Tensor, criterion: str) -> float:
-    """Probe accuracy ("linear") or Gini coefficient of mean |phi| ("dispersion")."""
+def _layer_score(probe: Probe, position: int, criterion: str) -> float:
+    """Probe accuracy ("linear") or Gini coefficient of mean |phi| over the
+    subsample ("dispersion")."""
     if criterion == "linear":
-        layer_output = reference.activations.reshape(-1, *reference.shape)
-        return linear_probe_accuracy(neuron_activities(layer_output), labels)
-    mean_abs_influence = torch.zeros_like(reference.mean)
-    # the reference points are the queries, a block at a time to bound memory
-    for start in range(0, len(labels), DEFAULT_POINTS_PER_CHUNK):
-        block = slice(start, start + DEFAULT_POINTS_PER_CHUNK)
-        influence = monotone_influence(
-            reference.activations[block], labels[block], reference.activations, labels
-        )
-        mean_abs_influence += influence.abs().sum(0) / len(labels)
-    return gini_coefficient(mean_abs_influence)
+        return linear_probe_accuracy(probe.features[position], probe.labels)
+    assert probe.sample_labels is not None
+    sample = probe.samples[position]
+    sample = sample - sample.mean(0)  # centred, for accurate distances
+    # the subsample is both the queries and the reference set
+    influence = monotone_influence(sample, probe.sample_labels, sample, probe.sample_labels)
+    return gini_coefficient(influence.abs().mean(0))
 
 
-def model_labels(output: Any) -> Tensor:
-    """The model's labels: argmax over dim 1, or ``output > 0`` for one logit."""
-    if _class_count(output) == 2 and (output.dim() == 1 or output.shape[1] == 1):
-        return (output.reshape(-1) > 0).long()
-    return output.argmax(1)
-
-
-def _class_count(output: Any) -> int:
-    """The number of classes of a classifier output: its columns, 2 for one logit."""
-    if not isinstance(output, Tensor) or output.dim() == 0:
-        raise TypeError(
-            "LayeredInfluence labels points by the model's prediction, so the "
-            "model must return a tensor of scores shaped (N, classes) or (N,); "
-            f"got {type(output).__name__}"
-        )
-    if output.dim() > 2:
+def _check_readable_twice(reference: Any) -> None:
+    """Choosing the layer reads the reference twice: an iterator cannot be."""
+    if is_batch_stream(reference) and iter(reference) is reference:
         raise ValueError(
-            "LayeredInfluence needs a classifier output shaped (N, classes) or "
-            f"(N,), got {tuple(output.shape)}"
+            "reference is an iterator, which can be read only once, but fit reads the "
+            "reference twice when it chooses the layer (the candidates' probe features, "
+            "then the chosen layer's activations): pass a DataLoader or a list of "
+            "batches, or give layer= to read it once"
         )
-    return 2 if output.dim() == 1 or output.shape[1] == 1 else output.shape[1]
 
 
-def class_targets(output: Tensor, target: ClassTarget) -> Tensor:
-    """One class per example: ``target`` in any of Captum's forms for an
-    ``(N, classes)`` output, or the model's prediction where it is None."""
-    if target is None:
-        return model_labels(output)
-    classes, count = _class_count(output), len(output)
-    if isinstance(target, (numbers.Integral, np.ndarray)) and not isinstance(target, bool):
-        target = torch.as_tensor(target)
-    elif isinstance(target, list) and all(
-        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
-    ):
-        target = torch.tensor(target, dtype=torch.long)
-    if (
-        not isinstance(target, Tensor)
-        or target.dtype == torch.bool
-        or target.is_floating_point()
-        or target.is_complex()
-        or target.dim() > 1
-    ):
+def _check_two_classes(labels: Tensor) -> None:
+    classes = labels.unique()
+    if classes.numel() < 2:
         raise ValueError(
-            "target must be a class index: an int, or one int per example (a 1-D "
-            f"tensor, array or list of {count}); got {target!r}"
+            f"the model predicts one class ({classes.tolist()}) for every "
+            "reference point: the influence measure compares each point with "
+            "differently-labelled points, so the reference set needs at "
+            "least two predicted classes"
         )
-    if target.dim() == 1 and len(target) != count:
-        raise ValueError(
-            f"target gives {len(target)} classes for {count} examples; give one "
-            "class per example or a single int"
-        )
-    if bool(((target < 0) | (target >= classes)).any()):
-        raise ValueError(
-            f"target must be a class from 0 to {classes - 1} (the model output has "
-            f"{classes} classes), got {target.tolist()}"
-        )
-    return target.to(device=output.device, dtype=torch.long).expand(count)
-
-
-def top_unit_seed(
-    activation: Tensor, influence: Tensor, top_fraction: float, top_k: Optional[int]
-) -> Tensor:
-    """The activation at each example's top units by |influence|, zero elsewhere."""
-    units = influence[0].numel()
-    if top_k is None:
-        if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
-            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
-        # the tiny margin keeps e.g. 0.025 * 1000 = 25.000000000000004 at 25
-        top_k = max(1, math.ceil(top_fraction * units - 1e-9))
-    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= units:
-        raise ValueError(
-            f"top_k must be an integer from 1 to the layer's {units} units, got {top_k!r}"
-        )
-    scores = influence.reshape(len(influence), -1).abs()
-    top = scores.topk(top_k, dim=1).indices
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
-    flat_activation = activation.detach().reshape(len(activation), -1)
-    seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
-    return seed.reshape(activation.shape)
-
-
-def _shown(shapes: list[tuple[int, ...]]) -> str:
-    """Per-example input shapes as a user wrote them: one, or a tuple of them."""
-    return str(shapes[0]) if len(shapes) == 1 else str(tuple(shapes))
-
-
-def _centred(activations: Tensor, shape: tuple[int, ...]) -> _LayerReference:
-    mean = activations.mean(0)
-    return _LayerReference(activations - mean, mean, shape)

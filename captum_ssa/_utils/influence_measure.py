@@ -29,17 +29,27 @@ coincident points (:math:`r = 0`) are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Optional
+import math
+from collections.abc import Callable, Sequence
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
+from captum_ssa._utils.memory_budget import get_memory_budget
 from captum_ssa._utils.validation import positive_int
 
 Alpha = Callable[[Tensor], Tensor]
 
+# The fastest block size measured on CPU (see benchmarks/README.md); smaller where
+# the memory budget asks for it.
 DEFAULT_POINTS_PER_CHUNK = 1024
+
+# A (queries x reference points) block holds two float blocks (squared norms and
+# distances, the second becoming the weights in place) and two boolean masks; one
+# float block more leaves a margin for alpha's own temporaries.
+_FLOAT_BLOCKS_PER_PAIR = 3
+_MASKS_PER_PAIR = 2
 
 # The squared distance ||a||^2 + ||b||^2 - 2ab carries a rounding error of
 # roughly sqrt(units) * eps * (||a||^2 + ||b||^2). Pairs below this many eps
@@ -53,6 +63,13 @@ _NEAR_EPS_FACTOR = 4096
 def inverse_square(distance: Tensor) -> Tensor:
     r"""The default weighting :math:`\alpha(r) = 1 / r^2`."""
     return distance.pow(-2)
+
+
+def default_points_per_chunk(element_size: int, budget_bytes: Optional[int] = None) -> int:
+    """The block size, in query and reference points, within the memory budget."""
+    budget = get_memory_budget() if budget_bytes is None else budget_bytes
+    per_pair = _FLOAT_BLOCKS_PER_PAIR * element_size + _MASKS_PER_PAIR
+    return max(1, min(DEFAULT_POINTS_PER_CHUNK, math.isqrt(budget // per_pair)))
 
 
 def check_alpha(alpha: Optional[Alpha]) -> None:
@@ -83,7 +100,7 @@ def check_alpha(alpha: Optional[Alpha]) -> None:
 def monotone_influence(
     queries: Tensor,
     query_labels: Tensor,
-    reference: Tensor,
+    reference: Union[Tensor, Sequence[Tensor]],
     reference_labels: Tensor,
     alpha: Optional[Alpha] = None,
     points_per_chunk: Optional[int] = None,
@@ -95,9 +112,11 @@ def monotone_influence(
         query_labels: ``(B,)`` their labels: the class each query's influence
             is taken against (reference points of this label are left out).
         reference: ``(M, U)`` activations of the reference points, on the
-            same device and with the same dtype. Centring it (and the queries
-            by the same vector) leaves :math:`\phi` unchanged and makes the
-            distances more accurate.
+            same device and with the same dtype, or a list of row blocks of
+            them (``(M_j, U)`` each, in the order of ``reference_labels``),
+            so that a reference set kept in pieces is never concatenated.
+            Centring it (and the queries by the same vector) leaves
+            :math:`\phi` unchanged and makes the distances more accurate.
         reference_labels: ``(M,)`` their labels.
         alpha: :math:`\alpha(r)`, a non-negative non-increasing function
             applied elementwise to a tensor of distances; None for
@@ -105,16 +124,17 @@ def monotone_influence(
             Pairs at distance 0 are skipped.
         points_per_chunk: the most queries and the most reference points in
             one block; besides the ``(B, U)`` result, temporary memory is a
-            few ``points_per_chunk x points_per_chunk`` blocks. Default: 1024.
+            few ``points_per_chunk x points_per_chunk`` blocks. Default: 1024,
+            or fewer where the memory budget
+            (:func:`~captum_ssa._utils.memory_budget.get_memory_budget`) asks.
 
     Returns:
         ``(B, U)`` influence, one row per query.
     """
     chunk = positive_int("points_per_chunk", points_per_chunk)
-    chunk = DEFAULT_POINTS_PER_CHUNK if chunk is None else chunk
+    chunk = default_points_per_chunk(queries.element_size()) if chunk is None else chunk
     influence = torch.empty_like(queries)
-    # a reduction kernel, not reference * reference: no reference-sized temporary
-    reference_squared = torch.linalg.vector_norm(reference, dim=1).square()
+    reference_blocks = _reference_blocks(reference, reference_labels, chunk)
     # nonzero() waits for a GPU, not for the CPU: on a GPU a query block is first
     # summed without gathering the (rare) near pairs, and again only if it has any
     gather_at_once = queries.device.type == "cpu"
@@ -124,9 +144,7 @@ def monotone_influence(
             influence[block],
             queries[block],
             query_labels[block],
-            reference,
-            reference_squared,
-            reference_labels,
+            reference_blocks,
             alpha,
             chunk,
         )
@@ -135,13 +153,31 @@ def monotone_influence(
     return influence
 
 
+_ReferenceBlock = tuple[Tensor, Tensor, Tensor]  # rows, their squared norms, their labels
+
+
+def _reference_blocks(
+    reference: Union[Tensor, Sequence[Tensor]], labels: Tensor, chunk: int
+) -> list[_ReferenceBlock]:
+    """Views of at most ``chunk`` reference rows each, with their squared norms
+    (one number per reference point) and labels."""
+    blocks = []
+    offset = 0
+    for part in [reference] if isinstance(reference, Tensor) else reference:
+        for start in range(0, part.shape[0], chunk):
+            rows = part[start : start + chunk]
+            # a reduction kernel, not rows * rows: no block-sized temporary
+            squared = torch.linalg.vector_norm(rows, dim=1).square()
+            blocks.append((rows, squared, labels[offset + start : offset + start + len(rows)]))
+        offset += part.shape[0]
+    return blocks
+
+
 def _influence_of_query_block(
     out: Tensor,
     queries: Tensor,
     query_labels: Tensor,
-    reference: Tensor,
-    reference_squared: Tensor,
-    reference_labels: Tensor,
+    reference_blocks: list[_ReferenceBlock],
     alpha: Optional[Alpha],
     points_per_chunk: int,
     gather_near: bool,
@@ -155,12 +191,11 @@ def _influence_of_query_block(
     near_margin = _NEAR_EPS_FACTOR * torch.finfo(queries.dtype).eps
     near_left_out = torch.zeros((), dtype=torch.bool, device=queries.device)
     out.zero_()
-    for start in range(0, reference.shape[0], points_per_chunk):
-        block = slice(start, start + points_per_chunk)
+    for reference, reference_squared, reference_labels in reference_blocks:
         # few passes over each block: in-place ops where the operand is not reused
-        squared_norms = queries_squared[:, None] + reference_squared[None, block]
-        squared_distances = squared_norms.addmm(queries, reference[block].T, alpha=-2)
-        counted = query_labels[:, None] != reference_labels[None, block]
+        squared_norms = queries_squared[:, None] + reference_squared[None, :]
+        squared_distances = squared_norms.addmm(queries, reference.T, alpha=-2)
+        counted = query_labels[:, None] != reference_labels[None, :]
         near = squared_distances <= squared_norms.mul_(near_margin)
         near &= counted
         counted ^= near  # near is a subset of counted: this removes it
@@ -171,9 +206,9 @@ def _influence_of_query_block(
         del near  # freed before the weights are allocated: one block less at the peak
         weights = _pair_weights(squared_distances, counted, alpha)
         weight_totals += weights.sum(1)
-        out.addmm_(weights, reference[block], alpha=-1)
+        out.addmm_(weights, reference, alpha=-1)
         if gather_near and len(near_pairs):
-            _add_near_pairs(out, queries, reference[block], near_pairs, alpha, points_per_chunk)
+            _add_near_pairs(out, queries, reference, near_pairs, alpha, points_per_chunk)
     out.addcmul_(queries, weight_totals[:, None])
     return bool(near_left_out)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
@@ -81,28 +81,3 @@ def check_neuron_selector(layer_output: Tensor, selector: NeuronSelector) -> Non
                 f"neuron_selector {selector!r} is out of range: index {i} in "
                 f"dimension {dim + 1} of a layer output shaped {neuron_shape}"
             )
-
-
-def reference_batches(reference: Any) -> Iterator[tuple[Tensor, ...]]:
-    """Yield the input tuples of a reference set.
-
-    ``reference`` is a tensor (one batch), a tuple of tensors (one multi-input
-    batch), or an iterable of batches such as a ``DataLoader`` yielding tensors
-    or ``(x, y)`` pairs, whose first element is taken as the input.
-    """
-    if isinstance(reference, (Tensor, tuple)):
-        batches: Iterable[Any] = [reference]
-    elif isinstance(reference, Iterable):
-        batches = reference
-    else:
-        raise TypeError(
-            f"reference must be a tensor or an iterable of batches, got {type(reference).__name__}"
-        )
-    for batch in batches:
-        # A DataLoader yields (x, y): x is the input. A tuple given as the
-        # reference itself is the inputs of a multi-input model.
-        is_pair = isinstance(batch, (list, tuple)) and batch is not reference
-        inputs = batch[0] if is_pair else batch
-        if isinstance(inputs, list):
-            inputs = tuple(inputs)
-        yield tuple(t.detach() for t in prepare_inputs(inputs))

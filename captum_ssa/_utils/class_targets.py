@@ -1,0 +1,95 @@
+"""Classes for LayeredInfluence: the model's own labels, Captum-style targets, top units."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ClassTarget = Union[int, Tensor, np.ndarray, Sequence[int], None]
+
+
+def model_labels(output: Any) -> Tensor:
+    """The model's labels: argmax over dim 1, or ``output > 0`` for one logit."""
+    if _class_count(output) == 2 and (output.dim() == 1 or output.shape[1] == 1):
+        return (output.reshape(-1) > 0).long()
+    return output.argmax(1)
+
+
+def _class_count(output: Any) -> int:
+    """The number of classes of a classifier output: its columns, 2 for one logit."""
+    if not isinstance(output, Tensor) or output.dim() == 0:
+        raise TypeError(
+            "LayeredInfluence labels points by the model's prediction, so the "
+            "model must return a tensor of scores shaped (N, classes) or (N,); "
+            f"got {type(output).__name__}"
+        )
+    if output.dim() > 2:
+        raise ValueError(
+            "LayeredInfluence needs a classifier output shaped (N, classes) or "
+            f"(N,), got {tuple(output.shape)}"
+        )
+    return 2 if output.dim() == 1 or output.shape[1] == 1 else output.shape[1]
+
+
+def class_targets(output: Tensor, target: ClassTarget) -> Tensor:
+    """One class per example: ``target`` in any of Captum's forms for an
+    ``(N, classes)`` output, or the model's prediction where it is None."""
+    if target is None:
+        return model_labels(output)
+    classes, count = _class_count(output), len(output)
+    if isinstance(target, (numbers.Integral, np.ndarray)) and not isinstance(target, bool):
+        target = torch.as_tensor(target)
+    elif isinstance(target, list) and all(
+        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
+    ):
+        target = torch.tensor(target, dtype=torch.long)
+    if (
+        not isinstance(target, Tensor)
+        or target.dtype == torch.bool
+        or target.is_floating_point()
+        or target.is_complex()
+        or target.dim() > 1
+    ):
+        raise ValueError(
+            "target must be a class index: an int, or one int per example (a 1-D "
+            f"tensor, array or list of {count}); got {target!r}"
+        )
+    if target.dim() == 1 and len(target) != count:
+        raise ValueError(
+            f"target gives {len(target)} classes for {count} examples; give one "
+            "class per example or a single int"
+        )
+    if bool(((target < 0) | (target >= classes)).any()):
+        raise ValueError(
+            f"target must be a class from 0 to {classes - 1} (the model output has "
+            f"{classes} classes), got {target.tolist()}"
+        )
+    return target.to(device=output.device, dtype=torch.long).expand(count)
+
+
+def top_unit_seed(
+    activation: Tensor, influence: Tensor, top_fraction: float, top_k: Optional[int]
+) -> Tensor:
+    """The activation at each example's top units by |influence|, zero elsewhere."""
+    units = influence[0].numel()
+    if top_k is None:
+        if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+        # the tiny margin keeps e.g. 0.025 * 1000 = 25.000000000000004 at 25
+        top_k = max(1, math.ceil(top_fraction * units - 1e-9))
+    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= units:
+        raise ValueError(
+            f"top_k must be an integer from 1 to the layer's {units} units, got {top_k!r}"
+        )
+    scores = influence.reshape(len(influence), -1).abs()
+    top = scores.topk(top_k, dim=1).indices
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+    flat_activation = activation.detach().reshape(len(activation), -1)
+    seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
+    return seed.reshape(activation.shape)
