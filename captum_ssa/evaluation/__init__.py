@@ -5,6 +5,8 @@ robustness and sanity metrics, with Quantus through one ``explain_func``.
 - Metrics usable alone: :func:`infidelity_score`, :func:`max_sensitivity`
   (Captum's), :func:`selectivity` (pixel flipping, AOPC), :func:`continuity`,
   :func:`topk_flip` (DeepDIVE), :func:`randomisation_check` (Adebayo et al.).
+- :class:`GraphMaskedAttribution`, :func:`ssa_explainer`: SSA's class graphs as an
+  input-shaped map (a gradient method through the graph's neurons only).
 - :func:`quantus_explain`, :func:`run_quantus_metric`: Quantus without glue.
 - The DeepDIVE robot arm: :func:`robot_arm_dataset`, :func:`robot_arm_jacobian`,
   :func:`train_robot_arm`, :func:`importance_agreement`, :func:`direction_agreement`.
@@ -18,6 +20,7 @@ from captum_ssa.evaluation.faithfulness import (
     selectivity,
     topk_flip,
 )
+from captum_ssa.evaluation.graph_attribution import GraphMaskedAttribution, ssa_explainer
 from captum_ssa.evaluation.quantus_adapter import quantus_explain, run_quantus_metric
 from captum_ssa.evaluation.robustness import continuity, infidelity_score, max_sensitivity
 from captum_ssa.evaluation.sanity import (
@@ -32,6 +35,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "ComparisonTable",
     "Explainer",
+    "GraphMaskedAttribution",
     "RandomisationResult",
     "SelectivityResult",
     "TopKFlipResult",
@@ -45,5 +49,6 @@ __all__ = [
     "run_quantus_metric",
     "selectivity",
     "spearman_rows",
+    "ssa_explainer",
     "topk_flip",
 ]

@@ -143,8 +143,8 @@ def quantus_explain(
     if method == "StepwiseSensitivity":
         raise ValueError(
             "StepwiseSensitivity returns a dependency graph of neurons (one per class), "
-            "not an input-shaped attribution; evaluate it with evaluate_graph or "
-            "ablation_importance instead"
+            "not an input-shaped attribution; evaluate the graph with evaluate_graph or "
+            "ablation_importance, or explain through it with GraphMaskedAttribution"
         )
     if device is None:
         device = next(model.parameters()).device
