@@ -134,3 +134,56 @@ def layer_output(model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
     finally:
         handle.remove()
     return captured[0]
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convs with batch norm, and the skip connection
+    (a strided 1x1 conv where the shape changes)."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs)
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet-18 (``width=64``, 11.2M parameters at 32x32x3): a 3x3 stem,
+    four stages of two BasicBlocks with ``width``, 2, 4 and 8 times ``width`` channels
+    (stride 2 from the second stage on), global average pooling and a linear layer.
+    ``width=4`` is a small version for tests."""
+
+    def __init__(self, width: int = 64, classes: int = 10, blocks: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        stages = []
+        channels = width
+        for stage in range(4):
+            outputs = width * 2**stage
+            layers = [BasicBlock(channels, outputs, 1 if stage == 0 else 2)]
+            layers += [BasicBlock(outputs, outputs) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            channels = outputs
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(x.mean((2, 3)))
+
+    def ssa_layers(self) -> list[nn.Module]:
+        """Each stage's output and the logits, the layers SSA lists for a ResNet."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4, self.fc]

@@ -16,7 +16,7 @@ from captum_ssa import StepwiseSensitivity, memory_budget
 from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._utils import relevance as relevance_functions
 from captum_ssa._utils import segment
-from tests.models import build
+from tests.models import ResNet, build, randomise_batch_norm
 
 OPTIONS = {
     "mean_global": {"aggregation": "mean", "mode": "global"},
@@ -182,3 +182,13 @@ def test_progress_bars_run_over_the_batches(capsys):
     ssa.attribute(DataLoader(TensorDataset(x), batch_size=4), target=0, show_progress=True)
     printed = capsys.readouterr().err
     assert "SSA fc2 -> fc1" in printed and "3/3" in printed
+
+
+def test_a_small_resnet_streamed_gives_the_one_batch_graph():
+    """Residual stages listed as blocks: their segments are differentiated through."""
+    torch.manual_seed(0)
+    model = randomise_batch_norm(ResNet(width=4, blocks=1)).eval()
+    ssa = StepwiseSensitivity(model, model.ssa_layers())
+    x = torch.randn(7, 3, 16, 16)
+    whole = ssa.attribute(x, target=2, branching=3)
+    assert_same_graph(ssa.attribute([x[:3], x[3:]], target=2, branching=3), whole)
