@@ -391,7 +391,9 @@ BAD_INPUTS = {
     "nan": (_with_nan, ValueError, "NaN"),
     "empty": (lambda x: x[:0], ValueError, "batch size 0"),
     "integer": (lambda x: x.round().long(), TypeError, "floating-point"),
-    "list": (lambda x: [x], TypeError, "tensor or a tuple"),
+    # a list of tensors is a stream of batches for the dataset methods (SSA), but plain
+    # Python numbers are an input to no method
+    "python list": (lambda x: x.tolist(), TypeError, "must be a tensor"),
     "batch sizes": (lambda x: (x, x[:2]), ValueError, "same batch size"),
 }
 
