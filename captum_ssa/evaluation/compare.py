@@ -90,6 +90,7 @@ def _quantus_metric(name: str, case: _Case, **kwargs: Any) -> np.ndarray:
     from captum_ssa.evaluation.quantus_adapter import require_quantus
 
     quantus = require_quantus()
+    kwargs.setdefault("return_aggregate", False)  # per-example scores: the table's spread
     metric = getattr(quantus, name)(disable_warnings=True, display_progressbar=False, **kwargs)
     moved: dict[int, Optional[AttributeFunction]] = {id(case.model): case.explain}
 

@@ -47,8 +47,13 @@ class GraphMaskedAttribution:
         self.graphs = dict(graphs)
         self.method = method(model)
 
-    def attribute(self, inputs: Tensor, target: Any = None, **kwargs: Any) -> Tensor:
-        """One map per example, each through the graph of its own target class."""
+    def attribute(self, inputs: Any, target: Any = None, **kwargs: Any) -> Any:
+        """One map per example, each through the graph of its own target class (a
+        one-tensor tuple in gives a one-tensor tuple out, as in Captum)."""
+        if isinstance(inputs, tuple):
+            if len(inputs) != 1:
+                raise ValueError("GraphMaskedAttribution explains models of one input")
+            return (self.attribute(inputs[0], target, **kwargs),)
         targets = per_example_targets(target, len(inputs), inputs.device)
         result = torch.zeros_like(inputs)
         for label in targets.unique().tolist():
