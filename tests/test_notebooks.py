@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -93,3 +94,21 @@ def test_the_kernel_is_this_interpreter_in_tutorials_with_the_fast_flag(tmp_path
     assert Path(executable).resolve() == Path(sys.executable).resolve()
     assert Path(directory).resolve() == TUTORIALS
     assert flag == "1"
+
+
+def test_the_fast_flag_is_restored_after_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fast run inside a full session (or the reverse) must not leak into later kernels
+    monkeypatch.setenv(run_notebooks.FAST_VARIABLE, "0")
+    with run_notebooks.fast_environment(True):
+        assert os.environ[run_notebooks.FAST_VARIABLE] == "1"
+    assert os.environ[run_notebooks.FAST_VARIABLE] == "0"
+    monkeypatch.delenv(run_notebooks.FAST_VARIABLE)
+    with run_notebooks.fast_environment(True):
+        pass
+    assert run_notebooks.FAST_VARIABLE not in os.environ
+
+
+def test_notebook_names_resolve_in_tutorials_and_default_to_all() -> None:
+    assert run_notebooks.notebook_paths([]) == NOTEBOOKS
+    first = NOTEBOOKS[0]
+    assert run_notebooks.notebook_paths([first.name]) == [first]
