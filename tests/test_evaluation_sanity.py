@@ -117,3 +117,28 @@ def test_spearman_rows_handles_ties_like_scipy():
 def test_randomisable_layers_are_the_weighted_modules_in_order():
     model, _, _ = build("cnn_bn", 0)
     assert randomisable_layers(model) == ["conv1", "bn1", "conv2", "fc1", "fc2"]
+
+
+def test_input_x_gradient_fails_the_check_where_saliency_passes():
+    # Adebayo et al.'s ordering on a quickly trained digits MLP: multiplying by the input
+    # imprints the digit whatever the weights, so InputXGradient stays correlated
+    from captum.attr import InputXGradient
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    x = torch.as_tensor(images[:600], dtype=torch.float32) / 16
+    y = torch.as_tensor(labels[:600])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:500]), y[:500]).backward()
+        optimiser.step()
+    model.eval()
+    assert (model(x[500:]).argmax(1) == y[500:]).float().mean() > 0.8
+    test, target = x[500:540], y[500:540]
+    saliency = randomisation_check(model, Saliency(model), test, target, mode="full")
+    input_x_gradient = randomisation_check(model, InputXGradient(model), test, target, mode="full")
+    saliency_mean = np.nanmean(saliency.correlations)
+    assert np.nanmean(input_x_gradient.correlations) > saliency_mean + 0.3
