@@ -34,7 +34,7 @@ def _reference_curve(model, x, a, target, baseline, per_step, steps, absolute):
     return curve
 
 
-@pytest.mark.parametrize(("per_step", "steps", "absolute"), [(3, None, False), (7, 9, True)])
+@pytest.mark.parametrize(("per_step", "steps", "absolute"), [(5, None, False), (7, 9, True)])
 def test_selectivity_matches_a_loop(per_step, steps, absolute):
     model, inputs, attributions, targets = _data()
     result = selectivity(
