@@ -15,7 +15,7 @@ import networkx as nx
 import pytest
 import torch
 
-from captum_ssa import DependencyGraph, graphs_to_html, shared_subgraph
+from captum_ssa.graph import DependencyGraph, graphs_to_html, shared_subgraph
 
 NAMES = ["low", "mid", "top"]
 SIZES = [7, 6, 3]

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.cluster.hierarchy import fcluster
 
-from captum_ssa._core.class_comparison import (
+from captum_ssa.graph import DependencyGraph
+from captum_ssa.graph.comparison import (
     BagOfNodes,
     bag_of_nodes,
     cluster_classes,
@@ -24,7 +25,6 @@ from captum_ssa._core.class_comparison import (
     plot_clustermap,
     shared_subgraph,
 )
-from captum_ssa._core.dependency_graph import DependencyGraph
 
 NAMES = ["low", "mid", "top"]
 SIZES = [5, 4, 3]

@@ -1,0 +1,412 @@
+"""The dependency graph that step-wise sensitivity analysis produces: its data and accessors.
+
+Files (:mod:`captum_ssa.graph.io`), masking a model (:mod:`captum_ssa.graph.masking`),
+drawing (:mod:`captum_ssa.graph.drawing`) and the interactive page
+(:mod:`captum_ssa.graph.view`) live in modules of their own; the methods of
+:class:`DependencyGraph` that use them delegate there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import networkx as nx
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from captum_ssa.graph import drawing, io, masking
+from captum_ssa.graph._parts import (
+    Target,
+    as_index_pairs,
+    as_index_vector,
+    check_parts,
+    json_compatible,
+    normalise_target,
+    same_tensor,
+    same_value,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+LayerRef = Union[str, Module]
+
+
+class DependencyGraph:
+    r"""
+    The neurons of every layer that a decision rests on, and the links between
+    them: the output of :class:`StepwiseSensitivity`.
+
+    A neuron is one position along the neuron axis of a layer's output (a
+    ``Linear`` unit, or a conv channel): dim 1, or ``metadata["neuron_dim"]``
+    when SSA was given one (e.g. -1 for the features of a token sequence).
+    As a :func:`networkx.DiGraph` (:meth:`to_networkx`) the nodes are
+    ``(layer_name, index)`` tuples with attributes ``layer`` (str),
+    ``index`` (int), ``depth`` (int, 0 = lowest layer) and ``relevance``
+    (float, the Step III value); edges go from a lower neuron to an upper
+    neuron (the direction of computation) with attribute
+    ``weight``, the Step II relevance :math:`\omega[n, k]`.
+
+    Besides the kept neurons the graph stores, for every layer, the Step III
+    relevance of *all* its neurons (:meth:`relevance`) and the Step II matrix
+    between consecutive layers (:meth:`relevance_matrix`), so rankings can be
+    compared with other importance measures (e.g. :func:`ablation_importance`).
+
+    Paper: Botty Dimanov and Mateja Jamnik, *Step-wise Sensitivity Analysis:
+    Identifying Partially Distributed Representations for Interpretable Deep
+    Learning*, 2018 (OpenReview SyeBqsRctm).
+
+    Examples::
+
+        >>> graph = StepwiseSensitivity(net, [net.conv1, net.fc1, net.fc2]).attribute(
+        ...     x_of_class_3, target=3)
+        >>> graph.neurons("fc1")              # kept units of fc1, sorted
+        >>> graph.save("class3.graphml")
+        >>> with graph.mask(net):             # the graph as a classifier
+        ...     net(x).argmax(1)
+    """
+
+    def __init__(
+        self,
+        layer_names: Sequence[str],
+        layers: Optional[Sequence[Module]],
+        neurons: Sequence[Tensor],
+        relevances: Sequence[Tensor],
+        relevance_matrices: Sequence[Tensor],
+        edges: Sequence[Tensor],
+        target: Target = None,
+        metadata: Optional[dict[str, Any]] = None,
+    ) -> None:
+        r"""
+        Args:
+            layer_names (Sequence[str]): The layers' names in
+                        ``model.named_modules()``, lowest layer first; L names.
+            layers (Sequence[torch.nn.Module] or None): The modules, in the
+                        same order, so layers can be given as modules to the
+                        accessors. None for a graph read from a file, whose
+                        layers are then found by name in the model passed to
+                        :meth:`mask`.
+            neurons (Sequence[Tensor]): ``neurons[i]`` is the sorted 1-D
+                        integer tensor of the kept neuron indices of layer
+                        ``i``; ``neurons[L-1]`` is the starting set (e.g. the
+                        target class).
+            relevances (Sequence[Tensor]): ``relevances[i]`` is the Step III
+                        vector over *all* :math:`K_i` neurons of layer ``i``;
+                        for the top layer 1.0 at the starting neurons and 0
+                        elsewhere.
+            relevance_matrices (Sequence[Tensor]): L-1 Step II matrices;
+                        ``relevance_matrices[i]`` relates lower layer ``i`` to
+                        upper layer ``i+1`` and is shaped
+                        ``(len(neurons[i+1]), K_i)``: row ``j`` is upper neuron
+                        ``neurons[i+1][j]``, column ``k`` lower neuron ``k``.
+            edges (Sequence[Tensor]): L-1 integer tensors shaped ``(E, 2)`` of
+                        ``(lower index, upper index)`` pairs between layer
+                        ``i`` and layer ``i+1``; both ends must be kept
+                        neurons. The edge weight is read from the matrix.
+            target (int or list[int], optional): The class(es) the graph was
+                        built for, if any: StepwiseSensitivity records an int
+                        target as it is and per-example targets as their
+                        sorted distinct values (not one entry per example).
+                        Default: None
+            metadata (dict, optional): How the graph was built (the
+                        ``attribute`` options); ``"neuron_dim"`` (an int or
+                        None) tells :meth:`mask` the neuron axis of the
+                        layer outputs. Default: None
+        """
+        self._layer_names = [str(name) for name in layer_names]
+        self._layers = None if layers is None else list(layers)
+        self._neurons = [as_index_vector(n) for n in neurons]
+        self._relevances = [torch.as_tensor(r).detach().cpu() for r in relevances]
+        self._relevance_matrices = [torch.as_tensor(m).detach().cpu() for m in relevance_matrices]
+        self._edges = [as_index_pairs(e) for e in edges]
+        self._target = normalise_target(target)
+        self._metadata = dict(metadata or {})
+        check_parts(
+            self._layer_names,
+            self._layers,
+            self._neurons,
+            self._relevances,
+            self._relevance_matrices,
+            self._edges,
+        )
+        self._networkx: Optional[nx.DiGraph] = None
+
+    # ------------------------------------------------------------------ access
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layers' names, lowest first."""
+        return list(self._layer_names)
+
+    @property
+    def layers(self) -> Optional[list[Module]]:
+        """The layers' modules, lowest first; None for a graph read from a file."""
+        return None if self._layers is None else list(self._layers)
+
+    @property
+    def target(self) -> Target:
+        """The class(es) the graph was built for, or None."""
+        return self._target
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """How the graph was built (the ``attribute`` options)."""
+        return dict(self._metadata)
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        """The number of neurons :math:`K_i` of every layer, lowest first."""
+        return [len(relevance) for relevance in self._relevances]
+
+    @property
+    def kept_fraction(self) -> float:
+        """The fraction of the hidden layers' neurons (all layers but the top) kept."""
+        hidden_sizes = self.layer_sizes[:-1]
+        if not hidden_sizes:
+            return 1.0
+        return sum(len(n) for n in self._neurons[:-1]) / sum(hidden_sizes)
+
+    def depth_of(self, layer: LayerRef) -> int:
+        """The position of ``layer`` (a module or its name), 0 for the lowest."""
+        if isinstance(layer, str):
+            if layer in self._layer_names:
+                return self._layer_names.index(layer)
+            raise KeyError(f"no layer named {layer!r} in the graph; it has {self._layer_names}")
+        if isinstance(layer, Module):
+            if self._layers is None:
+                raise KeyError(
+                    "this graph was read from a file and knows its layers only by "
+                    f"name; pass one of {self._layer_names}"
+                )
+            for depth, module in enumerate(self._layers):
+                if module is layer:
+                    return depth
+            raise KeyError(f"layer {type(layer).__name__} is not one of the graph's layers")
+        raise TypeError(f"a layer is a module or its name, got {type(layer).__name__}")
+
+    def neurons(self, layer: LayerRef) -> Tensor:
+        """The sorted indices of the kept neurons of ``layer`` (a module or its name)."""
+        return self._neurons[self.depth_of(layer)].clone()
+
+    def relevance(self, layer: LayerRef) -> Tensor:
+        """The Step III relevance of every neuron of ``layer``, kept or not."""
+        return self._relevances[self.depth_of(layer)].clone()
+
+    def relevance_matrix(self, upper: LayerRef, lower: LayerRef) -> Tensor:
+        r"""
+        The Step II matrix :math:`\omega[n, k]` between two consecutive layers.
+
+        Args:
+            upper (str or torch.nn.Module): The upper layer.
+            lower (str or torch.nn.Module): The layer directly below it.
+
+        Returns:
+            *Tensor* shaped ``(len(neurons(upper)), K_lower)``: row ``j`` is the
+            upper neuron ``neurons(upper)[j]``, column ``k`` lower neuron ``k``.
+        """
+        lower_depth = self._lower_depth(upper, lower)
+        return self._relevance_matrices[lower_depth].clone()
+
+    def _lower_depth(self, upper: LayerRef, lower: LayerRef) -> int:
+        """The depth of ``lower``, checking that ``upper`` is directly above it."""
+        upper_depth, lower_depth = self.depth_of(upper), self.depth_of(lower)
+        if upper_depth != lower_depth + 1:
+            raise ValueError(
+                "relevance matrices and edges relate consecutive layers, upper first: "
+                f"{self._layer_names[upper_depth]!r} is not directly above "
+                f"{self._layer_names[lower_depth]!r} (layers: {self._layer_names})"
+            )
+        return lower_depth
+
+    def edges(self, upper: LayerRef, lower: LayerRef) -> Tensor:
+        """The ``(E, 2)`` ``(lower index, upper index)`` pairs between two consecutive layers."""
+        return self._edges[self._lower_depth(upper, lower)].clone()
+
+    def edge_weights(self, upper: LayerRef, lower: LayerRef) -> Tensor:
+        r"""The weight :math:`\omega[n, k]` of every edge of :meth:`edges`, in the same order."""
+        return self._edge_weights(self._lower_depth(upper, lower))
+
+    def _edge_weights(self, lower_depth: int) -> Tensor:
+        pairs = self._edges[lower_depth]
+        rows = torch.searchsorted(self._neurons[lower_depth + 1], pairs[:, 1].contiguous())
+        return self._relevance_matrices[lower_depth][rows, pairs[:, 0]]
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The graph as a ``networkx.DiGraph`` (a fresh copy on every call)."""
+        if self._networkx is None:
+            self._networkx = self._build_networkx()
+        return self._networkx.copy()
+
+    def _build_networkx(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        for depth, (name, kept) in enumerate(zip(self._layer_names, self._neurons)):
+            for index in kept.tolist():
+                graph.add_node(
+                    (name, index),
+                    layer=name,
+                    index=index,
+                    depth=depth,
+                    relevance=float(self._relevances[depth][index]),
+                )
+        for lower, pairs in enumerate(self._edges):
+            lower_name, upper_name = self._layer_names[lower], self._layer_names[lower + 1]
+            for (source, sink), weight in zip(pairs.tolist(), self._edge_weights(lower).tolist()):
+                graph.add_edge((lower_name, source), (upper_name, sink), weight=weight)
+        return graph
+
+    def __eq__(self, other: object) -> bool:
+        """Equal neurons, relevances, matrices, edges, target and metadata (not modules).
+
+        NaN equals NaN here, so a graph equals its own saved and loaded copy.
+        """
+        if not isinstance(other, DependencyGraph):
+            return NotImplemented
+        tensors = ("_neurons", "_relevances", "_relevance_matrices", "_edges")
+        return (
+            self._layer_names == other._layer_names
+            and self._target == other._target
+            and all(
+                len(getattr(self, name)) == len(getattr(other, name))
+                and all(map(same_tensor, getattr(self, name), getattr(other, name)))
+                for name in tensors
+            )
+            and same_value(json_compatible(self._metadata), json_compatible(other._metadata))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        kept = ", ".join(
+            f"{name}: {len(n)}/{len(r)}"
+            for name, n, r in zip(self._layer_names, self._neurons, self._relevances)
+        )
+        options = "".join(
+            f", {key}={self._metadata[key]!r}"
+            for key in ("relevance", "mode")
+            if key in self._metadata
+        )
+        return (
+            f"DependencyGraph(target={self._target!r}, neurons={{{kept}}}, "
+            f"edges={sum(len(e) for e in self._edges)}{options})"
+        )
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: Union[str, Path]) -> None:
+        r"""
+        Write the graph to a file; the extension picks the format.
+
+        Node ids in files are strings ``"layer:index"``; every format keeps the
+        node attributes and the edge weights:
+
+        - ``.graphml`` and ``.json`` (networkx node-link data) also keep, as a
+          graph-level attribute ``"dependency_graph"`` holding JSON, the full
+          relevance vectors and matrices, the target and the metadata, so
+          :meth:`load` restores an equal graph.
+        - ``.gexf`` (Gephi) and ``.dot`` (Graphviz, written directly, with one
+          rank per layer, lowest at the bottom) keep nodes and edges only.
+
+        Metadata values that JSON cannot hold (e.g. a Captum attribution class
+        given as ``relevance``) are saved as their qualified name.
+
+        Args:
+            path (str or Path): Where to write; ends in ``.graphml``, ``.gexf``,
+                        ``.json`` or ``.dot``.
+        """
+        io.save(self, Path(path))
+
+    def to_html(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+        r"""
+        Write the graph as one self-contained, interactive HTML page: layered,
+        neurons sized by relevance, edges filtered by a weight slider, hover
+        for a neuron's relevance and strongest edges, click for its ancestors
+        and descendants. See :func:`graphs_to_html`, which writes several
+        graphs (e.g. one per class) into one page.
+
+        Args:
+            path (str or Path): Where to write the page (conventionally ``.html``).
+            title (str, optional): The page's title. Default: "Dependency graph"
+                        and the target, if any.
+
+        Returns:
+            *Path* of the page written.
+
+        Examples::
+
+            >>> graph.to_html("class3.html")   # open it in a browser
+        """
+        from captum_ssa.graph.view import graphs_to_html  # it imports this module
+
+        name = "graph" if self._target is None else f"target {self._target}"
+        if title is None:
+            title = "Dependency graph" + ("" if self._target is None else f" of {name}")
+        return graphs_to_html({name: self}, path, title=title)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> DependencyGraph:
+        r"""
+        Read a graph written by :meth:`save` as ``.graphml`` or ``.json``.
+
+        Everything but the modules is restored: the result equals the saved
+        graph (``==``), and its layers are known by name (pass names to the
+        accessors; :meth:`mask` finds the modules by name in the model).
+
+        Args:
+            path (str or Path): A ``.graphml`` or ``.json`` file from :meth:`save`.
+
+        Returns:
+            *DependencyGraph* equal to the one saved.
+        """
+        return cls(layers=None, **io.read_state(Path(path)))
+
+    # ------------------------------------------------------------------ uses
+
+    def mask(self, model: Any) -> AbstractContextManager[Any]:
+        r"""
+        Run ``model`` as the graph: every neuron of the hidden layers (all
+        listed layers but the top one) that is not in the graph outputs zero.
+
+        A forward hook on each hidden layer zeroes the neurons (units, or
+        whole conv channels, along the neuron axis: dim 1, or
+        ``metadata["neuron_dim"]``) outside the graph; the biases of
+        later layers are untouched. The hooks are removed on leaving the block,
+        also when it raises, so the model is left as it was.
+
+        Args:
+            model (torch.nn.Module): The model the graph was built on (or one
+                        with the same layer names, e.g. a copy).
+
+        Returns:
+            A context manager yielding ``model``.
+
+        Examples::
+
+            >>> with graph.mask(net):
+            ...     masked_accuracy = (net(x).argmax(1) == y).float().mean()
+        """
+        return masking.mask(self, model)
+
+    def draw(self, ax: Optional[Axes] = None) -> Figure:
+        r"""
+        A layered drawing: one row per layer, the lowest at the bottom.
+
+        Node area grows with the neuron's relevance and edge width with the
+        edge weight, both relative to the largest in the same layer (layer
+        pair), since relevance scales differ between layers. Nodes are
+        labelled with their index (in layers of at most 40 kept neurons) and
+        rows with ``name  kept/total``.
+
+        Args:
+            ax (matplotlib.axes.Axes, optional): Where to draw. Default: a new
+                        figure sized to the graph.
+
+        Returns:
+            *matplotlib.figure.Figure* holding the drawing; the nodes are one
+            scatter collection with ``gid="dependency-graph-neurons"``.
+        """
+        return drawing.draw(self, ax)
