@@ -162,3 +162,13 @@ def test_compare_runs_quantus_metrics_on_any_explainer(setup):
     np.testing.assert_allclose(
         table.values["Saliency"]["quantus:MPRT"], table.values["SLP"]["quantus:MPRT"], atol=1e-6
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_device_argument_is_honoured_on_cuda(setup):
+    model, x, y, reference = setup
+    kwargs = {"method": "InactiveStateSensitivity", "layer": "conv2", "fit_inputs": reference}
+    on_cpu = quantus_explain(model, x, y, **kwargs)
+    on_cuda = quantus_explain(model.cuda(), x, y, device="cuda", **kwargs)
+    assert isinstance(on_cuda, np.ndarray)
+    np.testing.assert_allclose(on_cuda, on_cpu, rtol=1e-4, atol=1e-5)
