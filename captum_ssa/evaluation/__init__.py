@@ -13,7 +13,7 @@ robustness and sanity metrics, with Quantus through one ``explain_func``.
 """
 
 from captum_ssa.evaluation.compare import DEFAULT_METRICS, compare
-from captum_ssa.evaluation.explainers import Explainer
+from captum_ssa.evaluation.explainers import Explainer, explain_function
 from captum_ssa.evaluation.faithfulness import (
     SelectivityResult,
     TopKFlipResult,
@@ -41,6 +41,7 @@ __all__ = [
     "TopKFlipResult",
     "compare",
     "continuity",
+    "explain_function",
     "infidelity_score",
     "max_sensitivity",
     "quantus_explain",

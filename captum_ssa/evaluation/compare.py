@@ -70,6 +70,7 @@ def _randomisation(case: _Case, **kwargs: Any) -> Any:
     return result.correlations[-1]
 
 
+# name -> (metric on one method, which way is better, what it computes with its defaults)
 _METRICS: dict[str, tuple[Callable[..., Any], str, str]] = {
     "infidelity": (_infidelity, "lower", "Captum infidelity, Gaussian noise std 0.1, normalised"),
     "sensitivity_max": (_sensitivity, "lower", "Captum sensitivity_max, radius 0.02"),
