@@ -22,6 +22,17 @@ from captum_ssa.evaluation.faithfulness import (
 )
 from captum_ssa.evaluation.graph_attribution import GraphMaskedAttribution, ssa_explainer
 from captum_ssa.evaluation.quantus_adapter import quantus_explain, run_quantus_metric
+from captum_ssa.evaluation.robot_arm import (
+    AgreementRow,
+    DirectionAgreement,
+    ReLUTan,
+    direction_agreement,
+    importance_agreement,
+    robot_arm_dataset,
+    robot_arm_jacobian,
+    robot_arm_position,
+    train_robot_arm,
+)
 from captum_ssa.evaluation.robustness import continuity, infidelity_score, max_sensitivity
 from captum_ssa.evaluation.sanity import (
     RandomisationResult,
@@ -33,23 +44,32 @@ from captum_ssa.evaluation.table import ComparisonTable
 
 __all__ = [
     "DEFAULT_METRICS",
+    "AgreementRow",
     "ComparisonTable",
+    "DirectionAgreement",
     "Explainer",
     "GraphMaskedAttribution",
     "RandomisationResult",
+    "ReLUTan",
     "SelectivityResult",
     "TopKFlipResult",
     "compare",
     "continuity",
+    "direction_agreement",
     "explain_function",
+    "importance_agreement",
     "infidelity_score",
     "max_sensitivity",
     "quantus_explain",
     "randomisable_layers",
     "randomisation_check",
+    "robot_arm_dataset",
+    "robot_arm_jacobian",
+    "robot_arm_position",
     "run_quantus_metric",
     "selectivity",
     "spearman_rows",
     "ssa_explainer",
     "topk_flip",
+    "train_robot_arm",
 ]
