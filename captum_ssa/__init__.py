@@ -13,15 +13,6 @@ Which neurons, in which layers, linked how, carry a decision:
   projected back to the input with DeconvNet.
 """
 
-from captum_ssa._core.class_comparison import (
-    BagOfNodes,
-    bag_of_nodes,
-    cluster_classes,
-    jaccard_similarity,
-    plot_clustermap,
-    shared_subgraph,
-)
-from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._core.graph_evaluation import (
     ClassRates,
     EnsembleEvaluation,
@@ -33,7 +24,6 @@ from captum_ssa._core.graph_evaluation import (
     evaluate_graph,
     spearman_agreement,
 )
-from captum_ssa._core.graph_view import graphs_to_html
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
 from captum_ssa._core.layered_influence import LayeredInfluence
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
@@ -43,8 +33,18 @@ from captum_ssa._core.switched_linear_projection import (
 )
 from captum_ssa._utils.hooks import ReusedLayerError
 from captum_ssa._utils.memory_budget import get_memory_budget, memory_budget, set_memory_budget
-from captum_ssa._utils.relevance import CaptumRelevance, LayerPair
 from captum_ssa._version import __version__ as __version__
+from captum_ssa.graph import (
+    BagOfNodes,
+    DependencyGraph,
+    bag_of_nodes,
+    cluster_classes,
+    graphs_to_html,
+    jaccard_similarity,
+    plot_clustermap,
+    shared_subgraph,
+)
+from captum_ssa.relevance import CaptumRelevance, LayerPair
 
 __all__ = [
     "BagOfNodes",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
 from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import run_and_capture
-from captum_ssa._utils.relevance import CaptumRelevance, LayerPair, resolve_relevance
+from captum_ssa.relevance import CaptumRelevance, LayerPair, resolve_relevance
 from captum_ssa._utils.segment import (
     WeightedCall,
     activity_gradients,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from captum_ssa._utils.distributed import all_reduce_sum
-from captum_ssa._utils.relevance import LayerPair, RelevanceFunction
+from captum_ssa.relevance import LayerPair, RelevanceFunction
 
 AGGREGATIONS = ("mean", "tukey")
 
@@ -33,7 +33,7 @@ def relevance_tensor(
         pair (LayerPair): The two layers and their outputs from one forward pass.
         upper_neurons (Tensor): 1-D indices of the upper neurons (the set S).
         relevance (Callable): A relevance function (see
-                    ``captum_ssa._utils.relevance``), e.g. ``relevance.gradient``.
+                    ``captum_ssa.relevance``), e.g. ``relevance.gradient``.
         absolute (bool, optional): Take absolute values (before spatial means).
                     Default: True
 
@@ -48,7 +48,7 @@ def relevance_tensor(
 
     Examples::
 
-        >>> from captum_ssa._utils import relevance
+        >>> from captum_ssa import relevance
         >>> omega = relevance_tensor(pair, torch.tensor([3]), relevance.gradient)
     """
     omega = relevance(pair, upper_neurons, absolute)

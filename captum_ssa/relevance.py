@@ -39,6 +39,23 @@ from captum_ssa._utils.segment import (
     spatial_mean,
 )
 
+__all__ = [
+    "BUILT_IN",
+    "PRESETS",
+    "CaptumRelevance",
+    "LayerPair",
+    "RelevanceFunction",
+    "activation",
+    "gradient",
+    "gradient_x_activation",
+    "gradients",
+    "resolve_relevance",
+    "weight",
+    "weight_abs",
+    "weight_activation",
+    "weight_matrix",
+]
+
 
 @dataclass
 class LayerPair:
