@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
 from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import run_and_capture
-from captum_ssa.relevance import CaptumRelevance, LayerPair, resolve_relevance
 from captum_ssa._utils.segment import (
     WeightedCall,
     activity_gradients,
@@ -23,6 +22,7 @@ from captum_ssa._utils.segment import (
     record_weighted_calls,
     seeds_at_layer_input,
 )
+from captum_ssa.relevance import CaptumRelevance, LayerPair, resolve_relevance
 
 
 class Sandwich(nn.Module):

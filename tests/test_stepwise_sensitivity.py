@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from captum_ssa.graph import DependencyGraph
+from captum_ssa import relevance as relevance_functions
 from captum_ssa._core.stepwise_sensitivity import (
     StepwiseSensitivity,
     aggregate_datapoints,
@@ -25,11 +25,11 @@ from captum_ssa._core.stepwise_sensitivity import (
     relevance_tensor,
     threshold,
 )
-from captum_ssa import relevance as relevance_functions
 from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import ReusedLayerError, run_and_capture
-from captum_ssa.relevance import LayerPair
 from captum_ssa._utils.segment import observe_layer_calls, record_weighted_calls
+from captum_ssa.graph import DependencyGraph
+from captum_ssa.relevance import LayerPair
 from tests.behaviour import assert_same_snapshot, snapshot
 from tests.models import MLP, TwoInputs, build
 

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa import StepwiseSensitivity, memory_budget
-from captum_ssa.graph import DependencyGraph
 from captum_ssa import relevance as relevance_functions
 from captum_ssa._utils import segment
+from captum_ssa.graph import DependencyGraph
 from tests.models import ResNet, build, randomise_batch_norm
 
 OPTIONS = {

@@ -19,7 +19,6 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch.nn import Module
 
-from captum_ssa.graph import DependencyGraph
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import Batch, is_batch_stream
 from captum_ssa._utils.hooks import (
@@ -29,7 +28,6 @@ from captum_ssa._utils.hooks import (
     unique_layer_names,
 )
 from captum_ssa._utils.model_state import untouched_model
-from captum_ssa.relevance import PRESETS, resolve_relevance
 from captum_ssa._utils.segment import is_weighted_layer
 from captum_ssa._utils.ssa_checks import (
     NeuronSet,
@@ -51,6 +49,8 @@ from captum_ssa._utils.ssa_steps import (
 )
 from captum_ssa._utils.ssa_streaming import PASSES, Capture, Setting
 from captum_ssa._utils.validation import positive_int, prepare_inputs
+from captum_ssa.graph import DependencyGraph
+from captum_ssa.relevance import PRESETS, resolve_relevance
 
 __all__ = [
     "StepwiseSensitivity",
