@@ -282,6 +282,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                 chosen = probe.call_order[best]
                 table = {self._names[p]: score for p, score in zip(probe.call_order, scores)}
                 rows_per_rank = probe.rows_per_rank
+                del probe  # its features and subsample are not kept past the choice
             kept, labels = reader.keep(reference, chosen, rows_per_rank)
         _check_two_classes(labels)
         # set only now, so a failed fit leaves the previous one intact
