@@ -139,3 +139,14 @@ def test_stream_errors_name_the_problem() -> None:
         evaluate_graph(model, graph, [])
     with pytest.raises(ValueError, match="holds no batches"):
         ablation_importance(model, "fc1", [])
+
+
+def test_tensor_inputs_need_not_be_floating_point() -> None:
+    # token ids into an embedding: no gradient is taken, so integers are fine
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 5), nn.Linear(5, 3))
+    tokens = torch.randint(0, 10, (20, 3), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(1))
+    for metric in ("accuracy", "loss"):
+        importance = ablation_importance(model, "2", tokens, labels, batch_size=8, metric=metric)
+        expected = plain_ablation(model, "2", tokens, labels, metric)
+        assert torch.allclose(importance, expected, atol=1e-6)

@@ -30,7 +30,8 @@ def labelled_batches(inputs: Any, labels: Optional[Tensor], show_progress: bool)
                 "labels is missing: pass labels with tensor inputs, or inputs as an "
                 "iterable of (inputs, labels) batches such as a DataLoader"
             )
-        yield from stream([check_inputs(inputs, labels)], "inputs", show_progress)
+        # not through iterate_batches, which wants floating-point inputs
+        yield Batch(*check_inputs(inputs, labels))
         return
     for position, batch in enumerate(stream(inputs, "inputs", show_progress)):
         if batch.labels is None:
