@@ -74,7 +74,10 @@ def graph_of(model: Any) -> Any:
     """A graph keeping half of every hidden layer's neurons, targeting class 1."""
     import torch
 
-    from captum_ssa._core.dependency_graph import DependencyGraph
+    try:
+        from captum_ssa.graph.model import DependencyGraph
+    except ImportError:  # an older checkout
+        from captum_ssa._core.dependency_graph import DependencyGraph  # type: ignore[no-redef]
 
     layers = [model[0], model[2], model[5], model[7]]
     sizes = [16, 32, 128, 3]

@@ -22,7 +22,6 @@ from scipy.stats import spearmanr
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._core.dependency_graph import DependencyGraph
 from captum_ssa._utils.ablation import (
     ablation_layout,
     add_ablated_losses,
@@ -36,6 +35,7 @@ from captum_ssa._utils.labelled_data import labelled_batches, unlabelled_batches
 from captum_ssa._utils.model_state import warn_if_training
 from captum_ssa._utils.streaming import pieces, same_on_every_rank
 from captum_ssa._utils.validation import positive_int
+from captum_ssa.graph.model import DependencyGraph
 
 # Rows per forward pass when no batch size is given: small enough for any
 # reasonable model's activations, large enough to keep the passes few.
