@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa._core.layered_influence import LayeredInfluence
@@ -106,3 +107,47 @@ def test_dispersion_on_all_points_equals_the_pair_loop_and_a_subsample_ignores_b
     )
     assert streamed.layer_scores == pytest.approx(few.layer_scores, rel=1e-12)
     assert few.layer_scores != pytest.approx(everything.layer_scores, rel=1e-6)
+
+
+class StorageSizes(TorchFunctionMode):
+    """Records the storage (address, bytes) of every tensor a torch function returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: set[tuple[int, int]] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(value, Tensor):
+                storage = value.untyped_storage()
+                self.storages.add((storage.data_ptr(), storage.nbytes()))
+        return result
+
+
+@pytest.mark.parametrize(
+    ("as_stream", "batch_size", "blocks", "large"),
+    [
+        (True, None, 25, 0),  # 400 = 25 x 16: the batches' own outputs, kept as they are
+        (False, 100, 1, 1),  # four forward passes into one preallocated buffer
+        # one forward pass of all points: its output is kept, and the network above
+        # the layer runs on a clone of it (so that an in-place op cannot change it)
+        (False, None, 1, 2),
+    ],
+)
+def test_no_second_copy_of_the_kept_activations_is_made(
+    as_stream: bool, batch_size: int | None, blocks: int, large: int
+) -> None:
+    model, candidates, reference = cnn_reference(400)
+    data = loader_of(reference) if as_stream else reference
+    with StorageSizes() as recorded:
+        explainer = LayeredInfluence(model, candidates).fit(
+            data, layer=candidates[0], batch_size=batch_size
+        )
+    kept = explainer._reference
+    assert kept is not None and kept.nbytes == 400 * 256 * 4
+    assert len(kept.blocks) == blocks
+    # whatever else existed during the fit (the batches, the other candidates'
+    # outputs, the model's activations) is small next to what is kept, where the
+    # old fit's concatenation and centred copy were each as large as it
+    assert len([size for _, size in recorded.storages if size * 2 > kept.nbytes]) == large

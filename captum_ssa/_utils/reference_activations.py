@@ -152,7 +152,9 @@ class ReferenceReader:
             if total is None:
                 total = rows.new_zeros(rows.shape[1], dtype=torch.float64)
             total += rows.sum(0, dtype=torch.float64)
-            if rows_per_rank is None:
+            whole = rows_per_rank is not None and len(rows) == rows_per_rank[rank]
+            if rows_per_rank is None or (whole and not is_distributed()):
+                # a stream's pieces, or one piece with every point: kept as they are
                 blocks.append(_owned(rows))
             else:
                 if buffer is None:
