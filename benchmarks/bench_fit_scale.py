@@ -74,10 +74,8 @@ def graph_of(model: Any) -> Any:
     """A graph keeping half of every hidden layer's neurons, targeting class 1."""
     import torch
 
-    try:
-        from captum_ssa.graph.model import DependencyGraph
-    except ImportError:  # an older checkout
-        from captum_ssa._core.dependency_graph import DependencyGraph  # type: ignore[no-redef]
+    # the package's top level, where older checkouts export it too
+    from captum_ssa import DependencyGraph
 
     layers = [model[0], model[2], model[5], model[7]]
     sizes = [16, 32, 128, 3]
@@ -114,8 +112,13 @@ def run_case(case: str, size: int, streams_graphs: bool) -> dict[str, Any]:
     import psutil
     import torch
 
-    from captum_ssa import InactiveStateSensitivity, LayeredInfluence
-    from captum_ssa._core.graph_evaluation import ablation_importance, evaluate_graph
+    # the package's top level, where old checkouts export them too
+    from captum_ssa import (
+        InactiveStateSensitivity,
+        LayeredInfluence,
+        ablation_importance,
+        evaluate_graph,
+    )
 
     torch.set_num_threads(1)  # comparable timings on a shared machine
     model, x, labels, loader = build(size)

@@ -13,17 +13,6 @@ Which neurons, in which layers, linked how, carry a decision:
   projected back to the input with DeconvNet.
 """
 
-from captum_ssa._core.graph_evaluation import (
-    ClassRates,
-    EnsembleEvaluation,
-    GraphEvaluation,
-    ablation_importance,
-    class_rates,
-    ensemble_predict,
-    evaluate_ensemble,
-    evaluate_graph,
-    spearman_agreement,
-)
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
 from captum_ssa._core.layered_influence import LayeredInfluence
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
@@ -43,6 +32,17 @@ from captum_ssa.graph import (
     jaccard_similarity,
     plot_clustermap,
     shared_subgraph,
+)
+from captum_ssa.graph.evaluation import (
+    ClassRates,
+    EnsembleEvaluation,
+    GraphEvaluation,
+    ablation_importance,
+    class_rates,
+    ensemble_predict,
+    evaluate_ensemble,
+    evaluate_graph,
+    spearman_agreement,
 )
 from captum_ssa.relevance import CaptumRelevance, LayerPair
 

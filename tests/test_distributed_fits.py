@@ -11,13 +11,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ssa._core.graph_evaluation import (
+from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
+from captum_ssa._core.layered_influence import LayeredInfluence
+from captum_ssa.graph.evaluation import (
     ablation_importance,
     evaluate_ensemble,
     evaluate_graph,
 )
-from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
-from captum_ssa._core.layered_influence import LayeredInfluence
 from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
 
 WORLD_SIZE = 2

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from captum_ssa._core.dependency_graph import DependencyGraph
-from captum_ssa._core.graph_evaluation import (
+from captum_ssa.graph import DependencyGraph
+from captum_ssa.graph.evaluation import (
     ClassRates,
     GraphEvaluation,
     ablation_importance,

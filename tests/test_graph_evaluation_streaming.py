@@ -9,13 +9,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ssa._core.graph_evaluation import (
+from captum_ssa._utils.ablation import ablation_layout
+from captum_ssa.graph.evaluation import (
     ablation_importance,
     ensemble_predict,
     evaluate_ensemble,
     evaluate_graph,
 )
-from captum_ssa._utils.ablation import ablation_layout
 from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
 
 

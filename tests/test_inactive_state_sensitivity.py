@@ -343,3 +343,30 @@ def test_target_is_accepted_and_cannot_move_insens():
     expected = insens.attribute(x)
     for target in (0, torch.tensor([2, 0, 1]), [1, 1, 0]):
         torch.testing.assert_close(insens.attribute(x, target), expected)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_a_small_memory_budget_shrinks_the_jacobian_chunks_not_the_result(mode, monkeypatch):
+    from captum_ssa import memory_budget
+    from captum_ssa._utils import jacobian
+
+    model, layers, shape = build("cnn", 4)
+    x = torch.randn(3, *shape)
+    reference = torch.randn(12, *shape)
+    insens = InactiveStateSensitivity(model, layers["conv2"]).fit(reference)
+    chunk_sizes: list[int] = []
+    default_chunk_size = jacobian.default_chunk_size
+
+    def recording_chunk_size(*args, **kwargs):
+        chunk_sizes.append(default_chunk_size(*args, **kwargs))
+        return chunk_sizes[-1]
+
+    monkeypatch.setattr(jacobian, "default_chunk_size", recording_chunk_size)
+    roomy = insens.attribute(x, jacobian_mode=mode)
+    with memory_budget(4096):
+        tight = insens.attribute(x, jacobian_mode=mode)
+    assert len(chunk_sizes) == 2 and chunk_sizes[1] < chunk_sizes[0]
+    torch.testing.assert_close(tight, roomy, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        tight, reference_insens(model, layers["conv2"], x, reference), rtol=1e-4, atol=1e-5
+    )

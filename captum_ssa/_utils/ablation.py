@@ -1,6 +1,6 @@
 """The ablation gold standard's pieces: zero one neuron per copy of the examples.
 
-:func:`~captum_ssa._core.graph_evaluation.ablation_importance` repeats a piece of
+:func:`~captum_ssa.graph.evaluation.ablation_importance` repeats a piece of
 the examples once per neuron of a group and zeroes the ``j``-th neuron in the
 ``j``-th copy with a forward hook, so one forward pass ablates a whole group.
 """

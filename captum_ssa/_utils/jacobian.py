@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from captum_ssa._utils._compat import progress
 from captum_ssa._utils.autograd_graph import walk
+from captum_ssa._utils.memory_budget import get_memory_budget
 
 # Bound on the number of Jacobian entries alive at once (64 MiB of float32), which
 # other modules use to size their own chunks.
@@ -59,8 +60,10 @@ def default_chunk_size(
 ) -> int:
     """Rows (reverse) or columns (forward) per chunk within the mode's byte budget:
     each row or column of a chunk carries, for every example, one tensor as wide as
-    the widest activation between the inputs and the layer."""
-    budget = FORWARD_CHUNK_BYTES if mode == "forward" else REVERSE_CHUNK_BYTES
+    the widest activation between the inputs and the layer. The mode's own cap (larger
+    chunks stop paying off) applies within the package's memory budget."""
+    mode_cap = FORWARD_CHUNK_BYTES if mode == "forward" else REVERSE_CHUNK_BYTES
+    budget = min(mode_cap, get_memory_budget())
     return max(1, budget // max(1, batch_size * widest_per_example * element_size))
 
 

@@ -1,8 +1,9 @@
 """Dependency graphs: the data model and its accessors (:mod:`~captum_ssa.graph.model`),
 files (:mod:`~captum_ssa.graph.io`), masking a model (:mod:`~captum_ssa.graph.masking`),
 drawing (:mod:`~captum_ssa.graph.drawing`), comparing class graphs
-(:mod:`~captum_ssa.graph.comparison`) and the interactive page
-(:mod:`~captum_ssa.graph.view`)."""
+(:mod:`~captum_ssa.graph.comparison`), the interactive page
+(:mod:`~captum_ssa.graph.view`) and the graph as a classifier
+(:mod:`~captum_ssa.graph.evaluation`)."""
 
 from captum_ssa.graph.comparison import (
     BagOfNodes,
@@ -12,16 +13,36 @@ from captum_ssa.graph.comparison import (
     plot_clustermap,
     shared_subgraph,
 )
+from captum_ssa.graph.evaluation import (
+    ClassRates,
+    EnsembleEvaluation,
+    GraphEvaluation,
+    ablation_importance,
+    class_rates,
+    ensemble_predict,
+    evaluate_ensemble,
+    evaluate_graph,
+    spearman_agreement,
+)
 from captum_ssa.graph.model import DependencyGraph
 from captum_ssa.graph.view import graphs_to_html
 
 __all__ = [
     "BagOfNodes",
+    "ClassRates",
     "DependencyGraph",
+    "EnsembleEvaluation",
+    "GraphEvaluation",
+    "ablation_importance",
     "bag_of_nodes",
+    "class_rates",
     "cluster_classes",
+    "ensemble_predict",
+    "evaluate_ensemble",
+    "evaluate_graph",
     "graphs_to_html",
     "jaccard_similarity",
     "plot_clustermap",
     "shared_subgraph",
+    "spearman_agreement",
 ]
