@@ -81,7 +81,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(case: str, count: int) -> dict[str, Any]:
+def measure(case: str, count: int, relevance: str = "gradient") -> dict[str, Any]:
     """One measurement, in this process."""
     from captum_ssa import StepwiseSensitivity
 
@@ -108,7 +108,7 @@ def measure(case: str, count: int) -> dict[str, Any]:
         data = SeededBatches(count, 100, (3, 32, 32))
         if case == "resnet_one_batch":
             data = next(iter(data))
-        options = {"target": 0, "branching": 8}
+        options = {"target": 0, "branching": 8, "relevance": relevance}
     ssa = StepwiseSensitivity(model, layers)
     # a first call pays for one-off costs (lazy imports, allocator warm-up), not SSA's
     ssa.attribute(
@@ -127,11 +127,14 @@ def measure(case: str, count: int) -> dict[str, Any]:
     }
 
 
-def in_subprocess(case: str, count: int, pythonpath: str = "") -> dict[str, Any]:
+def in_subprocess(
+    case: str, count: int, pythonpath: str = "", relevance: str = "gradient"
+) -> dict[str, Any]:
     environment = dict(os.environ)
     if pythonpath:
         environment["PYTHONPATH"] = pythonpath
     command = [sys.executable, __file__, "--measure", case, "--count", str(count)]
+    command += ["--relevance", relevance]
     output = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
@@ -141,29 +144,37 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--resnet", type=int, default=10_000, help="ResNet inputs (0: skip)")
     parser.add_argument("--before", default="", help="another checkout to compare (b) with")
+    parser.add_argument(
+        "--relevance",
+        default="gradient",
+        help="the ResNet graph's relevance; activations_abs needs no backward pass, so one "
+        "pass over 10,000 inputs takes minutes on a CPU",
+    )
+    parser.add_argument("--resnet-only", action="store_true", help="skip (a) and (b)")
     parser.add_argument("--measure", default="")
     parser.add_argument("--count", type=int, default=0)
     arguments = parser.parse_args()
     if arguments.measure:
-        print(json.dumps(measure(arguments.measure, arguments.count)))
+        print(json.dumps(measure(arguments.measure, arguments.count, arguments.relevance)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     small, large = (200, 2_000) if arguments.quick else (2_000, 20_000)
-    first, second = in_subprocess("cnn", small), in_subprocess("cnn", large)
-    print(f"(a) small CNN {small}: {first}")
-    print(f"(a) small CNN {large}: {second}")
-    print(
-        f"(a) ratios {large}/{small}: time {second['seconds'] / first['seconds']:.2f}, "
-        f"peak RSS {second['peak_rss_mb'] / first['peak_rss_mb']:.3f} "
-        f"({second['peak_rss_mb'] - first['peak_rss_mb']:+.1f} MB)"
-    )
-    print(f"(b) wide conv pair, default settings: {in_subprocess('wide', 0)}")
-    if arguments.before:
-        print(f"(b) the same, {arguments.before}: {in_subprocess('wide', 0, arguments.before)}")
+    if not arguments.resnet_only:
+        first, second = in_subprocess("cnn", small), in_subprocess("cnn", large)
+        print(f"(a) small CNN {small}: {first}")
+        print(f"(a) small CNN {large}: {second}")
+        print(
+            f"(a) ratios {large}/{small}: time {second['seconds'] / first['seconds']:.2f}, "
+            f"peak RSS {second['peak_rss_mb'] / first['peak_rss_mb']:.3f} "
+            f"({second['peak_rss_mb'] - first['peak_rss_mb']:+.1f} MB)"
+        )
+        print(f"(b) wide conv pair, default settings: {in_subprocess('wide', 0)}")
+        if arguments.before:
+            print(f"(b) the same, {arguments.before}: {in_subprocess('wide', 0, arguments.before)}")
     if arguments.resnet:
-        one = in_subprocess("resnet_one_batch", 100)
-        streamed = in_subprocess("resnet", arguments.resnet)
-        print(f"(c) ResNet-18, one batch of 100: {one}")
+        one = in_subprocess("resnet_one_batch", 100, relevance=arguments.relevance)
+        streamed = in_subprocess("resnet", arguments.resnet, relevance=arguments.relevance)
+        print(f"(c) ResNet-18, relevance {arguments.relevance!r}, one batch of 100: {one}")
         print(f"(c) ResNet-18, {arguments.resnet} inputs streamed: {streamed}")
         ratio = streamed["per_input_ms"] / one["per_input_ms"]
         print(f"(c) per-input time streamed / one batch: {ratio:.2f}")
