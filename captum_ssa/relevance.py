@@ -30,13 +30,15 @@ from torch.nn import Module
 
 from captum_ssa._utils.hooks import neuron_axis
 from captum_ssa._utils.segment import (
-    WeightedCall,
     activity_function,
-    connecting_layer,
-    connection_weights,
     mean_gradient_magnitudes,
     mean_magnitude,
     spatial_mean,
+)
+from captum_ssa._utils.weighted_connection import (
+    WeightedCall,
+    connecting_layer,
+    connection_weights,
 )
 
 __all__ = [

@@ -13,14 +13,16 @@ from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
 from captum_ssa._utils import segment
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.segment import (
-    WeightedCall,
     activity_gradients,
-    connecting_layer,
     elementwise_derivative,
     mean_gradient_magnitudes,
     observe_layer_calls,
-    record_weighted_calls,
     seeds_at_layer_input,
+)
+from captum_ssa._utils.weighted_connection import (
+    WeightedCall,
+    connecting_layer,
+    record_weighted_calls,
 )
 from captum_ssa.relevance import CaptumRelevance, LayerPair, resolve_relevance
 

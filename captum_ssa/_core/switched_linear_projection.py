@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional, Union
 
-import torch
 from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor
@@ -16,22 +14,21 @@ from captum_ssa._utils._compat import (
     BaselineType,
     TargetType,
     TensorOrTupleOfTensorsGeneric,
-    _format_baseline,
     _format_output,
     _format_tensor_into_tuples,
     _is_tuple,
-    _select_targets,
-    _tensorize_baseline,
-    _verify_select_neuron,
 )
-from captum_ssa._utils.hooks import check_layers_in_model, run_and_capture
-from captum_ssa._utils.linearity import warn_once_if_not_piecewise_linear
-from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.validation import (
-    NeuronSelector,
-    check_neuron_selector,
-    prepare_inputs,
+from captum_ssa._utils.hooks import check_layers_in_model
+from captum_ssa._utils.layer_neuron import activity_and_weights, activity_at
+from captum_ssa._utils.projection_arithmetic import (
+    centre,
+    centred_contributions,
+    contributions,
+    per_example_dot,
+    per_example_sum,
+    start_points,
 )
+from captum_ssa._utils.validation import NeuronSelector, prepare_inputs
 
 
 class SwitchedProjection(NamedTuple):
@@ -45,138 +42,6 @@ class SwitchedProjection(NamedTuple):
     bias: Tensor
     activity: Tensor
     centre: Union[Tensor, tuple[Tensor, ...]]
-
-
-def _per_example_sum(tensors: tuple[Tensor, ...]) -> Tensor:
-    """The sum over every feature of every input tensor, one value per example."""
-    return torch.stack([t.reshape(t.shape[0], -1).sum(1) for t in tensors]).sum(0)
-
-
-def _per_example_dot(left: tuple[Tensor, ...], right: tuple[Tensor, ...]) -> Tensor:
-    """``<left, right>`` over every input tensor, one value per example."""
-    return _per_example_sum(tuple(a * b for a, b in zip(left, right)))
-
-
-def _step_to_centre(activity: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
-    """``v / ||w||^2`` per example (x - c = step * w), and 0 where ``w = 0``."""
-    squared_norm = _per_example_dot(weights, weights)
-    safe_norm = torch.where(squared_norm > 0, squared_norm, torch.ones_like(squared_norm))
-    return torch.where(squared_norm > 0, activity / safe_norm, torch.zeros_like(activity))
-
-
-def _broadcast(values: Tensor, like: Tensor) -> Tensor:
-    """(N,) values shaped to multiply a (N, ...) tensor."""
-    return values.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def _what_selects_one_neuron(neuron_shape: tuple[int, ...]) -> str:
-    """How to pick one value per example from a layer output of this shape."""
-    if len(neuron_shape) == 1:
-        return (
-            f"an int in [0, {neuron_shape[0]}), or a 1-D tensor or list of such ints "
-            "(one per example)"
-        )
-    if len(neuron_shape) == 3:
-        names: tuple[str, ...] = ("c", "h", "w")
-    else:
-        names = ("c", *(f"i{dim}" for dim in range(1, len(neuron_shape))))
-    index = "(" + ", ".join(names) + ")"
-    spatial = tuple(range(1, len(neuron_shape)))
-    return (
-        f"a tuple of {len(neuron_shape)} indices {index}, or a list of such tuples "
-        "(one per example); for a whole channel give instead a neuron_selector "
-        f"such as `lambda out: out[:, c].mean({spatial})`"
-    )
-
-
-def _select_target(layer_output: Tensor, target: TargetType) -> Tensor:
-    """Captum's ``target`` applied to the layer output, with errors naming ``target``."""
-    shape = tuple(layer_output.shape)
-    expected = _what_selects_one_neuron(shape[1:])
-    if callable(target):
-        raise TypeError(
-            "target is a callable; pass it as neuron_selector=... (the second "
-            "positional argument of attribute is target, as in Captum)"
-        )
-    if isinstance(target, bool):
-        raise ValueError(f"target must be an index, not a bool; expected {expected}")
-    if isinstance(target, numbers.Integral):
-        target = int(target)  # NumPy integers, which Captum's helper does not accept
-    try:
-        selected = _select_targets(layer_output, target)
-    except (AssertionError, IndexError, RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"target {target!r} does not select a neuron of the layer output shaped "
-            f"{shape} ({error}); expected {expected}"
-        ) from error
-    if selected.shape != (shape[0],):
-        raise ValueError(
-            f"target {target!r} selects {tuple(selected.shape[1:])} values per example "
-            f"from the layer output shaped {shape}, not one; expected {expected}"
-        )
-    return selected
-
-
-def _select_neuron(
-    layer_output: Tensor, target: TargetType, neuron_selector: Optional[NeuronSelector]
-) -> Tensor:
-    """The selected neuron's activity, one value per example (N,)."""
-    if target is not None and neuron_selector is not None:
-        raise ValueError(
-            "give either target or neuron_selector, not both: target selects a "
-            "neuron of the layer output as Captum's target selects a model output, "
-            "neuron_selector is the general form (int, tuple or callable)"
-        )
-    batch_size = layer_output.shape[0]
-    if target is not None:
-        return _select_target(layer_output, target)
-    if neuron_selector is None:
-        if layer_output[0].numel() != 1:
-            raise ValueError(
-                "give target or neuron_selector: the layer output is shaped "
-                f"{tuple(layer_output.shape)}, more than one value per example"
-            )
-        return layer_output.reshape(batch_size)
-    check_neuron_selector(layer_output, neuron_selector)
-    activity = _verify_select_neuron((layer_output,), neuron_selector)
-    if activity.shape != (batch_size,):
-        raise ValueError(
-            "neuron_selector must pick one value per example, a tensor "
-            f"shaped ({batch_size},); got {tuple(activity.shape)}"
-        )
-    return activity
-
-
-def _start_points(baselines: BaselineType, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """Captum-style ``baselines`` as one tensor per input, each shaped like it."""
-    try:
-        formatted = _format_baseline(baselines, inputs)
-    except AssertionError as error:
-        raise TypeError(
-            f"baselines must be a number, a tensor or a tuple of those, got {baselines!r}"
-        ) from error
-    if len(formatted) != len(inputs):
-        raise ValueError(
-            f"baselines has {len(formatted)} entries for {len(inputs)} input tensors; "
-            "give one baseline (a number or a tensor) per input"
-        )
-    # A 0-dim tensor is a number to Captum's users but not to _tensorize_baseline.
-    numbers_or_tensors = tuple(
-        b.item() if isinstance(b, Tensor) and b.dim() == 0 else b for b in formatted
-    )
-    points = []
-    tensorized = _tensorize_baseline(inputs, numbers_or_tensors)
-    for position, (baseline, tensor) in enumerate(zip(tensorized, inputs)):
-        try:
-            point = torch.broadcast_to(baseline, tensor.shape)
-        except RuntimeError as error:
-            raise ValueError(
-                f"baselines[{position}] is shaped {tuple(baseline.shape)}; it must be "
-                f"a number or a tensor broadcastable to the input shaped "
-                f"{tuple(tensor.shape)} (batch 1 or the input's batch size)"
-            ) from error
-        points.append(point.detach().to(dtype=tensor.dtype, device=tensor.device))
-    return tuple(points)
 
 
 class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
@@ -260,52 +125,6 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     def has_convergence_delta(self) -> bool:
         return True
 
-    def _activity_and_weights(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        target: TargetType,
-        additional_forward_args: Any,
-        neuron_selector: Optional[NeuronSelector],
-    ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
-        """One forward and one backward: ``(inputs, activity (N,), weights)``."""
-        prepared = prepare_inputs(inputs)
-        with untouched_model(self.forward_func):
-            _, (layer_output,) = run_and_capture(
-                self.forward_func,
-                prepared,
-                [self.layer],
-                additional_forward_args,
-            )
-            activity = _select_neuron(layer_output, target, neuron_selector)
-            warn_once_if_not_piecewise_linear(self, activity, prepared)
-            # Examples do not interact in eval mode, so the gradient of the sum
-            # holds every example's own switched weights.
-            weights = torch.autograd.grad(
-                activity.sum(), prepared, allow_unused=True, materialize_grads=True
-            )
-        return (
-            tuple(t.detach() for t in prepared),
-            activity.detach(),
-            tuple(w.detach() for w in weights),
-        )
-
-    def _activity_at(
-        self,
-        points: tuple[Tensor, ...],
-        target: TargetType,
-        additional_forward_args: Any,
-        neuron_selector: Optional[NeuronSelector],
-    ) -> Tensor:
-        """The network's actual activity of the selected neuron at ``points`` (N,)."""
-        with untouched_model(self.forward_func), torch.no_grad():
-            _, (layer_output,) = run_and_capture(
-                self.forward_func,
-                points,
-                [self.layer],
-                additional_forward_args,
-            )
-            return _select_neuron(layer_output, target, neuron_selector)
-
     def _contributions(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -317,27 +136,25 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         multiply: bool,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         """Weights (``multiply=False``) or contributions, and the delta if asked."""
-        prepared, activity, weights = self._activity_and_weights(
-            inputs, target, additional_forward_args, neuron_selector
+        prepared, activity, weights = activity_and_weights(
+            self, inputs, target, additional_forward_args, neuron_selector
         )
         is_tuple = _is_tuple(inputs)
         if not (multiply or return_convergence_delta):
             return _format_output(is_tuple, weights)
         if baselines is None:
-            step = _step_to_centre(activity, weights)
-            start = tuple(x - _broadcast(step, w) * w for x, w in zip(prepared, weights))
-            # x - c = (v / ||w||^2) w, so step * w^2 is the exact product.
-            contributions = tuple(_broadcast(step, w) * w * w for w in weights)
+            start = centre(prepared, activity, weights)
+            parts = centred_contributions(activity, weights)
         else:
-            start = _start_points(baselines, prepared)
-            contributions = tuple((x - x0) * w for x, x0, w in zip(prepared, start, weights))
-        attributions = _format_output(is_tuple, contributions if multiply else weights)
+            start = start_points(baselines, prepared)
+            parts = contributions(prepared, start, weights)
+        attributions = _format_output(is_tuple, parts if multiply else weights)
         if not return_convergence_delta:
             return attributions
-        activity_at_start = self._activity_at(
-            start, target, additional_forward_args, neuron_selector
+        activity_at_start = activity_at(
+            self, start, target, additional_forward_args, neuron_selector
         )
-        delta = activity - activity_at_start - _per_example_sum(contributions)
+        delta = activity - activity_at_start - per_example_sum(parts)
         return attributions, delta
 
     @log_usage()
@@ -463,18 +280,15 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             ...     projection.activity, atol=1e-5)
             True
         """
-        prepared, activity, weights = self._activity_and_weights(
-            inputs, target, additional_forward_args, neuron_selector
+        prepared, activity, weights = activity_and_weights(
+            self, inputs, target, additional_forward_args, neuron_selector
         )
-        bias = activity - _per_example_dot(weights, prepared)
-        step = _step_to_centre(activity, weights)
-        centre = tuple(x - _broadcast(step, w) * w for x, w in zip(prepared, weights))
         is_tuple = _is_tuple(inputs)
         return SwitchedProjection(
             weights=_format_output(is_tuple, weights),
-            bias=bias,
+            bias=activity - per_example_dot(weights, prepared),
             activity=activity,
-            centre=_format_output(is_tuple, centre),
+            centre=_format_output(is_tuple, centre(prepared, activity, weights)),
         )
 
     def decompose(
@@ -560,23 +374,21 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             >>> slp.compute_convergence_delta(weights, 0.0, x, target=1)  # == delta
         """
         end = tuple(point.detach() for point in prepare_inputs(end_point))
-        start = _start_points(start_point, end)
+        start = start_points(start_point, end)
         formatted = _format_tensor_into_tuples(attributions)
         if len(formatted) != len(end) or any(a.shape != e.shape for a, e in zip(formatted, end)):
             raise ValueError(
                 "attributions must be shaped like end_point: got "
                 f"{[tuple(a.shape) for a in formatted]} for {[tuple(e.shape) for e in end]}"
             )
-        activity_at_end = self._activity_at(end, target, additional_forward_args, neuron_selector)
-        activity_at_start = self._activity_at(
-            start, target, additional_forward_args, neuron_selector
+        activity_at_end = activity_at(self, end, target, additional_forward_args, neuron_selector)
+        activity_at_start = activity_at(
+            self, start, target, additional_forward_args, neuron_selector
         )
         if self._multiply_by_inputs:
-            predicted_change = _per_example_sum(formatted)
+            predicted_change = per_example_sum(formatted)
         else:
-            predicted_change = _per_example_sum(
-                tuple((e - s) * a for a, e, s in zip(formatted, end, start))
-            )
+            predicted_change = per_example_sum(contributions(end, start, formatted))
         return activity_at_end - activity_at_start - predicted_change
 
 

@@ -46,8 +46,9 @@ from captum_ssa._utils._compat import progress
 from captum_ssa._utils.batches import Batch
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.memory_budget import rows_within_budget
-from captum_ssa._utils.segment import observe_layer_calls, record_weighted_calls
+from captum_ssa._utils.segment import observe_layer_calls
 from captum_ssa._utils.ssa_steps import RunningAggregate, relevance_tensor
+from captum_ssa._utils.weighted_connection import record_weighted_calls
 from captum_ssa.relevance import BUILT_IN, LayerPair, RelevanceFunction
 
 PASSES = ("auto", "per_pair", "single")
