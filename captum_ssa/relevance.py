@@ -73,7 +73,7 @@ class LayerPair:
     that runs the model again must move it the same way (``run_and_capture``
     does with ``neuron_dim``). ``weighted_calls`` are the calls of plain
     Linear/Conv modules seen in that pass (see
-    ``segment.record_weighted_calls``), where the weight relevances look for
+    ``weighted_connection.record_weighted_calls``), where the weight relevances look for
     the layer that connects the two.
     """
 
