@@ -3,7 +3,6 @@ Explanations*), scored with the monotone influence measure of Sliwinski, Strobel
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -18,7 +17,6 @@ from captum_ssa._utils._compat import (
     _format_output,
     _is_tuple,
 )
-from captum_ssa._utils.batches import is_batch_stream
 from captum_ssa._utils.class_targets import (
     ClassTarget,
     class_targets,
@@ -33,10 +31,11 @@ from captum_ssa._utils.hooks import (
     unique_layer_names,
 )
 from captum_ssa._utils.influence_measure import Alpha, check_alpha, monotone_influence
-from captum_ssa._utils.layer_selection import (
-    gini_coefficient,
-    linear_probe_accuracy,
-    lowest_within_tolerance,
+from captum_ssa._utils.layer_choice import (
+    LayerChoice,
+    candidate_index,
+    check_choice_options,
+    fit_reference,
 )
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
@@ -44,13 +43,10 @@ from captum_ssa._utils.model_state import (
     untouched_model,
     weights_fingerprint,
 )
-from captum_ssa._utils.reference_activations import LayerReference, Probe, ReferenceReader
+from captum_ssa._utils.reference_activations import LayerReference, ReferenceReader
 from captum_ssa._utils.validation import positive_int, prepare_inputs
 
 __all__ = ["ClassTarget", "LayeredInfluence", "class_targets", "model_labels", "top_unit_seed"]
-
-_CRITERIA = ("linear", "dispersion")
-LayerChoice = Union[Module, str, None]
 
 
 class LayeredInfluence(NeuronAttribution, GradientAttribution):
@@ -249,10 +245,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             >>> explainer.chosen_layer_name
             'conv2'
         """
-        if criterion not in _CRITERIA:
-            raise ValueError(f"criterion must be one of {_CRITERIA}, got {criterion!r}")
-        if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
-            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        check_choice_options(criterion, tolerance)
         batch_size = positive_int("batch_size", batch_size)
         sample_points = positive_int("dispersion_points", dispersion_points)
         given = None if layer is None else self._candidate_index(layer)
@@ -264,27 +257,16 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             batch_size,
             show_progress,
         )
-        with untouched_model(self.forward_func), torch.no_grad():
-            if given is not None or len(self._candidates) == 1:
-                chosen, table, rows_per_rank = (0 if given is None else given), {}, None
-            else:
-                _check_readable_twice(reference)
-                probe = reader.probe(reference, criterion, sample_points)
-                _check_two_classes(probe.labels)
-                scores = []
-                for position in probe.call_order:  # a loop, so warnings point at the caller
-                    scores.append(_layer_score(probe, position, criterion))
-                best = (
-                    lowest_within_tolerance(scores, tolerance)
-                    if criterion == "linear"
-                    else max(range(len(scores)), key=scores.__getitem__)
-                )
-                chosen = probe.call_order[best]
-                table = {self._names[p]: score for p, score in zip(probe.call_order, scores)}
-                rows_per_rank = probe.rows_per_rank
-                del probe  # its features and subsample are not kept past the choice
-            kept, labels = reader.keep(reference, chosen, rows_per_rank)
-        _check_two_classes(labels)
+        kept, labels, chosen, table = fit_reference(
+            reader,
+            self.forward_func,
+            reference,
+            self._names,
+            criterion,
+            tolerance,
+            given,
+            sample_points,
+        )
         # set only now, so a failed fit leaves the previous one intact
         self._reference, self._reference_labels = kept, labels
         self._chosen, self._scores = chosen, table
@@ -462,14 +444,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         return self._reference
 
     def _candidate_index(self, layer: Union[Module, str]) -> int:
-        for position, (candidate, name) in enumerate(zip(self._candidates, self._names)):
-            if layer is candidate or (isinstance(layer, str) and layer == name):
-                return position
-        shown = layer if isinstance(layer, str) else type(layer).__name__
-        raise ValueError(
-            f"layer {shown!r} is not one of the candidate layers {self._names}; "
-            "pass one of them (a module or its name) or add it to layers"
-        )
+        return candidate_index(layer, self._candidates, self._names)
 
     def _layer_position(self, layer: LayerChoice) -> int:
         """The candidate to use, once the fit is known to be there and current."""
@@ -513,38 +488,3 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             points_per_chunk=points_per_chunk,
         )
         return influence.reshape(activation.shape)
-
-
-def _layer_score(probe: Probe, position: int, criterion: str) -> float:
-    """Probe accuracy ("linear") or Gini coefficient of mean |phi| over the
-    subsample ("dispersion")."""
-    if criterion == "linear":
-        return linear_probe_accuracy(probe.features[position], probe.labels)
-    assert probe.sample_labels is not None
-    sample = probe.samples[position]
-    sample = sample - sample.mean(0)  # centred, for accurate distances
-    # the subsample is both the queries and the reference set
-    influence = monotone_influence(sample, probe.sample_labels, sample, probe.sample_labels)
-    return gini_coefficient(influence.abs().mean(0))
-
-
-def _check_readable_twice(reference: Any) -> None:
-    """Choosing the layer reads the reference twice: an iterator cannot be."""
-    if is_batch_stream(reference) and iter(reference) is reference:
-        raise ValueError(
-            "reference is an iterator, which can be read only once, but fit reads the "
-            "reference twice when it chooses the layer (the candidates' probe features, "
-            "then the chosen layer's activations): pass a DataLoader or a list of "
-            "batches, or give layer= to read it once"
-        )
-
-
-def _check_two_classes(labels: Tensor) -> None:
-    classes = labels.unique()
-    if classes.numel() < 2:
-        raise ValueError(
-            f"the model predicts one class ({classes.tolist()}) for every "
-            "reference point: the influence measure compares each point with "
-            "differently-labelled points, so the reference set needs at "
-            "least two predicted classes"
-        )

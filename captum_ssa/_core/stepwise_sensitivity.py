@@ -10,47 +10,27 @@ or a stream of batches (``ssa_streaming``, ``ssa_passes``) and assembles the
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional, Union
 
-import torch
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch.nn import Module
 
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
-from captum_ssa._utils.batches import Batch, is_batch_stream
-from captum_ssa._utils.hooks import (
-    check_layers_in_model,
-    model_of,
-    neuron_axis,
-    unique_layer_names,
-)
-from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.segment import is_weighted_layer
-from captum_ssa._utils.ssa_checks import (
-    NeuronSet,
-    Target,
-    check_dependencies,
-    check_forward_order,
-    check_target_on_output,
-    is_integer,
-    sequence_axis_layers,
-    starting_neurons,
-)
-from captum_ssa._utils.ssa_passes import GraphState, Start, Thresholds, build_graphs
+from captum_ssa._utils.batches import is_batch_stream
+from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
+from captum_ssa._utils.ssa_call import build_ssa_graphs
+from captum_ssa._utils.ssa_checks import NeuronSet, Target, is_integer
+from captum_ssa._utils.ssa_classes import check_class_arguments, check_stream_labels, class_subsets
 from captum_ssa._utils.ssa_steps import (
-    AGGREGATIONS,
     aggregate_datapoints,
     aggregate_upper_neurons,
     relevance_tensor,
     threshold,
 )
-from captum_ssa._utils.ssa_streaming import PASSES, Capture, Setting
-from captum_ssa._utils.validation import positive_int, prepare_inputs
+from captum_ssa._utils.validation import prepare_inputs
 from captum_ssa.graph import DependencyGraph
-from captum_ssa.relevance import PRESETS, resolve_relevance
 
 __all__ = [
     "StepwiseSensitivity",
@@ -59,8 +39,6 @@ __all__ = [
     "relevance_tensor",
     "threshold",
 ]
-
-_MODES = ("global", "local")
 
 
 class StepwiseSensitivity(Attribution):
@@ -303,7 +281,8 @@ class StepwiseSensitivity(Attribution):
             >>> pets = ssa.attribute(x_pets, top_neurons=[3, 5])   # a set of classes
             >>> mixed = ssa.attribute(x, target=y)                 # one class per example
         """
-        (graph,) = self._graphs(
+        (graph,) = build_ssa_graphs(
+            self,
             inputs,
             target=target,
             additional_forward_args=additional_forward_args,
@@ -320,179 +299,6 @@ class StepwiseSensitivity(Attribution):
             passes=passes,
         )
         return graph
-
-    def _graphs(
-        self,
-        inputs: Any,
-        target: Optional[Union[Target, str]] = None,
-        additional_forward_args: Any = None,
-        relevance: Any = "gradient",
-        absolute: bool = True,
-        aggregation: str = "mean",
-        mode: str = "global",
-        percentile: float = 50,
-        branching: Optional[int] = None,
-        max_neurons: Optional[int] = None,
-        top_neurons: Optional[NeuronSet] = None,
-        upper_neurons_per_chunk: Optional[int] = None,
-        show_progress: bool = False,
-        passes: str = "auto",
-        classes: Optional[list[int]] = None,
-        every_class: bool = False,
-    ) -> list[DependencyGraph]:
-        """The graphs of :meth:`attribute` (one) or of :meth:`class_graphs` over a
-        stream (one per class of ``classes``, or of every class when ``every_class``)."""
-        relevance_function, relevance_name = resolve_relevance(relevance)
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        if relevance_function in PRESETS.values() and not absolute:
-            raise ValueError(
-                f"relevance={relevance_name!r} is one of the paper's strategies, which fix "
-                "where the absolute value goes; absolute=False applies to 'gradient', "
-                "'activation', 'gradient_x_activation', 'weight' and 'weight_activation'"
-            )
-        absolute_of_mean = getattr(relevance_function, "absolute_after_aggregation", False)
-        if absolute_of_mean and aggregation != "mean":
-            raise ValueError(
-                f"relevance={relevance_name!r} is the absolute value of the mean over the "
-                f"data, so it needs aggregation='mean', not {aggregation!r}; for Tukey "
-                "outliers use 'activation' or 'weight_activation' (absolute per example)"
-            )
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if isinstance(percentile, bool) or not 0 <= percentile <= 100:
-            raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
-        if passes not in PASSES:
-            raise ValueError(f"passes must be one of {PASSES}, got {passes!r}")
-        stream = is_batch_stream(inputs)
-        if isinstance(target, str) and (target != "labels" or not stream):
-            raise ValueError(
-                "target='labels' takes each example's target from the labels of a stream of "
-                "(inputs, labels) batches such as a DataLoader; for one batch pass the "
-                f"targets themselves (one int per example); got target={target!r}"
-            )
-        branching = positive_int("branching", branching)
-        max_neurons = positive_int("max_neurons", max_neurons)
-        upper_neurons_per_chunk = positive_int("upper_neurons_per_chunk", upper_neurons_per_chunk)
-        data = inputs if stream else prepare_inputs(inputs)
-        model = model_of(self.forward_func)
-        setting = Setting(
-            forward_func=self.forward_func,
-            layers=self.layers,
-            layer_names=self.layer_names,
-            neuron_dim=self.neuron_dim,
-            additional_forward_args=additional_forward_args,
-            modules=list(model.modules()) if model is not None else self.layers,
-            # The seed below a layer stands for the layer's own weights: only valid
-            # when no hook of the user's changes what the layer outputs.
-            keep_input=[
-                position > 0
-                and is_weighted_layer(layer)
-                and not (layer._forward_hooks or layer._forward_pre_hooks)
-                for position, layer in enumerate(self.layers)
-            ],
-            relevance=relevance_function,
-            absolute=absolute,
-            aggregation=aggregation,
-            upper_neurons_per_chunk=upper_neurons_per_chunk,
-        )
-
-        def setup(capture: Capture, first: Batch) -> tuple[list[Start], Optional[Any]]:
-            top_shape = self._check_first_pass(capture, setting)
-            if classes is not None or every_class:
-                check_target_on_output(capture.model_output, top_shape, self.layer_names[-1])
-                wanted = range(setting.sizes[-1]) if every_class else classes or []
-                return [
-                    Start(torch.tensor([label]), label, label, required=not every_class)
-                    for label in wanted
-                ], None
-            if isinstance(target, str):  # "labels", checked above
-                check_target_on_output(capture.model_output, top_shape, self.layer_names[-1])
-                return [Start(None)], None
-            neurons, per_example = starting_neurons(
-                target,
-                top_neurons,
-                capture.outputs[-1],
-                top_shape,
-                setting.axes[-1],
-                capture.model_output,
-                self.layer_names[-1],
-            )
-            if per_example is None:
-                return [Start(neurons, target=None if target is None else int(neurons[0]))], None
-            if stream:
-                raise ValueError(
-                    "a target with one class per example cannot follow the batches of a "
-                    "stream; give each batch as an (inputs, targets) pair and pass "
-                    "target='labels'"
-                )
-            return [Start(None)], per_example
-
-        with untouched_model(self.forward_func):
-            states = build_graphs(
-                setting,
-                data,
-                setup,
-                Thresholds(mode, percentile, branching, max_neurons, absolute_of_mean),
-                passes,
-                show_progress,
-            )
-        metadata = {
-            "method": type(self).__name__,
-            "relevance": relevance_name,
-            "absolute": absolute,
-            "aggregation": aggregation,
-            "mode": mode,
-            "percentile": percentile,
-            "branching": branching,
-            "max_neurons": max_neurons,
-            "neuron_dim": self.neuron_dim,
-        }
-        return [self._graph(state, metadata) for state in states]
-
-    def _check_first_pass(self, capture: Capture, setting: Setting) -> tuple[int, ...]:
-        """Check the layers on the first forward pass, fix their neuron axes, and
-        return the top layer's own output shape."""
-        check_forward_order(capture.order, self.layer_names, self.layers)
-        setting.axes = [
-            neuron_axis(self.neuron_dim, output.dim(), name)
-            for output, name in zip(capture.outputs, self.layer_names)
-        ]
-        if self.neuron_dim is None:
-            suspects = sequence_axis_layers(
-                self.forward_func, self.layers, self.layer_names, capture.outputs
-            )
-            if suspects:
-                warnings.warn(
-                    f"SSA takes dim 1 of a layer output as its neuron axis, but "
-                    f"{suspects} output 3-D tensors and are not convolutions: dim 1 is "
-                    "probably a sequence (token) axis there. Pass neuron_dim=-1 to "
-                    "StepwiseSensitivity for the features, or neuron_dim=1 to keep "
-                    "dim 1 and silence this warning.",
-                    stacklevel=7,
-                )
-        check_dependencies(capture.outputs, self.layer_names)
-        return tuple(capture.outputs[-1].movedim(1, setting.axes[-1]).shape)
-
-    def _graph(self, state: GraphState, metadata: dict[str, Any]) -> DependencyGraph:
-        if state.empty:
-            warnings.warn(
-                f"no neuron of {state.empty[0]!r} is relevant: its relevance to the neurons "
-                "kept above is zero everywhere, so the graph keeps no neuron there, nor in "
-                "the layers below it. List layers that the kept neurons depend on, or pass "
-                "branching to keep a number of neurons regardless.",
-                stacklevel=6,
-            )
-        return DependencyGraph(
-            self.layer_names,
-            self.layers,
-            state.neurons,
-            state.relevances,
-            state.matrices,
-            state.edges,
-            target=state.start.target,
-            metadata={**metadata, "num_examples": state.examples},
-        )
 
     def class_graphs(
         self,
@@ -538,46 +344,20 @@ class StepwiseSensitivity(Attribution):
             >>> loader = DataLoader(TensorDataset(x, y), batch_size=256)
             >>> graphs = StepwiseSensitivity(net, layers).class_graphs(loader, classes=[3, 5])
         """
-        for reserved in ("target", "top_neurons"):
-            if reserved in attribute_kwargs:
-                raise TypeError(
-                    f"class_graphs sets {reserved} itself (each class is its graph's "
-                    "target); call attribute for other starting neurons"
-                )
-        wanted = None if classes is None else list(classes)
-        for label in wanted or []:
-            if not is_integer(label):
-                raise TypeError(f"classes must hold ints, got {label!r}")
+        wanted = check_class_arguments(attribute_kwargs, classes)
         if is_batch_stream(inputs):
-            if labels is not None:
-                raise ValueError(
-                    "over a stream of batches, class_graphs takes the labels from the "
-                    "(inputs, labels) batches; pass labels=None"
-                )
-            streamed = self._graphs(
+            check_stream_labels(labels)
+            streamed = build_ssa_graphs(
+                self,
                 inputs,
                 classes=None if wanted is None else [int(label) for label in wanted],
                 every_class=wanted is None,
                 **attribute_kwargs,
             )
             return {int(graph.target): graph for graph in streamed}  # type: ignore[arg-type]
-        formatted = prepare_inputs(inputs)
-        labels = torch.as_tensor(labels).reshape(-1)
-        if labels.is_floating_point() or len(labels) != formatted[0].shape[0]:
-            raise ValueError(
-                f"labels must hold one integer class per example ({formatted[0].shape[0]}), "
-                f"got {len(labels)} values of dtype {labels.dtype}"
+        return {
+            label: self.attribute(
+                subset if _is_tuple(inputs) else subset[0], target=label, **attribute_kwargs
             )
-        labels = labels.cpu().long()
-        if wanted is None:
-            wanted = sorted(labels.unique().tolist())
-        graphs: dict[int, DependencyGraph] = {}
-        for label in wanted:
-            members = (labels == int(label)).nonzero().flatten()
-            if len(members) == 0:
-                raise ValueError(f"class {label} has no examples among the labels")
-            subset = tuple(t.detach()[members.to(t.device)] for t in formatted)
-            graphs[int(label)] = self.attribute(
-                subset if _is_tuple(inputs) else subset[0], target=int(label), **attribute_kwargs
-            )
-        return graphs
+            for label, subset in class_subsets(prepare_inputs(inputs), labels, wanted)
+        }

@@ -8,14 +8,17 @@
 - the ablation gold standard (:func:`ablation_importance`) and its Spearman
   agreement with a relevance ranking (:func:`spearman_agreement`), the paper's
   Table 2.
+
+The result records and the one-against-the-rest rates they report are in
+:mod:`~captum_ssa.graph.rates` (re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from scipy.stats import spearmanr
@@ -36,123 +39,34 @@ from captum_ssa._utils.model_state import warn_if_training
 from captum_ssa._utils.streaming import pieces, same_on_every_rank
 from captum_ssa._utils.validation import positive_int
 from captum_ssa.graph.model import DependencyGraph
+from captum_ssa.graph.rates import (
+    RATE_COUNTS,
+    ClassRates,
+    EnsembleEvaluation,
+    GraphEvaluation,
+    class_rates,
+    correct_counts,
+    examples_in,
+    rate_counts,
+    rates_from_counts,
+)
+
+__all__ = [
+    "ClassRates",
+    "EnsembleEvaluation",
+    "GraphEvaluation",
+    "ablation_importance",
+    "class_rates",
+    "ensemble_predict",
+    "evaluate_ensemble",
+    "evaluate_graph",
+    "spearman_agreement",
+]
 
 # Rows per forward pass when no batch size is given: small enough for any
 # reasonable model's activations, large enough to keep the passes few.
 _DEFAULT_BATCH_ROWS = 4096
 _METRICS = ("accuracy", "loss")
-
-
-class GraphEvaluation(NamedTuple):
-    """How well the network restricted to a dependency graph classifies.
-
-    ``accuracy`` and ``model_accuracy`` are over all inputs, with and without
-    the mask. ``kept_fraction`` is the fraction of the hidden layers' neurons
-    that the graph keeps. The rest describe the graph's own class(es) C
-    (``graph.target``), as a one-against-the-rest classifier:
-
-    - ``true_positive_rate``: of the inputs labelled in C, the fraction the
-      masked network assigns to their label (NaN when no input is in C);
-    - ``precision``: of the inputs the masked network assigns to a class of
-      C, the fraction whose label is that class (NaN when it assigns none);
-    - ``false_positive_rate``: of the inputs labelled outside C, the
-      fraction the masked network assigns to a class of C (NaN when every
-      input is in C);
-    - ``predicted_fraction``: the fraction of all inputs the masked network
-      assigns to a class of C.
-
-    A masked network that predicts C for every input has a true-positive
-    rate of 1 and is useless; its false-positive rate of 1 and a
-    ``predicted_fraction`` of 1 say so. All four are None for a graph
-    without a target.
-    """
-
-    accuracy: float
-    true_positive_rate: Optional[float]
-    kept_fraction: float
-    model_accuracy: float
-    precision: Optional[float] = None
-    false_positive_rate: Optional[float] = None
-    predicted_fraction: Optional[float] = None
-
-
-class ClassRates(NamedTuple):
-    """One class (or set of classes) C against the rest, from predictions and labels.
-
-    ``true_positive_rate``, ``precision``, ``false_positive_rate`` and
-    ``predicted_fraction`` as in :class:`GraphEvaluation`; NaN where the
-    fraction has no inputs to count.
-    """
-
-    true_positive_rate: float
-    precision: float
-    false_positive_rate: float
-    predicted_fraction: float
-
-
-class EnsembleEvaluation(NamedTuple):
-    """How the class-specific ensemble classifies (:func:`evaluate_ensemble`).
-
-    ``accuracy`` and ``model_accuracy`` are over all inputs, for the ensemble
-    and the plain network; ``classes`` holds, for every class of the ensemble,
-    its :class:`ClassRates` from the ensemble's predictions, so that a class
-    the ensemble predicts for almost everything shows as such.
-    """
-
-    accuracy: float
-    model_accuracy: float
-    classes: dict[int, ClassRates]
-
-
-# own, predicted, correct among own, correct among predicted, predicted among the rest
-RATE_COUNTS = 5
-
-
-def rate_counts(predictions: Tensor, labels: Tensor, classes: Sequence[int]) -> Tensor:
-    """The counts behind :class:`ClassRates` (CPU int64), which add up over batches."""
-    labels = labels.to(predictions.device)
-    chosen = torch.tensor(list(classes), device=predictions.device)
-    own = torch.isin(labels, chosen)
-    predicted = torch.isin(predictions, chosen)
-    hits = predictions == labels
-    counted = [own, predicted, hits & own, hits & predicted, predicted & ~own]
-    return torch.stack([c.sum() for c in counted]).cpu()
-
-
-def rates_from_counts(counts: Tensor, examples: int) -> ClassRates:
-    """:class:`ClassRates` from :func:`rate_counts` over ``examples`` inputs."""
-    own, predicted, hits_own, hits_predicted, false_positives = (int(c) for c in counts)
-
-    def fraction(part: int, whole: int) -> float:
-        return part / whole if whole else math.nan
-
-    return ClassRates(
-        true_positive_rate=fraction(hits_own, own),
-        precision=fraction(hits_predicted, predicted),
-        false_positive_rate=fraction(false_positives, examples - own),
-        predicted_fraction=fraction(predicted, examples),
-    )
-
-
-def class_rates(predictions: Tensor, labels: Tensor, classes: Sequence[int]) -> ClassRates:
-    r"""
-    The one-against-the-rest rates of the classes ``classes`` (see :class:`ClassRates`).
-
-    Args:
-        predictions (Tensor): ``(N,)`` predicted classes.
-        labels (Tensor): ``(N,)`` true classes.
-        classes (Sequence[int]): The class(es) C counted as positive.
-
-    Returns:
-        *ClassRates*; a fraction with nothing to count is NaN.
-
-    Examples::
-
-        >>> rates = class_rates(torch.tensor([3, 3, 1, 1]), torch.tensor([3, 1, 1, 1]), [3])
-        >>> rates.precision, rates.predicted_fraction
-        (0.5, 0.5)
-    """
-    return rates_from_counts(rate_counts(predictions, labels, classes), len(predictions))
 
 
 def evaluate_graph(
@@ -219,11 +133,11 @@ def evaluate_graph(
                 plain = _forward(model, piece.inputs).argmax(1)
                 truth = _labels_of(piece, masked.device)
                 totals[:3] += torch.stack(
-                    [torch.tensor(len(truth)), *_correct(masked, plain, truth)]
+                    [torch.tensor(len(truth)), *correct_counts(masked, plain, truth)]
                 )
                 if classes is not None:
                     totals[3:] += rate_counts(masked, truth, classes)
-    examples, masked_correct, plain_correct = _examples_in(all_reduce_sum(totals))
+    examples, masked_correct, plain_correct = examples_in(all_reduce_sum(totals))
     rates = None if classes is None else rates_from_counts(totals[3:], examples)
     return GraphEvaluation(
         accuracy=masked_correct / examples,
@@ -342,10 +256,10 @@ def evaluate_ensemble(
                 plain = _forward(model, piece.inputs).argmax(1)
                 truth = _labels_of(piece, predicted.device)
                 totals[:3] += torch.stack(
-                    [torch.tensor(len(truth)), *_correct(predicted, plain, truth)]
+                    [torch.tensor(len(truth)), *correct_counts(predicted, plain, truth)]
                 )
                 totals[3:] += torch.cat([rate_counts(predicted, truth, [c]) for c in classes])
-    examples, ensemble_correct, plain_correct = _examples_in(all_reduce_sum(totals))
+    examples, ensemble_correct, plain_correct = examples_in(all_reduce_sum(totals))
     per_class = totals[3:].reshape(len(classes), RATE_COUNTS)
     return EnsembleEvaluation(
         accuracy=ensemble_correct / examples,
@@ -489,16 +403,3 @@ def _ensemble_predictions(
 def _labels_of(piece: Batch, device: Optional[torch.device] = None) -> Tensor:
     assert piece.labels is not None  # labelled_batches gives labels to every batch
     return piece.labels if device is None else piece.labels.to(device)
-
-
-def _correct(first: Tensor, second: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """How many of each of two predictions match the labels (CPU counts)."""
-    return (first == labels).sum().cpu(), (second == labels).sum().cpu()
-
-
-def _examples_in(totals: Tensor) -> tuple[int, int, int]:
-    """The first three counts, after a check that there were examples at all."""
-    examples, first, second = (int(t) for t in totals[:3])
-    if examples == 0:
-        raise ValueError("inputs holds no batches: expected at least one example")
-    return examples, first, second
