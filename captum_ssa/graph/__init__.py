@@ -3,7 +3,8 @@ files (:mod:`~captum_ssa.graph.io`), masking a model (:mod:`~captum_ssa.graph.ma
 drawing (:mod:`~captum_ssa.graph.drawing`), comparing class graphs
 (:mod:`~captum_ssa.graph.comparison`), the interactive page
 (:mod:`~captum_ssa.graph.view`) and the graph as a classifier
-(:mod:`~captum_ssa.graph.evaluation`)."""
+(:mod:`~captum_ssa.graph.evaluation`, its result records and per-class rates in
+:mod:`~captum_ssa.graph.rates`)."""
 
 from captum_ssa.graph.comparison import (
     BagOfNodes,
