@@ -86,9 +86,10 @@ def free_port() -> int:
 @pytest.mark.filterwarnings("ignore:no neuron of")
 def test_two_gloo_ranks_give_every_rank_the_one_process_graph(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
-    # forked, the ranks start with the test's modules already imported
+    # spawned, not forked: a child forked from a process whose OpenMP threads have run
+    # can hang for good on a lock one of them held (seen after earlier tests)
     multiprocessing.start_processes(
-        run_rank, args=(address, str(tmp_path)), nprocs=WORLD_SIZE, start_method="fork"
+        run_rank, args=(address, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
     )
     ssa, x, y = dataset()
     expected = graphs(x, y, ssa)

@@ -71,10 +71,10 @@ def run_rank(rank: int, world_size: int, directory: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_gloo_ranks_give_the_one_process_results(tmp_path: Path) -> None:
-    # fork: the ranks inherit the imported modules (a spawned rank re-imports torch
-    # and captum, which costs seconds); each rank runs single-threaded
+    # spawned, not forked: a child forked from a process whose OpenMP threads have run
+    # can hang for good on a lock one of them held; each rank runs single-threaded
     mp.start_processes(
-        run_rank, args=(WORLD_SIZE, str(tmp_path)), nprocs=WORLD_SIZE, start_method="fork"
+        run_rank, args=(WORLD_SIZE, str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
     )
     expected = results_of(0, 1)
     for rank in range(WORLD_SIZE):

@@ -316,7 +316,9 @@ def is_node_of(tensors: Sequence[Tensor]) -> Callable[[Any], bool]:
     leaf_ids = {id(t) for t in tensors if t.grad_fn is None}
 
     def test(node: Any) -> bool:
-        if id(node) in node_ids:
+        # an id alone could be a freed node's, reused by another (torch frees the
+        # Python wrappers of nodes); the identity check also keeps ``held`` alive here
+        if id(node) in node_ids and any(node is kept for kept in held):
             return True
         variable = getattr(node, "variable", None)
         return variable is not None and id(variable) in leaf_ids
