@@ -74,7 +74,8 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
     Paper: L. Szymanski, B. McCane and C. Atkinson, *Switched linear
     projections for neural network interpretability*, 2019, arXiv:1909.11275
     (also circulated as *State sensitivity for deep neural network
-    interpretability*), eq. 8.
+    interpretability*), eq. 8. Definitions, conventions and our choices:
+    ``docs/inactive_state_sensitivity.md``.
     """
 
     def __init__(

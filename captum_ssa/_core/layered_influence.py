@@ -100,7 +100,11 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
     :math:`\alpha` is pluggable.
 
     Paper: Xuan-Vinh Ho, *Layered Explanations: Interpreting Neural Networks
-    with Numerical Influence Measures* (National University of Singapore).
+    with Numerical Influence Measures* (National University of Singapore;
+    undated manuscript, no arXiv version). DeconvNet: Zeiler and Fergus,
+    *Visualizing and Understanding Convolutional Networks*, ECCV 2014,
+    arXiv:1311.2901. The three steps and our choices:
+    ``docs/layered_influence.md``.
     """
 
     def __init__(
@@ -299,8 +303,11 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         (each example's prediction :math:`f(x)`)
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs. Default: None
-            layer (torch.nn.Module or str, optional): A candidate layer (module
-                        or name). Default: None (:attr:`chosen_layer`)
+            layer (torch.nn.Module or str, optional): The layer whose units are
+                        scored (module or name); only the fitted layer's
+                        reference activations are kept, so another layer needs
+                        ``fit(reference, layer=...)`` first. Default: None
+                        (:attr:`chosen_layer`)
             alpha (Callable, optional): The weighting :math:`\alpha(r)`, applied
                         elementwise to a tensor of distances
                         :math:`r = \lVert h(x) - h(y) \rVert > 0`; it must be
@@ -383,8 +390,10 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         Default: 0.013 (1.3%, as in the paper)
             top_k (int, optional): Keep exactly this many units instead of a
                         fraction. Default: None
-            layer (torch.nn.Module or str, optional): A candidate layer (module
-                        or name). Default: None (:attr:`chosen_layer`)
+            layer (torch.nn.Module or str, optional): The layer whose units are
+                        projected (module or name); it must be the fitted
+                        layer (see :meth:`influence`). Default: None
+                        (:attr:`chosen_layer`)
             alpha (Callable, optional): The weighting :math:`\alpha(r)` of
                         :meth:`influence`. Default: None (:math:`1/r^2`)
             points_per_chunk (int, optional): Block size, in query and

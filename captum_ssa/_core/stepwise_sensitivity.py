@@ -78,7 +78,8 @@ class StepwiseSensitivity(Attribution):
 
     Paper: Botty Dimanov and Mateja Jamnik, *Step-wise Sensitivity Analysis:
     Identifying Partially Distributed Representations for Interpretable Deep
-    Learning*, 2018 (OpenReview SyeBqsRctm).
+    Learning*, 2018 (OpenReview SyeBqsRctm; no arXiv version). The four steps,
+    the paper's strategies and our choices: ``docs/stepwise_sensitivity.md``.
     """
 
     def __init__(

@@ -86,6 +86,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
     Paper: Lech Szymanski, Brendan McCane and Craig Atkinson, *Switched linear
     projections for neural network interpretability*, 2019, arXiv:1909.11275.
+    Definitions, conventions and our choices: ``docs/switched_linear_projection.md``.
     """
 
     def __init__(
