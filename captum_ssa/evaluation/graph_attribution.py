@@ -11,6 +11,12 @@ from captum.attr import InputXGradient
 from torch import Tensor, nn
 
 from captum_ssa import DependencyGraph, StepwiseSensitivity
+from captum_ssa._utils._compat import (
+    TensorOrTupleOfTensorsGeneric,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
 from captum_ssa.evaluation._perturb import per_example_targets
 from captum_ssa.evaluation.explainers import Explainer
 
@@ -47,22 +53,38 @@ class GraphMaskedAttribution:
         self.graphs = dict(graphs)
         self.method = method(model)
 
-    def attribute(self, inputs: Any, target: Any = None, **kwargs: Any) -> Any:
-        """One map per example, each through the graph of its own target class (a
-        one-tensor tuple in gives a one-tensor tuple out, as in Captum)."""
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise ValueError("GraphMaskedAttribution explains models of one input")
-            return (self.attribute(inputs[0], target, **kwargs),)
-        targets = per_example_targets(target, len(inputs), inputs.device)
-        result = torch.zeros_like(inputs)
+    def attribute(
+        self, inputs: TensorOrTupleOfTensorsGeneric, target: Any = None, **kwargs: Any
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""
+        One map per example, each through the graph of its own target class.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): The examples, one tensor per
+                        model input, all with the examples along dim 0. A tuple
+                        in gives a tuple out (Captum's convention, which its
+                        ``infidelity`` and ``sensitivity_max`` rely on).
+            target (int, list or Tensor): The class explained, one for all or one
+                        per example; it picks the graph each example runs through.
+            **kwargs: Passed to ``method.attribute`` (e.g. ``n_steps``).
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]*, shaped and formed as ``inputs``.
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        formatted = _format_tensor_into_tuples(inputs)
+        targets = per_example_targets(target, len(formatted[0]), formatted[0].device)
+        result = tuple(torch.zeros_like(tensor) for tensor in formatted)
         for label in targets.unique().tolist():
             if label not in self.graphs:
                 raise ValueError(f"no SSA graph for class {label}")
             rows = targets == label
+            selected = tuple(tensor[rows] for tensor in formatted)
             with self.graphs[label].mask(self.model):
-                result[rows] = self.method.attribute(inputs[rows], target=label, **kwargs).detach()
-        return result
+                maps = self.method.attribute(selected, target=label, **kwargs)
+            for tensor, rows_map in zip(result, maps):
+                tensor[rows] = rows_map.detach()
+        return _format_output(is_inputs_tuple, result)
 
 
 def ssa_explainer(
