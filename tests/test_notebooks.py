@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import captum_ssa
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tutorials"))
 
 import run_notebooks
@@ -85,13 +87,18 @@ def test_the_kernel_is_this_interpreter_in_tutorials_with_the_fast_flag(tmp_path
     # Python (where captum_ssa is installed), not some other python on PATH,
     # in tutorials/ (the notebooks import its modules), with the fast flag set
     notebook = nbformat.v4.new_notebook()
-    source = "import os, sys; print(sys.executable, os.getcwd(), os.environ.get('CAPTUM_SSA_FAST'))"
+    # ... and the captum_ssa of the checkout under test, not another installed copy
+    source = (
+        "import os, sys, captum_ssa; print(sys.executable, os.getcwd(), "
+        "os.environ.get('CAPTUM_SSA_FAST'), captum_ssa.__file__)"
+    )
     notebook.cells = [nbformat.v4.new_code_cell(source)]
     path = tmp_path / "which_python.ipynb"
     nbformat.write(notebook, path)
     executed = run_notebooks.execute_notebook(path, fast=True, timeout=60)
-    executable, directory, flag = executed.cells[0].outputs[0]["text"].split()
+    executable, directory, flag, package = executed.cells[0].outputs[0]["text"].split()
     assert Path(executable).resolve() == Path(sys.executable).resolve()
+    assert Path(package).resolve() == Path(captum_ssa.__file__).resolve()
     assert Path(directory).resolve() == TUTORIALS
     assert flag == "1"
 
