@@ -96,7 +96,9 @@ def test_the_kernel_is_this_interpreter_in_tutorials_with_the_fast_flag(tmp_path
     path = tmp_path / "which_python.ipynb"
     nbformat.write(notebook, path)
     executed = run_notebooks.execute_notebook(path, fast=True, timeout=60)
-    executable, directory, flag, package = executed.cells[0].outputs[0]["text"].split()
+    # stderr may carry import-time warnings (tqdm's, without ipywidgets)
+    (printed,) = [out["text"] for out in executed.cells[0].outputs if out.get("name") == "stdout"]
+    executable, directory, flag, package = printed.split()
     assert Path(executable).resolve() == Path(sys.executable).resolve()
     assert Path(package).resolve() == Path(captum_ssa.__file__).resolve()
     assert Path(directory).resolve() == TUTORIALS
