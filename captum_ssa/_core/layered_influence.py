@@ -12,38 +12,20 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._utils._compat import (
-    TensorOrTupleOfTensorsGeneric,
-    _format_output,
-    _is_tuple,
-)
-from captum_ssa._utils.class_targets import (
-    ClassTarget,
-    class_targets,
-    model_labels,
-    top_unit_seed,
-)
+from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
+from captum_ssa._utils.class_targets import ClassTarget, class_targets, model_labels, top_unit_seed
 from captum_ssa._utils.deconvolution import deconvolve_from_layer
-from captum_ssa._utils.hooks import (
-    check_layers_in_model,
-    model_of,
-    run_and_capture,
-    unique_layer_names,
-)
-from captum_ssa._utils.influence_measure import Alpha, check_alpha, monotone_influence
+from captum_ssa._utils.hooks import model_of
+from captum_ssa._utils.influence_measure import Alpha, check_alpha
 from captum_ssa._utils.layer_choice import (
     LayerChoice,
     candidate_index,
     check_choice_options,
     fit_reference,
 )
-from captum_ssa._utils.model_state import (
-    WeightsFingerprint,
-    check_fit_current,
-    untouched_model,
-    weights_fingerprint,
-)
-from captum_ssa._utils.reference_activations import LayerReference, ReferenceReader
+from captum_ssa._utils.model_state import untouched_model, weights_fingerprint
+from captum_ssa._utils.reference_activations import LayerReference
+from captum_ssa._utils.reference_influence import LayerFit, ReferenceInfluence
 from captum_ssa._utils.validation import positive_int, prepare_inputs
 
 __all__ = ["ClassTarget", "LayeredInfluence", "class_targets", "model_labels", "top_unit_seed"]
@@ -123,22 +105,13 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         layers, any order; "lowest" means the first to run. The
                         output layer is a candidate only if listed.
         """
-        candidates = [layers] if isinstance(layers, Module) else list(layers)
-        if not candidates:
-            raise ValueError("layers is empty: give at least one candidate layer")
-        check_layers_in_model(forward_func, candidates)
-        if len({id(layer) for layer in candidates}) < len(candidates):
-            raise ValueError("layers lists the same module more than once")
+        self._fits = ReferenceInfluence(forward_func, layers, type(self).__name__)
+        self._candidates, self._names = self._fits.candidates, self._fits.names
         # Captum's neuron methods take one layer; ours keeps all the candidates
-        NeuronAttribution.__init__(self, forward_func, candidates)
+        NeuronAttribution.__init__(self, forward_func, self._candidates)
         GradientAttribution.__init__(self, forward_func)
-        self._candidates = candidates
-        self._names = unique_layer_names(model_of(forward_func), candidates)
         self._reference: Optional[LayerReference] = None
         self._reference_labels: Optional[Tensor] = None
-        self._chosen = 0
-        self._scores: dict[str, float] = {}
-        self._fingerprint: Optional[WeightsFingerprint] = None
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -147,14 +120,12 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
     @property
     def chosen_layer(self) -> Module:
         r"""The layer :meth:`fit` chose (or was given). Available after :meth:`fit`."""
-        self._fitted_references()
-        return self._candidates[self._chosen]
+        return self._candidates[self._fits.fitted().chosen]
 
     @property
     def chosen_layer_name(self) -> str:
         r"""The name of :attr:`chosen_layer` in the model."""
-        self._fitted_references()
-        return self._names[self._chosen]
+        return self._names[self._fits.fitted().chosen]
 
     @property
     def layer_scores(self) -> dict[str, float]:
@@ -164,8 +135,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         ``"dispersion"``), from the lowest layer to the highest; empty when
         :meth:`fit` was given a ``layer`` or there is a single candidate.
         """
-        self._fitted_references()
-        return dict(self._scores)
+        return dict(self._fits.fitted().scores)
 
     @property
     def reference_size(self) -> int:
@@ -252,17 +222,9 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         check_choice_options(criterion, tolerance)
         batch_size = positive_int("batch_size", batch_size)
         sample_points = positive_int("dispersion_points", dispersion_points)
-        given = None if layer is None else self._candidate_index(layer)
-        reader = ReferenceReader(
-            self.forward_func,
-            self._candidates,
-            self._names,
-            additional_forward_args,
-            batch_size,
-            show_progress,
-        )
+        given = None if layer is None else candidate_index(layer, self._candidates, self._names)
         kept, labels, chosen, table = fit_reference(
-            reader,
+            self._fits.reader(additional_forward_args, batch_size, show_progress),
             self.forward_func,
             reference,
             self._names,
@@ -271,11 +233,10 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             given,
             sample_points,
         )
-        # set only now, so a failed fit leaves the previous one intact
+        # set only now, so a failed fit leaves the previous one intact; the fingerprint
+        # is taken last and outside untouched_model: what the stored statistics describe
         self._reference, self._reference_labels = kept, labels
-        self._chosen, self._scores = chosen, table
-        # taken last and outside untouched_model: what the stored statistics describe
-        self._fingerprint = weights_fingerprint(self.forward_func)
+        self._fits.fit = LayerFit(chosen, table, weights_fingerprint(self.forward_func))
         return self
 
     def influence(
@@ -335,20 +296,21 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             >>> phi = explainer.influence(test_x[:4], target=3)
             >>> phi = explainer.influence(test_x[:4], alpha=lambda r: torch.exp(-r))
         """
-        position = self._layer_position(layer)
+        fit = self._fits.current(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func), torch.no_grad():
-            output, (activation,) = run_and_capture(
-                self.forward_func,
+            return self._fits.layer_influence(
+                fit,
+                self._reference,
+                self._reference_labels,
                 prepared,
-                [self._candidates[position]],
+                target,
                 additional_forward_args,
-            )
-            return self._influence_of(
-                activation, class_targets(output, target), position, alpha, points_per_chunk
-            )
+                alpha,
+                points_per_chunk,
+            )[1]
 
     @log_usage()
     def attribute(
@@ -414,7 +376,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             >>> # what sets each example apart from the points not labelled y
             >>> reconstruction = explainer.attribute(test_x[:4], target=test_y[:4])
         """
-        position = self._layer_position(layer)
+        fit = self._fits.current(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         model = model_of(self.forward_func)
@@ -423,77 +385,26 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                 "attribute needs forward_func to be an nn.Module or a bound "
                 "method of one: DeconvNet overrides the model's nn.ReLU modules"
             )
-        layer_module = self._candidates[position]
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func):
             with torch.no_grad():
-                output, (activation,) = run_and_capture(
-                    self.forward_func, prepared, [layer_module], additional_forward_args
-                )
-                influence = self._influence_of(
-                    activation, class_targets(output, target), position, alpha, points_per_chunk
+                activation, influence = self._fits.layer_influence(
+                    fit,
+                    self._reference,
+                    self._reference_labels,
+                    prepared,
+                    target,
+                    additional_forward_args,
+                    alpha,
+                    points_per_chunk,
                 )
                 seed = top_unit_seed(activation, influence, top_fraction, top_k)
             reconstruction = deconvolve_from_layer(
                 model,
                 self.forward_func,
                 prepared,
-                layer_module,
+                self._candidates[fit.chosen],
                 seed,
                 additional_forward_args,
             )
         return _format_output(_is_tuple(inputs), reconstruction)
-
-    def _fitted_references(self) -> LayerReference:
-        if self._reference is None:
-            raise RuntimeError(
-                "LayeredInfluence is not fitted: call fit(reference) with "
-                "reference data (e.g. the training set) first"
-            )
-        return self._reference
-
-    def _candidate_index(self, layer: Union[Module, str]) -> int:
-        return candidate_index(layer, self._candidates, self._names)
-
-    def _layer_position(self, layer: LayerChoice) -> int:
-        """The candidate to use, once the fit is known to be there and current."""
-        self._fitted_references()
-        check_fit_current(self._fingerprint, self.forward_func, type(self).__name__)
-        position = self._chosen if layer is None else self._candidate_index(layer)
-        if position != self._chosen:
-            raise ValueError(
-                f"fit kept the reference activations of layer {self._names[self._chosen]} "
-                f"only, not of {self._names[position]}: call fit(reference, "
-                f"layer={self._names[position]!r}) to explain with that layer"
-            )
-        return position
-
-    def _influence_of(
-        self,
-        activation: Tensor,
-        labels: Tensor,
-        position: int,
-        alpha: Optional[Alpha],
-        points_per_chunk: Optional[int],
-    ) -> Tensor:
-        reference = self._fitted_references()
-        reference_labels = self._reference_labels
-        assert reference_labels is not None
-        if tuple(activation.shape[1:]) != reference.shape:
-            raise ValueError(
-                f"layer {self._names[position]} outputs {tuple(activation.shape[1:])} "
-                f"per example here but {reference.shape} in fit(); fit on inputs "
-                "shaped like these"
-            )
-        device = activation.device
-        queries = activation.detach().reshape(len(activation), -1)
-        queries = queries.to(reference.mean.dtype) - reference.mean.to(device)
-        influence = monotone_influence(
-            queries,
-            labels.to(device),
-            [block.to(device) for block in reference.blocks],
-            reference_labels.to(device),
-            alpha=alpha,
-            points_per_chunk=points_per_chunk,
-        )
-        return influence.reshape(activation.shape)
