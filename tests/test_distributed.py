@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_ssa import StepwiseSensitivity
 from captum_ssa._utils.distributed import all_reduce_sum, is_distributed
 from tests.models import build
+from tests.ranks import run_rank_then_exit
 
 OPTIONS = {
     "mean_global": {"aggregation": "mean", "mode": "global"},
@@ -66,15 +67,16 @@ def run_rank(rank: int, address: str, folder: str) -> None:
     # two processes share the cores: one thread each, not both fighting over all of them
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=WORLD_SIZE)
-    try:
+
+    def body() -> None:
         assert is_distributed()
         assert all_reduce_sum(torch.tensor([rank + 1.0])).item() == 3.0
         ssa, x, y = dataset()
         # uneven shards: rank 0 takes 9 examples, rank 1 takes 5
         shard = slice(0, 9) if rank == 0 else slice(9, None)
         torch.save(graphs(x[shard], y[shard], ssa), Path(folder) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+
+    run_rank_then_exit(body)
 
 
 def free_port() -> int:

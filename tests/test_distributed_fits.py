@@ -18,6 +18,7 @@ from captum_ssa.graph.evaluation import (
     evaluate_ensemble,
     evaluate_graph,
 )
+from tests.ranks import run_rank_then_exit
 from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
 
 WORLD_SIZE = 2
@@ -63,10 +64,9 @@ def run_rank(rank: int, world_size: int, directory: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world_size
     )
-    try:
-        torch.save(results_of(rank, world_size), f"{directory}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    run_rank_then_exit(
+        lambda: torch.save(results_of(rank, world_size), f"{directory}/rank{rank}.pt")
+    )
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
