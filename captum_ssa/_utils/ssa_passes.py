@@ -15,13 +15,13 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from captum_ssa._utils._compat import progress
 from captum_ssa._utils.batches import Batch, is_batch_stream, iterate_batches
 from captum_ssa._utils.distributed import all_reduce_sum
 from captum_ssa._utils.ssa_steps import RunningAggregate, aggregate_upper_neurons, threshold
 from captum_ssa._utils.ssa_streaming import (
     Capture,
     Setting,
-    batches_with_progress,
     choose_passes,
     examples_within_budget,
     row_slices,
@@ -128,7 +128,7 @@ def build_graphs(
                 if len(uppers) > 1
                 else f"SSA {names[uppers[0]]} -> {names[uppers[0] - 1]}"
             )
-            for batch in batches_with_progress(read(), description, total, show_progress):
+            for batch in progress(read(), desc=description, total=total, disable=not show_progress):
                 for state in pending:
                     for part, unit in enumerate(row_slices(batch, state.start.label, rows)):
                         capture = reused.get(id(state)) if part == 0 and batch is first else None

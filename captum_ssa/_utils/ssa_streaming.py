@@ -33,7 +33,7 @@ upper neuron's gradient on the lower layer, and what is computed from it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -42,12 +42,12 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ssa._utils import segment
-from captum_ssa._utils._compat import progress
 from captum_ssa._utils.batches import Batch
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.memory_budget import rows_within_budget
 from captum_ssa._utils.segment import observe_layer_calls
 from captum_ssa._utils.ssa_steps import RunningAggregate, relevance_tensor
+from captum_ssa._utils.streaming import pieces
 from captum_ssa._utils.weighted_connection import record_weighted_calls
 from captum_ssa.relevance import BUILT_IN, LayerPair, RelevanceFunction
 
@@ -213,19 +213,9 @@ def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]
         if len(members) < len(labels):
             inputs = tuple(t.detach()[members.to(t.device)].requires_grad_() for t in inputs)
             labels = labels[members]
-    size = inputs[0].shape[0]
-    if rows >= size:
-        yield Batch(inputs, labels)
+    whole = Batch(inputs, labels)
+    if rows >= whole.size:
+        yield whole
         return
-    for start in range(0, size, rows):
-        part = tuple(t.detach()[start : start + rows].requires_grad_() for t in inputs)
-        yield Batch(part, None if labels is None else labels[start : start + rows])
-
-
-def batches_with_progress(
-    data: Iterable[Batch], description: str, total: Optional[int], show: bool
-) -> Iterable[Batch]:
-    """``data`` under a progress bar over batches, when asked for."""
-    if not show:
-        return data
-    return progress(data, desc=description, total=total)
+    for piece in pieces(whole, rows):
+        yield Batch(tuple(t.detach().requires_grad_() for t in piece.inputs), piece.labels)
