@@ -22,6 +22,7 @@ from captum_ssa._core.switched_linear_projection import (
 )
 from captum_ssa._utils.hooks import ReusedLayerError
 from captum_ssa._utils.memory_budget import get_memory_budget, memory_budget, set_memory_budget
+from captum_ssa._utils.warn import CaptumSSAWarning
 from captum_ssa._version import __version__ as __version__
 from captum_ssa.graph import (
     BagOfNodes,
@@ -49,6 +50,7 @@ from captum_ssa.relevance import CaptumRelevance, LayerPair
 __all__ = [
     "BagOfNodes",
     "CaptumRelevance",
+    "CaptumSSAWarning",
     "ClassRates",
     "DependencyGraph",
     "EnsembleEvaluation",

@@ -26,8 +26,7 @@ from captum_ssa._core.stepwise_sensitivity import (
     threshold,
 )
 from captum_ssa._utils import segment
-from captum_ssa._utils.hooks import ReusedLayerError, run_and_capture
-from captum_ssa._utils.segment import observe_layer_calls
+from captum_ssa._utils.hooks import ReusedLayerError, observe_layer_calls, run_and_capture
 from captum_ssa._utils.weighted_connection import record_weighted_calls
 from captum_ssa.graph import DependencyGraph
 from captum_ssa.relevance import LayerPair

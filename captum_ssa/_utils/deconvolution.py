@@ -29,6 +29,7 @@ from torch.nn.modules import activation as activation_modules
 
 from captum_ssa._utils.autograd_graph import op_name, walk
 from captum_ssa._utils.hooks import layer_name, run_and_capture
+from captum_ssa._utils.warn import warn
 
 # Every activation module torch defines (nn.ReLU included, to tell its nodes
 # from functional ReLUs); attention is no activation.
@@ -102,12 +103,11 @@ def _warn_not_overridden(functional_relus: int, other_kinds: list[str], layer: s
             f"({', '.join(sorted(set(other_kinds)))})"
         )
     if problems:
-        warnings.warn(
+        warn(
             f"between the inputs and layer {layer}, {' and '.join(problems)}: "
             "DeconvNet overrides only nn.ReLU modules, so their ordinary gradient "
             "is used there and the result is not a pure DeconvNet reconstruction. "
             "Use nn.ReLU modules for exact DeconvNet.",
-            stacklevel=5,  # the caller of attribute, through Captum's log_usage
         )
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -220,3 +222,48 @@ def no_grad_capture(
     """Layer outputs without building an autograd graph."""
     with torch.no_grad():
         return run_and_capture(forward_func, inputs, layers, additional_forward_args)[1]
+
+
+@dataclass
+class LayerCalls:
+    """What :func:`observe_layer_calls` saw: call order and kept layer inputs."""
+
+    order: list[int] = field(default_factory=list)
+    inputs: dict[int, Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def observe_layer_calls(
+    layers: Sequence[Module], keep_input: Sequence[bool]
+) -> Iterator[LayerCalls]:
+    """Record the order in which ``layers`` first run, and some of their inputs.
+
+    A layer with ``keep_input`` set receives a clone of its first positional
+    input, and that clone is recorded: nothing but the layer uses it, so an
+    in-place operation elsewhere cannot change it or its autograd history.
+    Hooks are removed whatever happens.
+    """
+    calls = LayerCalls()
+
+    def make_hook(position: int) -> Callable[[Module, tuple[Any, ...]], Any]:
+        def hook(_module: Module, args: tuple[Any, ...]) -> Any:
+            if position in calls.order:
+                return None  # a reused module: run_and_capture reports it
+            calls.order.append(position)
+            if keep_input[position] and args and isinstance(args[0], Tensor):
+                kept = args[0].clone()
+                calls.inputs[position] = kept
+                return (kept, *args[1:])
+            return None
+
+        return hook
+
+    handles = [
+        layer.register_forward_pre_hook(make_hook(position))
+        for position, layer in enumerate(layers)
+    ]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()

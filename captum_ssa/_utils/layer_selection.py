@@ -3,7 +3,6 @@ dispersion (Gini coefficient) of its units' influence."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +12,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
+
+from captum_ssa._utils.warn import warn
 
 _MAX_FOLDS = 5
 
@@ -43,10 +44,9 @@ def linear_probe_accuracy(activities: Tensor, labels: Tensor) -> float:
             'data or criterion="dispersion"'
         )
     if not kept.all():
-        warnings.warn(
+        warn(
             f"the linear probe leaves out classes {classes[counts < 2].tolist()}, "
             "predicted for only one reference point each",
-            stacklevel=4,
         )
     folds = StratifiedKFold(
         n_splits=min(_MAX_FOLDS, int(counts[counts >= 2].min())), shuffle=True, random_state=0

@@ -8,7 +8,6 @@ produced the tensor: each node is an operation, named after its backward.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from captum_ssa._utils.autograd_graph import (
     nodes_reaching,
     op_name,
 )
+from captum_ssa._utils.warn import warn
 
 
 def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
@@ -52,11 +52,10 @@ def warn_once_if_not_piecewise_linear(owner: Any, output: Tensor, inputs: Sequen
     operations = nonlinear_operations(output, inputs)
     if operations:
         owner._warned_not_piecewise_linear = True
-        warnings.warn(
+        warn(
             f"{type(owner).__name__}: the network is not piecewise linear between "
             f"the inputs and the layer (operations: {', '.join(operations)}); the "
             "switched linear projection is only a first-order local linearisation "
             "there, not an exact decomposition, and the convergence delta reports "
-            "its real error",
-            stacklevel=4,
+            "its real error"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from captum_ssa._utils.hooks import model_of
+from captum_ssa._utils.warn import warn
 
 _BATCH_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
@@ -47,11 +47,10 @@ def warn_if_training(model: Optional[nn.Module]) -> None:
     """Warn when dropout or batch norm in training mode make results batch-dependent."""
     active = batch_dependent_modules(model)
     if active:
-        warnings.warn(
+        warn(
             f"the model is in training mode with {', '.join(active)}: results "
             "depend on the batch and on randomness; call model.eval() for "
             "reproducible attributions",
-            stacklevel=3,
         )
 
 

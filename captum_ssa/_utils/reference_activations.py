@@ -30,10 +30,9 @@ from torch.nn import Module
 from captum_ssa._utils.batches import is_batch_stream
 from captum_ssa._utils.class_targets import model_labels
 from captum_ssa._utils.distributed import all_reduce_sum, is_distributed
-from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
 from captum_ssa._utils.layer_selection import neuron_activities
 from captum_ssa._utils.memory_budget import rows_within_budget
-from captum_ssa._utils.segment import observe_layer_calls
 from captum_ssa._utils.streaming import (
     pieces,
     rank_and_world_size,

@@ -9,7 +9,6 @@ public module, which holds the API and its documentation.
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from captum_ssa._utils.batches import Batch, is_batch_stream
@@ -21,6 +20,7 @@ from captum_ssa._utils.ssa_first_pass import check_first_pass, graph_starts
 from captum_ssa._utils.ssa_passes import GraphState, Start, build_graphs
 from captum_ssa._utils.ssa_streaming import Capture, Setting
 from captum_ssa._utils.validation import prepare_inputs
+from captum_ssa._utils.warn import warn
 from captum_ssa.graph import DependencyGraph
 
 if TYPE_CHECKING:
@@ -101,12 +101,11 @@ def finished_graph(
     setting: Setting, state: GraphState, metadata: dict[str, Any]
 ) -> DependencyGraph:
     if state.empty:
-        warnings.warn(
+        warn(
             f"no neuron of {state.empty[0]!r} is relevant: its relevance to the neurons "
             "kept above is zero everywhere, so the graph keeps no neuron there, nor in "
             "the layers below it. List layers that the kept neurons depend on, or pass "
             "branching to keep a number of neurons regardless.",
-            stacklevel=6,
         )
     return DependencyGraph(
         setting.layer_names,

@@ -9,7 +9,6 @@ setup that these two functions make up on its first forward pass.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional, Union
 
 import torch
@@ -26,6 +25,7 @@ from captum_ssa._utils.ssa_checks import (
 )
 from captum_ssa._utils.ssa_passes import Start
 from captum_ssa._utils.ssa_streaming import Capture, Setting
+from captum_ssa._utils.warn import warn
 
 
 def check_first_pass(capture: Capture, setting: Setting) -> tuple[int, ...]:
@@ -41,13 +41,12 @@ def check_first_pass(capture: Capture, setting: Setting) -> tuple[int, ...]:
             setting.forward_func, setting.layers, setting.layer_names, capture.outputs
         )
         if suspects:
-            warnings.warn(
+            warn(
                 f"SSA takes dim 1 of a layer output as its neuron axis, but "
                 f"{suspects} output 3-D tensors and are not convolutions: dim 1 is "
                 "probably a sequence (token) axis there. Pass neuron_dim=-1 to "
                 "StepwiseSensitivity for the features, or neuron_dim=1 to keep "
                 "dim 1 and silence this warning.",
-                stacklevel=7,
             )
     check_dependencies(capture.outputs, setting.layer_names)
     return tuple(capture.outputs[-1].movedim(1, setting.axes[-1]).shape)

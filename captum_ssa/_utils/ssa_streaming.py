@@ -43,9 +43,8 @@ from torch.nn import Module
 
 from captum_ssa._utils import segment
 from captum_ssa._utils.batches import Batch
-from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
 from captum_ssa._utils.memory_budget import rows_within_budget
-from captum_ssa._utils.segment import observe_layer_calls
 from captum_ssa._utils.ssa_steps import RunningAggregate, relevance_tensor
 from captum_ssa._utils.streaming import pieces
 from captum_ssa._utils.weighted_connection import record_weighted_calls

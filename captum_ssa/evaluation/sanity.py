@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -12,6 +11,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor, nn
 
+from captum_ssa._utils.warn import warn
 from captum_ssa.evaluation.explainers import (
     ExplainerSpec,
     RefitError,
@@ -145,7 +145,7 @@ def randomisation_check(
                 explainer, model, _reinitialise(step, seed), attribute_kwargs, fit_inputs
             )
         except RefitError as error:
-            warnings.warn(f"{error}; its correlations are NaN", stacklevel=2)
+            warn(f"{error}; its correlations are NaN")
             randomised = None
         if randomised is None:
             rows.append(np.full(len(inputs), np.nan))
