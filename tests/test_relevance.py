@@ -11,12 +11,11 @@ from torch import Tensor, nn
 
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
 from captum_ssa._utils import segment
-from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
 from captum_ssa._utils.segment import (
     activity_gradients,
     elementwise_derivative,
     mean_gradient_magnitudes,
-    observe_layer_calls,
     seeds_at_layer_input,
 )
 from captum_ssa._utils.weighted_connection import (
