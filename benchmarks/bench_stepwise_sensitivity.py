@@ -33,7 +33,7 @@ from captum.attr import LayerGradientXActivation
 from torch import Tensor, nn
 
 from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
-from captum_ssa._utils.segment import activity_function
+from captum_ssa._core.stepwise_sensitivity.segment import activity_function
 
 
 class CifarNet(nn.Module):

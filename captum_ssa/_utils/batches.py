@@ -10,6 +10,7 @@ fits, the graph evaluations) accepts the same forms, read here:
   what a ``DataLoader`` over a ``TensorDataset(x, y)`` yields.
 """
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -51,6 +52,48 @@ def iterate_batches(data: Any, argument: str = "inputs") -> Iterator[Batch]:
         )
     for position, element in enumerate(data):
         yield _read_batch(element, argument, position)
+
+
+class BatchStream:
+    """The data of one call, entered once: its batches, checked, for every pass.
+
+    The first batch is read (and checked) on entry, so that a method can run its
+    first forward pass before it decides anything else; :meth:`read` then gives
+    every batch from the first, once per pass. A single batch is the same batch
+    in every pass; a re-iterable stream (a list, a ``DataLoader``) is iterated
+    again for each pass after the first; a one-shot iterator can be read once.
+
+    Raises a ValueError for a stream that yields no batch.
+    """
+
+    def __init__(self, data: Any, argument: str = "inputs") -> None:
+        self.is_stream = is_batch_stream(data)
+        self.one_shot = isinstance(data, Iterator)
+        # a DataLoader knows its number of batches: progress bars show it
+        self.length: Optional[int] = (
+            len(data) if self.is_stream and hasattr(data, "__len__") else None
+        )
+        self._data = data
+        self._argument = argument
+        self._unread: Optional[Iterator[Batch]] = iterate_batches(data, argument)
+        first = next(self._unread, None)
+        if first is None:
+            raise ValueError(f"{argument} is an empty stream: it yielded no batch")
+        self.first = first
+
+    def read(self) -> Iterator[Batch]:
+        """Every batch, from the first (the first read continues the entry's own)."""
+        if not self.is_stream:
+            return iter([self.first])
+        if self._unread is not None:
+            unread, self._unread = self._unread, None
+            return itertools.chain([self.first], unread)
+        if self.one_shot:
+            raise ValueError(
+                f"{self._argument} is a one-shot iterator and was read already; pass a "
+                "list or a DataLoader to read it more than once"
+            )
+        return iterate_batches(self._data, self._argument)
 
 
 def _read_batch(element: Any, argument: str, position: int) -> Batch:

@@ -1,7 +1,7 @@
 """SSA over a stream of batches: the graph of the union, flat in the number of batches.
 
 The reference is the one-batch graph, itself checked against a plain loop-based
-implementation in ``test_stepwise_sensitivity.py``.
+implementation in ``references.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa import StepwiseSensitivity, memory_budget
 from captum_ssa import relevance as relevance_functions
-from captum_ssa._utils import segment
+from captum_ssa._core.stepwise_sensitivity import segment
+from captum_ssa._core.stepwise_sensitivity.relevance import _REGISTRY as registry
 from captum_ssa.graph import DependencyGraph
 from tests.models import ResNet, build, randomise_batch_norm
 
@@ -125,10 +126,13 @@ def test_a_batch_larger_than_the_budget_is_split_and_the_graph_is_unchanged(monk
     calls: list[tuple[int, int, int, int]] = []
     gradient = relevance_functions.BUILT_IN["gradient"]
 
-    def recording(pair: Any, upper_neurons: Any, absolute: bool) -> Any:
-        lower = pair.lower_output
-        calls.append((len(upper_neurons), lower.shape[0], lower[0].numel() * 4, lower.shape[1] * 4))
-        return gradient(pair, upper_neurons, absolute)
+    class Recording(relevance_functions.Relevance):
+        def __call__(self, pair: Any, upper_neurons: Any, absolute: bool) -> Any:
+            lower = pair.lower_output
+            calls.append(
+                (len(upper_neurons), lower.shape[0], lower[0].numel() * 4, lower.shape[1] * 4)
+            )
+            return gradient(pair, upper_neurons, absolute)
 
     seed_bytes: list[tuple[int, int]] = []
     seeds_at_layer_input = segment.seeds_at_layer_input
@@ -139,7 +143,8 @@ def test_a_batch_larger_than_the_budget_is_split_and_the_graph_is_unchanged(monk
             seed_bytes.append((len(neurons), seeds.numel() * seeds.element_size()))
         return seeds
 
-    monkeypatch.setitem(relevance_functions.BUILT_IN, "gradient", recording)
+    # relevance="gradient" (the default) finds the recording class
+    monkeypatch.setitem(registry, "gradient", Recording)
     monkeypatch.setattr(segment, "seeds_at_layer_input", recording_seeds)
     with memory_budget(budget):
         for stream in (x, DataLoader(TensorDataset(x), batch_size=6)):

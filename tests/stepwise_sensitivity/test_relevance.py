@@ -9,20 +9,19 @@ import torch
 from captum.attr import IntegratedGradients, LayerGradientXActivation
 from torch import Tensor, nn
 
-from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
-from captum_ssa._utils import segment
-from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
-from captum_ssa._utils.segment import (
+from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity, segment
+from captum_ssa._core.stepwise_sensitivity.segment import (
     activity_gradients,
     elementwise_derivative,
     mean_gradient_magnitudes,
     seeds_at_layer_input,
 )
-from captum_ssa._utils.weighted_connection import (
+from captum_ssa._core.stepwise_sensitivity.weighted_connection import (
     WeightedCall,
     connecting_layer,
     record_weighted_calls,
 )
+from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
 from captum_ssa.relevance import CaptumRelevance, LayerPair, resolve_relevance
 
 

@@ -24,7 +24,7 @@ per element, and a whole relevance tensor is one batched product. Elsewhere
 a chunk of neurons shares one (``is_grads_batched``) when gradients are small.
 
 The weight-based relevances find the weighted layer between two listed layers
-in :mod:`captum_ssa._utils.weighted_connection`.
+in :mod:`captum_ssa._core.stepwise_sensitivity.weighted_connection`.
 """
 
 from __future__ import annotations

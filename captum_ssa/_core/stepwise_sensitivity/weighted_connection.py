@@ -9,7 +9,7 @@ module's call during the forward pass, :func:`connecting_layer` walks the
 autograd graph from the upper output down to the lower one to find it, and
 :func:`connection_weights` reads its weights as an upper-by-lower matrix.
 
-This is apart from :mod:`captum_ssa._utils.segment` because it reads weights
+This is apart from :mod:`captum_ssa._core.stepwise_sensitivity.segment` because it reads weights
 and the graph's structure, not gradients.
 """
 
@@ -24,8 +24,8 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from torch.nn import Module
 
+from captum_ssa._core.stepwise_sensitivity.segment import is_weighted_layer, spatial_mean
 from captum_ssa._utils.autograd_graph import OpKind, classify, nodes_reaching, op_name
-from captum_ssa._utils.segment import is_weighted_layer, spatial_mean
 
 
 @dataclass

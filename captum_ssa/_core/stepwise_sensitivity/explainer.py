@@ -1,11 +1,8 @@
-"""Step-wise sensitivity analysis, SSA.
+"""The public class of step-wise sensitivity analysis, :class:`StepwiseSensitivity`.
 
-The four Steps are the four functions :func:`relevance_tensor` (I),
-:func:`aggregate_datapoints` (II), :func:`aggregate_upper_neurons` (III) and
-:func:`threshold` (IV) (in ``captum_ssa._utils.ssa_steps``);
-:class:`StepwiseSensitivity` runs them from the top layer down over one batch
-or a stream of batches (``ssa_streaming``, ``ssa_passes``) and assembles the
-:class:`DependencyGraph`.
+Its calls check the options (``options.py``), read the data through one
+``BatchStream``, run the passes (``passes.py``, which call the four Steps of
+``steps.py``) and turn each finished state into a :class:`DependencyGraph`.
 """
 
 from __future__ import annotations
@@ -17,28 +14,25 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch.nn import Module
 
-from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
-from captum_ssa._utils.batches import is_batch_stream
-from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
-from captum_ssa._utils.ssa_call import build_ssa_graphs
-from captum_ssa._utils.ssa_checks import NeuronSet, Target, is_integer
-from captum_ssa._utils.ssa_classes import check_class_arguments, check_stream_labels, class_subsets
-from captum_ssa._utils.ssa_steps import (
-    aggregate_datapoints,
-    aggregate_upper_neurons,
-    relevance_tensor,
-    threshold,
+from captum_ssa._core.stepwise_sensitivity.network import Network
+from captum_ssa._core.stepwise_sensitivity.options import Options
+from captum_ssa._core.stepwise_sensitivity.passes import GraphState, build_graphs
+from captum_ssa._core.stepwise_sensitivity.starts import (
+    NeuronSet,
+    StartRequest,
+    Target,
+    check_class_arguments,
+    check_stream_labels,
+    class_subsets,
+    is_integer,
 )
+from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
+from captum_ssa._utils.batches import BatchStream, is_batch_stream
+from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
+from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.validation import prepare_inputs
+from captum_ssa._utils.warn import warn
 from captum_ssa.graph import DependencyGraph
-
-__all__ = [
-    "StepwiseSensitivity",
-    "aggregate_datapoints",
-    "aggregate_upper_neurons",
-    "relevance_tensor",
-    "threshold",
-]
 
 
 class StepwiseSensitivity(Attribution):
@@ -282,11 +276,7 @@ class StepwiseSensitivity(Attribution):
             >>> pets = ssa.attribute(x_pets, top_neurons=[3, 5])   # a set of classes
             >>> mixed = ssa.attribute(x, target=y)                 # one class per example
         """
-        (graph,) = build_ssa_graphs(
-            self,
-            inputs,
-            target=target,
-            additional_forward_args=additional_forward_args,
+        options = Options.checked(
             relevance=relevance,
             absolute=absolute,
             aggregation=aggregation,
@@ -294,11 +284,12 @@ class StepwiseSensitivity(Attribution):
             percentile=percentile,
             branching=branching,
             max_neurons=max_neurons,
-            top_neurons=top_neurons,
             upper_neurons_per_chunk=upper_neurons_per_chunk,
             show_progress=show_progress,
             passes=passes,
         )
+        request = StartRequest(target=target, top_neurons=top_neurons)
+        (graph,) = self._graphs(inputs, additional_forward_args, options, request)
         return graph
 
     def class_graphs(
@@ -346,19 +337,63 @@ class StepwiseSensitivity(Attribution):
             >>> graphs = StepwiseSensitivity(net, layers).class_graphs(loader, classes=[3, 5])
         """
         wanted = check_class_arguments(attribute_kwargs, classes)
-        if is_batch_stream(inputs):
-            check_stream_labels(labels)
-            streamed = build_ssa_graphs(
-                self,
-                inputs,
-                classes=None if wanted is None else [int(label) for label in wanted],
-                every_class=wanted is None,
-                **attribute_kwargs,
-            )
-            return {int(graph.target): graph for graph in streamed}  # type: ignore[arg-type]
-        return {
-            label: self.attribute(
-                subset if _is_tuple(inputs) else subset[0], target=label, **attribute_kwargs
-            )
-            for label, subset in class_subsets(prepare_inputs(inputs), labels, wanted)
+        if not is_batch_stream(inputs):
+            return {
+                label: self.attribute(
+                    subset if _is_tuple(inputs) else subset[0], target=label, **attribute_kwargs
+                )
+                for label, subset in class_subsets(prepare_inputs(inputs), labels, wanted)
+            }
+        check_stream_labels(labels)
+        additional_forward_args = attribute_kwargs.pop("additional_forward_args", None)
+        options = Options.checked(**attribute_kwargs)
+        request = StartRequest(classes=wanted, every_class=wanted is None)
+        graphs = self._graphs(inputs, additional_forward_args, options, request)
+        return {int(graph.target): graph for graph in graphs}  # type: ignore[arg-type]
+
+    def _graphs(
+        self,
+        inputs: Any,
+        additional_forward_args: Any,
+        options: Options,
+        request: StartRequest,
+    ) -> list[DependencyGraph]:
+        """The graphs that ``request`` asks for over ``inputs``: the one path of every
+        call, from the data to the finished graphs."""
+        request.check(is_batch_stream(inputs))
+        data = BatchStream(inputs)
+        network = Network(
+            self.forward_func,
+            self.layers,
+            self.layer_names,
+            self.neuron_dim,
+            additional_forward_args,
+        )
+        with untouched_model(self.forward_func):
+            states = build_graphs(network, data, request, options)
+        metadata = {
+            "method": type(self).__name__,
+            **options.metadata(),
+            "neuron_dim": self.neuron_dim,
         }
+        return [self._graph_of(network, state, metadata) for state in states]
+
+    @staticmethod
+    def _graph_of(network: Network, state: GraphState, metadata: dict[str, Any]) -> DependencyGraph:
+        if state.empty:
+            warn(
+                f"no neuron of {state.empty[0]!r} is relevant: its relevance to the neurons "
+                "kept above is zero everywhere, so the graph keeps no neuron there, nor in "
+                "the layers below it. List layers that the kept neurons depend on, or pass "
+                "branching to keep a number of neurons regardless."
+            )
+        return DependencyGraph(
+            network.layer_names,
+            network.layers,
+            state.neurons,
+            state.relevances,
+            state.matrices,
+            state.edges,
+            target=state.start.target,
+            metadata={**metadata, "num_examples": state.examples},
+        )

@@ -14,8 +14,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from captum_ssa._core.stepwise_sensitivity.relevance import (
+    LayerPair,
+    RelevanceFunction,
+    absolute_applies,
+)
 from captum_ssa._utils.distributed import all_reduce_sum
-from captum_ssa.relevance import LayerPair, RelevanceFunction
 
 AGGREGATIONS = ("mean", "tukey")
 
@@ -44,13 +48,17 @@ def relevance_tensor(
 
     Raises:
         ValueError: when the relevance function returns the wrong shape, or
-                    NaN or infinite values (e.g. after an overflow).
+                    NaN or infinite values (e.g. after an overflow), and for
+                    ``absolute=False`` with a relevance that declares it does
+                    not apply (``Relevance.absolute_applies``).
 
     Examples::
 
         >>> from captum_ssa import relevance
         >>> omega = relevance_tensor(pair, torch.tensor([3]), relevance.gradient)
     """
+    if not absolute:
+        check_signed_relevance(relevance)
     omega = relevance(pair, upper_neurons, absolute)
     expected = (len(upper_neurons), pair.lower_output.shape[0], pair.lower_output.shape[1])
     if not isinstance(omega, Tensor) or tuple(omega.shape) != expected:
@@ -73,6 +81,18 @@ def relevance_tensor(
             "or check its weights and inputs."
         )
     return omega
+
+
+def check_signed_relevance(relevance: RelevanceFunction) -> None:
+    """``absolute=False`` is an error for a relevance it does not apply to."""
+    if not absolute_applies(relevance):
+        name = getattr(relevance, "__name__", type(relevance).__name__)
+        raise ValueError(
+            f"relevance={name!r} is one of the paper's strategies (or a Relevance that "
+            "declares absolute_applies = False), which fix where the absolute value goes; "
+            "absolute=False applies to 'gradient', 'activation', 'gradient_x_activation', "
+            "'weight' and 'weight_activation'"
+        )
 
 
 # ---------------------------------------------------------------- Step II

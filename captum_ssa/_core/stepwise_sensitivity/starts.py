@@ -1,37 +1,28 @@
-"""Checks and readings of SSA's arguments that need the first forward pass.
+"""Where SSA's graphs start: the starting neurons of the top layer.
 
-The layer order and dependencies, the neuron axes, and Captum's ``target`` or
-a ``top_neurons`` set read as starting neurons of the top layer.
+Captum's ``target`` (one class, or one class per example), a ``top_neurons``
+set, each example's label over a stream (``target="labels"``), or the classes
+of ``class_graphs``: a :class:`StartRequest` holds what the call asked for,
+and on the first forward pass, once the top layer's output is known, turns
+it into one :class:`Start` per graph. Also the arguments of ``class_graphs``
+and each class's examples of an in-memory batch.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn import Module
-
-from captum_ssa._utils.hooks import model_of
-from captum_ssa._utils.segment import depends_on
+from torch import Tensor
 
 # Captum's target: one class for every example, or one class per example.
 Target = Union[int, tuple[int, ...], list[int], Tensor, np.ndarray]
 # A set of starting neurons of the top layer.
 NeuronSet = Union[int, Sequence[int], set[int], Tensor, np.ndarray]
-# Modules whose 3-D outputs are (N, channels, length): dim 1 holds their neurons.
-_CHANNEL_FIRST = (
-    nn.modules.conv._ConvNd,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
 
 
 def is_integer(value: Any) -> bool:
@@ -165,55 +156,121 @@ def starting_neurons(
     return values.unique(), values if per_example else None
 
 
-def check_forward_order(order: list[int], names: list[str], layers: list[Module]) -> None:
-    if order != sorted(order):
-        ran = [names[position] for position in order]
-        nested = [
-            (names[outer], names[inner])
-            for outer, container in enumerate(layers)
-            for inner, layer in enumerate(layers)
-            if outer != inner and any(module is layer for module in container.modules())
-        ]
-        hint = "".join(
-            f"; {outer!r} contains {inner!r}, so it starts running first: list layers along "
-            "one path of the computation, not a block and a module inside it"
-            for outer, inner in nested[:1]
-        )
-        raise ValueError(
-            f"layers must be listed in the order the forward pass runs them, lowest "
-            f"first: got {names}, but the model runs them as {ran}{hint}"
-        )
+@dataclass
+class Start:
+    """Where one graph starts: a fixed set of top neurons, or (``neurons=None``) each
+    example's label; ``label`` restricts it to the examples of one class."""
+
+    neurons: Optional[Tensor]
+    label: Optional[int] = None
+    target: Optional[Union[int, list[int]]] = None
+    # a class without examples is an error when required, else it has no graph
+    required: bool = True
 
 
-def check_dependencies(outputs: list[Tensor], names: list[str]) -> None:
-    """Each listed layer must be computed from the one listed below it."""
-    for upper in range(len(outputs) - 1, 0, -1):
-        if not depends_on(outputs[upper], outputs[upper - 1]):
+@dataclass(frozen=True)
+class StartRequest:
+    """What a call asked for: ``target`` or ``top_neurons`` (``attribute``), or one
+    graph per class of ``classes``, or of every class when ``every_class``
+    (``class_graphs`` over a stream)."""
+
+    target: Optional[Union[Target, str]] = None
+    top_neurons: Optional[NeuronSet] = None
+    classes: Optional[list[int]] = None
+    every_class: bool = False
+
+    def check(self, stream: bool) -> None:
+        """The checks that need no forward pass."""
+        if isinstance(self.target, str) and (self.target != "labels" or not stream):
             raise ValueError(
-                f"the output of {names[upper]!r} does not depend on the output of "
-                f"{names[upper - 1]!r} (one is a module inside the other, or they lie on "
-                "parallel branches), so every relevance between them would be zero; list "
-                "layers along one path of the computation, each computed from the one "
-                "listed before it"
+                "target='labels' takes each example's target from the labels of a stream "
+                "of (inputs, labels) batches such as a DataLoader; for one batch pass the "
+                f"targets themselves (one int per example); got target={self.target!r}"
             )
 
+    def starts(
+        self,
+        top_output: Tensor,
+        top_shape: tuple[int, ...],
+        axis: int,
+        model_output: Any,
+        top_name: str,
+        stream: bool,
+    ) -> tuple[list[Start], Optional[Tensor]]:
+        """Where each graph starts, and the per-example targets of a single batch (or
+        None), from the first forward pass: ``top_output`` has the top layer's
+        neurons along dim 1, ``top_shape`` is its own output shape, whose neuron
+        axis is ``axis``."""
+        if self.classes is not None or self.every_class:
+            check_target_on_output(model_output, top_shape, top_name)
+            wanted = range(top_output.shape[1]) if self.every_class else self.classes or []
+            required = not self.every_class
+            return [Start(torch.tensor([c]), c, c, required=required) for c in wanted], None
+        if isinstance(self.target, str):  # "labels", see check
+            check_target_on_output(model_output, top_shape, top_name)
+            return [Start(None)], None
+        neurons, per_example = starting_neurons(
+            self.target, self.top_neurons, top_output, top_shape, axis, model_output, top_name
+        )
+        if per_example is None:
+            target = None if self.target is None else int(neurons[0])
+            return [Start(neurons, target=target)], None
+        if stream:
+            raise ValueError(
+                "a target with one class per example cannot follow the batches of a "
+                "stream; give each batch as an (inputs, targets) pair and pass "
+                "target='labels'"
+            )
+        return [Start(None)], per_example
 
-def sequence_axis_layers(
-    forward_func: Callable[..., Any],
-    layers: list[Module],
-    names: list[str],
-    outputs: list[Tensor],
-) -> list[str]:
-    """Listed layers whose 3-D output is probably (N, sequence, features)."""
-    model = model_of(forward_func)
-    modules = list(model.modules()) if model is not None else layers
-    has_convolution = any(isinstance(module, nn.modules.conv._ConvNd) for module in modules)
-    suspects = []
-    for layer, name, output in zip(layers, names, outputs):
-        if output.dim() != 3 or isinstance(layer, _CHANNEL_FIRST):
-            continue
-        # an activation after a Conv1d is (N, C, L) too; only a conv-free model tells
-        parameter_free = next(layer.parameters(), None) is None
-        if not (parameter_free and has_convolution):
-            suspects.append(name)
-    return suspects
+
+# ---------------------------------------------------------------- class_graphs
+
+
+def check_class_arguments(
+    attribute_kwargs: dict[str, Any], classes: Optional[Sequence[int]]
+) -> Optional[list[int]]:
+    """The classes asked for (None: every class present), after checking that the
+    other arguments leave the starting neurons to ``class_graphs``."""
+    for reserved in ("target", "top_neurons"):
+        if reserved in attribute_kwargs:
+            raise TypeError(
+                f"class_graphs sets {reserved} itself (each class is its graph's "
+                "target); call attribute for other starting neurons"
+            )
+    wanted = None if classes is None else list(classes)
+    for label in wanted or []:
+        if not is_integer(label):
+            raise TypeError(f"classes must hold ints, got {label!r}")
+    return None if wanted is None else [int(label) for label in wanted]
+
+
+def check_stream_labels(labels: Any) -> None:
+    """A stream's batches carry the labels: separate ones are an error."""
+    if labels is not None:
+        raise ValueError(
+            "over a stream of batches, class_graphs takes the labels from the "
+            "(inputs, labels) batches; pass labels=None"
+        )
+
+
+def class_subsets(
+    formatted: tuple[Tensor, ...], labels: Any, wanted: Optional[list[int]]
+) -> Iterator[tuple[int, tuple[Tensor, ...]]]:
+    """Each wanted class (default: every class present, sorted) with its examples
+    of ``formatted``, one class at a time, so that only one class's copy of the
+    inputs exists at once."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    if labels.is_floating_point() or len(labels) != formatted[0].shape[0]:
+        raise ValueError(
+            f"labels must hold one integer class per example ({formatted[0].shape[0]}), "
+            f"got {len(labels)} values of dtype {labels.dtype}"
+        )
+    labels = labels.cpu().long()
+    if wanted is None:
+        wanted = sorted(labels.unique().tolist())
+    for label in wanted:
+        members = (labels == int(label)).nonzero().flatten()
+        if len(members) == 0:
+            raise ValueError(f"class {label} has no examples among the labels")
+        yield int(label), tuple(t.detach()[members.to(t.device)] for t in formatted)
