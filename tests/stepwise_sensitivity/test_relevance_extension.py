@@ -240,3 +240,15 @@ def test_warnings_point_at_the_users_line_for_tensors_and_streams():
     assert [(w.category, w.filename, w.lineno) for w in caught] == [
         (CaptumSSAWarning, __file__, line) for line in lines
     ]
+
+
+def test_class_graphs_over_a_stream_takes_attributes_options_and_no_others():
+    model, layers, x = mlp_case()
+    y = torch.arange(len(x)) % 3
+    ssa = StepwiseSensitivity(model, layers)
+    loader = DataLoader(TensorDataset(x, y), batch_size=5)
+    streamed = ssa.class_graphs(loader, classes=[2], mode="local", branching=2)
+    whole = ssa.attribute(x[y == 2], target=2, mode="local", branching=2)
+    assert streamed[2].metadata == whole.metadata
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['brnaching'\\]"):
+        ssa.class_graphs(loader, classes=[2], brnaching=2)

@@ -7,6 +7,7 @@ Its calls check the options (``options.py``), read the data through one
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional, Union
 
@@ -346,7 +347,10 @@ class StepwiseSensitivity(Attribution):
             }
         check_stream_labels(labels)
         additional_forward_args = attribute_kwargs.pop("additional_forward_args", None)
-        options = Options.checked(**attribute_kwargs)
+        unknown = sorted(set(attribute_kwargs) - set(OPTION_DEFAULTS))
+        if unknown:
+            raise TypeError(f"class_graphs got unexpected keyword arguments {unknown}")
+        options = Options.checked(**{**OPTION_DEFAULTS, **attribute_kwargs})
         request = StartRequest(classes=wanted, every_class=wanted is None)
         graphs = self._graphs(inputs, additional_forward_args, options, request)
         return {int(graph.target): graph for graph in graphs}  # type: ignore[arg-type]
@@ -397,3 +401,11 @@ class StepwiseSensitivity(Attribution):
             target=state.start.target,
             metadata={**metadata, "num_examples": state.examples},
         )
+
+
+# The options' defaults are attribute's own, written once in its signature.
+OPTION_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(StepwiseSensitivity.attribute).parameters.items()
+    if name not in ("self", "inputs", "target", "additional_forward_args", "top_neurons")
+}

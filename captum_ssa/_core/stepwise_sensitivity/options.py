@@ -43,16 +43,17 @@ class Options:
     @classmethod
     def checked(
         cls,
-        relevance: Any = "gradient",
-        absolute: bool = True,
-        aggregation: str = "mean",
-        mode: str = "global",
-        percentile: float = 50,
-        branching: Optional[int] = None,
-        max_neurons: Optional[int] = None,
-        upper_neurons_per_chunk: Optional[int] = None,
-        show_progress: bool = False,
-        passes: str = "auto",
+        *,
+        relevance: Any,
+        absolute: bool,
+        aggregation: str,
+        mode: str,
+        percentile: float,
+        branching: Optional[int],
+        max_neurons: Optional[int],
+        upper_neurons_per_chunk: Optional[int],
+        show_progress: bool,
+        passes: str,
     ) -> Options:
         """Check every option and resolve the relevance function, or raise naming the
         option."""
@@ -73,20 +74,19 @@ class Options:
             raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
         if passes not in PASSES:
             raise ValueError(f"passes must be one of {PASSES}, got {passes!r}")
+        # in the order of the fields
         return cls(
-            relevance=relevance_function,
-            relevance_name=relevance_name,
-            absolute=absolute,
-            aggregation=aggregation,
-            mode=mode,
-            percentile=percentile,
-            branching=positive_int("branching", branching),
-            max_neurons=positive_int("max_neurons", max_neurons),
-            upper_neurons_per_chunk=positive_int(
-                "upper_neurons_per_chunk", upper_neurons_per_chunk
-            ),
-            passes=passes,
-            show_progress=show_progress,
+            relevance_function,
+            relevance_name,
+            absolute,
+            aggregation,
+            mode,
+            percentile,
+            positive_int("branching", branching),
+            positive_int("max_neurons", max_neurons),
+            positive_int("upper_neurons_per_chunk", upper_neurons_per_chunk),
+            passes,
+            show_progress,
         )
 
     @property

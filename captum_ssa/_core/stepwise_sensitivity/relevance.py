@@ -185,6 +185,10 @@ def _absolute_if(absolute: bool, tensor: Tensor) -> Tensor:
 class Gradient(Relevance):
     r"""Mean over positions p of :math:`|\partial a_n / \partial a_{k,p}|`."""
 
+    def factor(self, pair: LayerPair) -> Optional[Tensor]:
+        """What the gradient is multiplied by before the mean over positions."""
+        return None
+
     def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
         return mean_gradient_magnitudes(
             pair.lower_output,
@@ -193,23 +197,16 @@ class Gradient(Relevance):
             pair.upper_input,
             upper_neurons,
             absolute,
+            factor=self.factor(pair),
         )
 
 
 @register_relevance("gradient_x_activation")
-class GradientXActivation(Relevance):
+class GradientXActivation(Gradient):
     r"""Mean over positions p of :math:`|\partial a_n / \partial a_{k,p} \cdot a_{k,p}|`."""
 
-    def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
-        return mean_gradient_magnitudes(
-            pair.lower_output,
-            pair.upper_layer,
-            pair.upper_output,
-            pair.upper_input,
-            upper_neurons,
-            absolute,
-            factor=pair.lower_output.detach(),
-        )
+    def factor(self, pair: LayerPair) -> Optional[Tensor]:
+        return pair.lower_output.detach()
 
 
 @register_relevance("activation")
