@@ -7,8 +7,7 @@ model output) or with ``neuron_selector`` (as Captum's neuron methods do).
 that name the argument and say what would select one neuron of that layer;
 :func:`activity_and_weights` and :func:`activity_at` run the network to get
 that activity, and its gradient with respect to the inputs (the switched
-weights). They are apart from the class so that it holds the Captum interface
-and its documentation.
+weights).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Switched linear projections (Szymanski, McCane & Atkinson, 2019; see the class)."""
+"""The switched linear projection's Captum interface: the classes and their documentation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._core.switched_linear_projection.neuron_selection import (
+    activity_and_weights,
+    activity_at,
+)
+from captum_ssa._core.switched_linear_projection.projection import (
+    centre,
+    centred_contributions,
+    contributions,
+    per_example_dot,
+    per_example_sum,
+    start_points,
+)
 from captum_ssa._utils._compat import (
     BaselineType,
     TargetType,
@@ -19,15 +31,6 @@ from captum_ssa._utils._compat import (
     _is_tuple,
 )
 from captum_ssa._utils.hooks import check_layers_in_model
-from captum_ssa._utils.layer_neuron import activity_and_weights, activity_at
-from captum_ssa._utils.projection_arithmetic import (
-    centre,
-    centred_contributions,
-    contributions,
-    per_example_dot,
-    per_example_sum,
-    start_points,
-)
 from captum_ssa._utils.validation import NeuronSelector, prepare_inputs
 
 
@@ -391,6 +394,3 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         else:
             predicted_change = per_example_sum(contributions(end, start, formatted))
         return activity_at_end - activity_at_start - predicted_change
-
-
-__all__ = ["SwitchedLinearProjection", "SwitchedProjection"]
