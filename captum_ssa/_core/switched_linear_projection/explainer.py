@@ -121,6 +121,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         NeuronAttribution.__init__(self, forward_func, layer)
         GradientAttribution.__init__(self, forward_func)
         self._multiply_by_inputs = multiply_by_inputs
+        self._warned_not_piecewise_linear = False
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -128,6 +129,26 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
     def has_convergence_delta(self) -> bool:
         return True
+
+    def _activity_and_weights(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType,
+        additional_forward_args: Any,
+        neuron_selector: Optional[NeuronSelector],
+    ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
+        """``(inputs, activity (N,), weights)``, warning once per instance where
+        the network is not piecewise linear."""
+        prepared, activity, weights, warned = activity_and_weights(
+            self,
+            inputs,
+            target,
+            additional_forward_args,
+            neuron_selector,
+            check_linearity=not self._warned_not_piecewise_linear,
+        )
+        self._warned_not_piecewise_linear = self._warned_not_piecewise_linear or warned
+        return prepared, activity, weights
 
     def _contributions(
         self,
@@ -140,8 +161,8 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         multiply: bool,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         """Weights (``multiply=False``) or contributions, and the delta if asked."""
-        prepared, activity, weights = activity_and_weights(
-            self, inputs, target, additional_forward_args, neuron_selector
+        prepared, activity, weights = self._activity_and_weights(
+            inputs, target, additional_forward_args, neuron_selector
         )
         is_tuple = _is_tuple(inputs)
         if not (multiply or return_convergence_delta):
@@ -284,8 +305,8 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             ...     projection.activity, atol=1e-5)
             True
         """
-        prepared, activity, weights = activity_and_weights(
-            self, inputs, target, additional_forward_args, neuron_selector
+        prepared, activity, weights = self._activity_and_weights(
+            inputs, target, additional_forward_args, neuron_selector
         )
         is_tuple = _is_tuple(inputs)
         return SwitchedProjection(
