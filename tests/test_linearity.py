@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_ssa._utils.linearity import nonlinear_operations, warn_once_if_not_piecewise_linear
+from captum_ssa._utils.linearity import nonlinear_operations, warn_if_not_piecewise_linear
 
 # double precision: the reference's second differences need it
 _GENERATOR = torch.Generator().manual_seed(0)
@@ -75,12 +75,11 @@ def test_a_leaf_input_and_a_computed_input_together():
     assert nonlinear_operations(x + hidden, [x, hidden]) == []
 
 
-def test_warns_once_per_owner_naming_the_operations():
-    owner = type("Projection", (), {})()
+def test_warns_naming_the_operations_and_says_whether_it_warned():
+    # the explainers keep the answer, to warn once per instance (their own tests)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     with pytest.warns(UserWarning, match=r"Projection: .*operations: Div, LinalgVectorNorm"):
-        warn_once_if_not_piecewise_linear(owner, x / x.norm(), [x])
+        assert warn_if_not_piecewise_linear("Projection", x / x.norm(), [x]) is True
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_once_if_not_piecewise_linear(owner, x / x.norm(), [x])
-        warn_once_if_not_piecewise_linear(type("Other", (), {})(), x * 2, [x])
+        assert warn_if_not_piecewise_linear("Other", x * 2, [x]) is False

@@ -26,7 +26,7 @@ from captum_ssa._utils.hooks import (
     run_and_capture,
 )
 from captum_ssa._utils.jacobian import JACOBIAN_MODES, jacobian_row_norms, vector_jacobian_product
-from captum_ssa._utils.linearity import warn_once_if_not_piecewise_linear
+from captum_ssa._utils.linearity import warn_if_not_piecewise_linear
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
     batch_dependent_modules,
@@ -100,6 +100,7 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
         self._active_counts: Optional[list[Tensor]] = None
         self._fitted_weights: Optional[WeightsFingerprint] = None
         self.reference_size = 0
+        self._warned_not_piecewise_linear = False
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -283,7 +284,10 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
             )
             coefficients = []
             for position, (layer, output) in enumerate(zip(self._layers, outputs)):
-                warn_once_if_not_piecewise_linear(self, output, prepared)
+                if not self._warned_not_piecewise_linear:
+                    self._warned_not_piecewise_linear = warn_if_not_piecewise_linear(
+                        type(self).__name__, output, prepared
+                    )
                 squared_norms = jacobian_row_norms(
                     output,
                     layer_function(self.forward_func, layer, additional_forward_args),

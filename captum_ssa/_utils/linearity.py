@@ -9,7 +9,6 @@ produced the tensor: each node is an operation, named after its backward.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor
 
@@ -45,17 +44,22 @@ def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
     return sorted(found)
 
 
-def warn_once_if_not_piecewise_linear(owner: Any, output: Tensor, inputs: Sequence[Tensor]) -> None:
-    """Warn, once per ``owner``, that a projection is only a local linearisation."""
-    if getattr(owner, "_warned_not_piecewise_linear", False):
-        return
+def warn_if_not_piecewise_linear(
+    explainer_name: str, output: Tensor, inputs: Sequence[Tensor]
+) -> bool:
+    """Warn that the projection of ``explainer_name`` is only a local
+    linearisation where ``output`` is not piecewise linear in ``inputs``;
+    whether it warned.
+
+    The explainer keeps what this returns, to warn once per instance.
+    """
     operations = nonlinear_operations(output, inputs)
     if operations:
-        owner._warned_not_piecewise_linear = True
         warn(
-            f"{type(owner).__name__}: the network is not piecewise linear between "
+            f"{explainer_name}: the network is not piecewise linear between "
             f"the inputs and the layer (operations: {', '.join(operations)}); the "
             "switched linear projection is only a first-order local linearisation "
             "there, not an exact decomposition, and the convergence delta reports "
             "its real error"
         )
+    return bool(operations)

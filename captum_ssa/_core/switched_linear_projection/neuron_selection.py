@@ -7,8 +7,7 @@ model output) or with ``neuron_selector`` (as Captum's neuron methods do).
 that name the argument and say what would select one neuron of that layer;
 :func:`activity_and_weights` and :func:`activity_at` run the network to get
 that activity, and its gradient with respect to the inputs (the switched
-weights). They are apart from the class so that it holds the Captum interface
-and its documentation.
+weights).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from captum_ssa._utils._compat import (
     _verify_select_neuron,
 )
 from captum_ssa._utils.hooks import run_and_capture
-from captum_ssa._utils.linearity import warn_once_if_not_piecewise_linear
+from captum_ssa._utils.linearity import warn_if_not_piecewise_linear
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.validation import NeuronSelector, check_neuron_selector, prepare_inputs
 
@@ -116,10 +115,12 @@ def activity_and_weights(
     target: TargetType,
     additional_forward_args: Any,
     neuron_selector: Optional[NeuronSelector],
-) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
+    check_linearity: bool,
+) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...], bool]:
     """One forward and one backward of ``attribution``'s model to its layer:
-    ``(inputs, activity (N,), weights)``. The attribution warns, once, when the
-    network is not piecewise linear."""
+    ``(inputs, activity (N,), weights, warned)``, where ``warned`` says whether,
+    asked to ``check_linearity``, it warned that the network is not piecewise
+    linear."""
     forward_func, layer = attribution.forward_func, attribution.layer
     prepared = prepare_inputs(inputs)
     with untouched_model(forward_func):
@@ -130,7 +131,9 @@ def activity_and_weights(
             additional_forward_args,
         )
         activity = select_neuron(layer_output, target, neuron_selector)
-        warn_once_if_not_piecewise_linear(attribution, activity, prepared)
+        warned = check_linearity and warn_if_not_piecewise_linear(
+            type(attribution).__name__, activity, prepared
+        )
         # Examples do not interact in eval mode, so the gradient of the sum
         # holds every example's own switched weights.
         weights = torch.autograd.grad(
@@ -140,6 +143,7 @@ def activity_and_weights(
         tuple(t.detach() for t in prepared),
         activity.detach(),
         tuple(w.detach() for w in weights),
+        warned,
     )
 
 

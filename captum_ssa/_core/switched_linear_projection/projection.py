@@ -1,14 +1,12 @@
 r"""Per-example arithmetic of a switched linear projection.
 
 Once the network has given a neuron's activity :math:`v` and switched weights
-:math:`w` (see :mod:`captum_ssa._utils.layer_neuron`), everything else
+:math:`w` (see :mod:`.neuron_selection`), everything else
 :class:`~captum_ssa.SwitchedLinearProjection` returns is tensor arithmetic,
 one value per example over every input tensor: the centre
 :math:`c = x - (v / \lVert w \rVert^2) w`, the contributions
 :math:`(x - x_0) \odot w` from the centre or from Captum-style ``baselines``,
-and the sums the bias and the convergence delta are made of. It is apart from
-the class so that the formulas read in one place and the class holds the
-Captum interface and its documentation.
+and the sums the bias and the convergence delta are made of.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Switched linear projections (Szymanski, McCane & Atkinson, 2019; see the class)."""
+"""The switched linear projection's Captum interface: the classes and their documentation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._core.switched_linear_projection.neuron_selection import (
+    activity_and_weights,
+    activity_at,
+)
+from captum_ssa._core.switched_linear_projection.projection import (
+    centre,
+    centred_contributions,
+    contributions,
+    per_example_dot,
+    per_example_sum,
+    start_points,
+)
 from captum_ssa._utils._compat import (
     BaselineType,
     TargetType,
@@ -19,15 +31,6 @@ from captum_ssa._utils._compat import (
     _is_tuple,
 )
 from captum_ssa._utils.hooks import check_layers_in_model
-from captum_ssa._utils.layer_neuron import activity_and_weights, activity_at
-from captum_ssa._utils.projection_arithmetic import (
-    centre,
-    centred_contributions,
-    contributions,
-    per_example_dot,
-    per_example_sum,
-    start_points,
-)
 from captum_ssa._utils.validation import NeuronSelector, prepare_inputs
 
 
@@ -118,6 +121,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         NeuronAttribution.__init__(self, forward_func, layer)
         GradientAttribution.__init__(self, forward_func)
         self._multiply_by_inputs = multiply_by_inputs
+        self._warned_not_piecewise_linear = False
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -125,6 +129,26 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
     def has_convergence_delta(self) -> bool:
         return True
+
+    def _activity_and_weights(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType,
+        additional_forward_args: Any,
+        neuron_selector: Optional[NeuronSelector],
+    ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
+        """``(inputs, activity (N,), weights)``, warning once per instance where
+        the network is not piecewise linear."""
+        prepared, activity, weights, warned = activity_and_weights(
+            self,
+            inputs,
+            target,
+            additional_forward_args,
+            neuron_selector,
+            check_linearity=not self._warned_not_piecewise_linear,
+        )
+        self._warned_not_piecewise_linear = self._warned_not_piecewise_linear or warned
+        return prepared, activity, weights
 
     def _contributions(
         self,
@@ -137,8 +161,8 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         multiply: bool,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         """Weights (``multiply=False``) or contributions, and the delta if asked."""
-        prepared, activity, weights = activity_and_weights(
-            self, inputs, target, additional_forward_args, neuron_selector
+        prepared, activity, weights = self._activity_and_weights(
+            inputs, target, additional_forward_args, neuron_selector
         )
         is_tuple = _is_tuple(inputs)
         if not (multiply or return_convergence_delta):
@@ -281,8 +305,8 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             ...     projection.activity, atol=1e-5)
             True
         """
-        prepared, activity, weights = activity_and_weights(
-            self, inputs, target, additional_forward_args, neuron_selector
+        prepared, activity, weights = self._activity_and_weights(
+            inputs, target, additional_forward_args, neuron_selector
         )
         is_tuple = _is_tuple(inputs)
         return SwitchedProjection(
@@ -391,6 +415,3 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         else:
             predicted_change = per_example_sum(contributions(end, start, formatted))
         return activity_at_end - activity_at_start - predicted_change
-
-
-__all__ = ["SwitchedLinearProjection", "SwitchedProjection"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ssa import InactiveStateSensitivity
+from captum_ssa import CaptumSSAWarning, InactiveStateSensitivity
 from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build, layer_output
 
 SETTINGS = settings(max_examples=10, deadline=None)
@@ -274,6 +276,23 @@ def test_lstm_without_forward_mode_falls_back_to_reverse_mode_or_says_so():
     torch.testing.assert_close(omega, reference_insens(model, model.fc, x, reference))
     with pytest.raises(NotImplementedError, match="jacobian_mode='reverse'"):
         insens.attribute(x, jacobian_mode="forward")
+
+
+def test_nonlinear_network_warns_once_per_instance_over_layers_and_calls():
+    net = nn.Sequential(
+        nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)
+    ).eval()
+    x = torch.randn(2, 3)
+    insens = InactiveStateSensitivity(net, [net[2], net[4]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        insens.attribute(x, weighting="uniform")
+        insens.attribute(x, weighting="uniform")
+    assert [(w.category, str(w.message)[:40]) for w in caught] == [
+        (CaptumSSAWarning, "InactiveStateSensitivity: the network is")
+    ]
+    with pytest.warns(CaptumSSAWarning, match="not piecewise linear.*Tanh"):
+        InactiveStateSensitivity(net, net[2]).attribute(x, weighting="uniform")
 
 
 def test_unknown_jacobian_mode_is_an_error():
