@@ -38,7 +38,7 @@ from captum_ssa._utils.labelled_data import labelled_batches, unlabelled_batches
 from captum_ssa._utils.model_state import warn_if_training
 from captum_ssa._utils.streaming import pieces, same_on_every_rank
 from captum_ssa._utils.validation import positive_int
-from captum_ssa.graph.model import DependencyGraph
+from captum_ssa.graph.dependency_graph import DependencyGraph
 from captum_ssa.graph.rates import (
     RATE_COUNTS,
     ClassRates,
