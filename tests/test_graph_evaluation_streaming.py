@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ssa._utils.ablation import ablation_layout
+from captum_ssa.graph.ablation import ablation_layout
 from captum_ssa.graph.evaluation import (
     ablation_importance,
     ensemble_predict,

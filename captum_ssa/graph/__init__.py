@@ -7,7 +7,8 @@ masking a model (:mod:`~captum_ssa.graph.masking`), drawing
 :class:`DependencyGraph` with them as methods
 (:mod:`~captum_ssa.graph.dependency_graph`); and on top the graph as a classifier
 (:mod:`~captum_ssa.graph.evaluation`, its result records and per-class rates in
-:mod:`~captum_ssa.graph.rates`)."""
+:mod:`~captum_ssa.graph.rates`, its ablations in :mod:`~captum_ssa.graph.ablation`
+and the reading of its data in :mod:`~captum_ssa.graph.labelled_data`)."""
 
 from captum_ssa.graph.comparison import (
     BagOfNodes,
