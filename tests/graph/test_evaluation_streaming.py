@@ -16,7 +16,7 @@ from captum_ssa.graph.evaluation import (
     evaluate_ensemble,
     evaluate_graph,
 )
-from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
+from tests.graph.test_evaluation import CASES, balanced_model, graph_keeping
 
 
 def uneven_loader(x: Tensor, labels: Tensor) -> DataLoader:
