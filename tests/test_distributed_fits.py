@@ -18,8 +18,8 @@ from captum_ssa.graph.evaluation import (
     evaluate_ensemble,
     evaluate_graph,
 )
+from tests.graph.test_evaluation import CASES, balanced_model, graph_keeping
 from tests.ranks import run_rank_then_exit
-from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
 
 WORLD_SIZE = 2
 

@@ -1,10 +1,14 @@
-"""Dependency graphs: the data model and its accessors (:mod:`~captum_ssa.graph.model`),
-files (:mod:`~captum_ssa.graph.io`), masking a model (:mod:`~captum_ssa.graph.masking`),
-drawing (:mod:`~captum_ssa.graph.drawing`), comparing class graphs
-(:mod:`~captum_ssa.graph.comparison`), the interactive page
-(:mod:`~captum_ssa.graph.view`) and the graph as a classifier
+"""Dependency graphs, in layers: the data model and its queries at the bottom
+(:mod:`~captum_ssa.graph.model`); above it files (:mod:`~captum_ssa.graph.io`),
+masking a model (:mod:`~captum_ssa.graph.masking`), drawing
+(:mod:`~captum_ssa.graph.drawing`), comparing class graphs
+(:mod:`~captum_ssa.graph.comparison`) and the interactive page
+(:mod:`~captum_ssa.graph.view`); above those the public
+:class:`DependencyGraph` with them as methods
+(:mod:`~captum_ssa.graph.dependency_graph`); and on top the graph as a classifier
 (:mod:`~captum_ssa.graph.evaluation`, its result records and per-class rates in
-:mod:`~captum_ssa.graph.rates`)."""
+:mod:`~captum_ssa.graph.rates`, its ablations in :mod:`~captum_ssa.graph.ablation`
+and the reading of its data in :mod:`~captum_ssa.graph.labelled_data`)."""
 
 from captum_ssa.graph.comparison import (
     BagOfNodes,
@@ -14,6 +18,7 @@ from captum_ssa.graph.comparison import (
     plot_clustermap,
     shared_subgraph,
 )
+from captum_ssa.graph.dependency_graph import DependencyGraph
 from captum_ssa.graph.evaluation import (
     ClassRates,
     EnsembleEvaluation,
@@ -25,7 +30,6 @@ from captum_ssa.graph.evaluation import (
     evaluate_graph,
     spearman_agreement,
 )
-from captum_ssa.graph.model import DependencyGraph
 from captum_ssa.graph.view import graphs_to_html
 
 __all__ = [

@@ -10,17 +10,19 @@ geometry) and shows the result as a clustermap.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar
 
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import dendrogram, linkage
 from torch import Tensor
 
-from captum_ssa.graph.model import DependencyGraph
+from captum_ssa.graph.model import GraphData
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+Graph = TypeVar("Graph", bound=GraphData)
 
 
 class BagOfNodes(NamedTuple):
@@ -37,7 +39,7 @@ class BagOfNodes(NamedTuple):
 
 
 def bag_of_nodes(
-    class_graphs: Mapping[Any, DependencyGraph],
+    class_graphs: Mapping[Any, GraphData],
     layers: Optional[Sequence[str]] = None,
 ) -> BagOfNodes:
     r"""
@@ -198,13 +200,14 @@ def plot_clustermap(bag: BagOfNodes) -> Figure:
     return figure
 
 
-def shared_subgraph(graphs: Sequence[DependencyGraph]) -> DependencyGraph:
+def shared_subgraph(graphs: Sequence[Graph]) -> Graph:
     r"""
     The nodes and edges common to all the given graphs: candidate partially
     distributed representations shared by their classes.
 
-    Returned as a :class:`DependencyGraph` over the same layers, so it can be
-    drawn, saved, used as a mask or turned into networkx: its neurons are the
+    Returned as a :class:`DependencyGraph` (the class of the first graph given)
+    over the same layers, so it can be drawn, saved, used as a mask or turned
+    into networkx: its neurons are the
     intersection of the graphs' kept sets, its edges the intersection of their
     edge sets, and its relevance vectors and matrices (hence node relevances
     and edge weights) the mean over the graphs. It has no target; its
@@ -249,7 +252,7 @@ def shared_subgraph(graphs: Sequence[DependencyGraph]) -> DependencyGraph:
             common &= set(map(tuple, graph.edges(upper_name, lower_name).tolist()))
         edges.append(torch.tensor(sorted(common), dtype=torch.long).reshape(-1, 2))
     modules = graphs[0].layers
-    return DependencyGraph(
+    return type(graphs[0])(
         layer_names,
         modules,
         neurons,
@@ -261,7 +264,7 @@ def shared_subgraph(graphs: Sequence[DependencyGraph]) -> DependencyGraph:
     )
 
 
-def _common_layer_names(graphs: Sequence[DependencyGraph]) -> list[str]:
+def _common_layer_names(graphs: Sequence[GraphData]) -> list[str]:
     if not graphs:
         raise ValueError("no graphs given: expected at least one DependencyGraph")
     names = graphs[0].layer_names

@@ -15,10 +15,10 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from captum_ssa.graph.model import DependencyGraph
+    from captum_ssa.graph.model import GraphData
 
 
-def draw(graph: DependencyGraph, ax: Optional[Axes] = None) -> Figure:
+def draw(graph: GraphData, ax: Optional[Axes] = None) -> Figure:
     """One row per layer, the lowest at the bottom; see ``DependencyGraph.draw``."""
     import matplotlib.pyplot as plt
 
@@ -53,7 +53,7 @@ def draw(graph: DependencyGraph, ax: Optional[Axes] = None) -> Figure:
 
 
 def _draw_edges(
-    graph: DependencyGraph, ax: Axes, neurons: list[Tensor], x_positions: list[Tensor]
+    graph: GraphData, ax: Axes, neurons: list[Tensor], x_positions: list[Tensor]
 ) -> None:
     """One line collection per layer pair; width relative to the pair's largest weight."""
     from matplotlib.collections import LineCollection
@@ -83,7 +83,7 @@ def _draw_edges(
 
 
 def _draw_neurons(
-    graph: DependencyGraph, ax: Axes, neurons: list[Tensor], x_positions: list[Tensor]
+    graph: GraphData, ax: Axes, neurons: list[Tensor], x_positions: list[Tensor]
 ) -> None:
     """One scatter of all kept neurons; area relative to the layer's most relevant."""
     import matplotlib.pyplot as plt

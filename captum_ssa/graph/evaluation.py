@@ -25,20 +25,20 @@ from scipy.stats import spearmanr
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._utils.ablation import (
+from captum_ssa._utils.batches import Batch
+from captum_ssa._utils.distributed import all_reduce_sum
+from captum_ssa._utils.model_state import warn_if_training
+from captum_ssa._utils.streaming import pieces, same_on_every_rank
+from captum_ssa._utils.validation import positive_int
+from captum_ssa.graph.ablation import (
     ablation_layout,
     add_ablated_losses,
     metric_losses,
     neuron_count,
     resolve_layer,
 )
-from captum_ssa._utils.batches import Batch
-from captum_ssa._utils.distributed import all_reduce_sum
-from captum_ssa._utils.labelled_data import labelled_batches, unlabelled_batches
-from captum_ssa._utils.model_state import warn_if_training
-from captum_ssa._utils.streaming import pieces, same_on_every_rank
-from captum_ssa._utils.validation import positive_int
-from captum_ssa.graph.model import DependencyGraph
+from captum_ssa.graph.dependency_graph import DependencyGraph
+from captum_ssa.graph.labelled_data import labelled_batches, unlabelled_batches
 from captum_ssa.graph.rates import (
     RATE_COUNTS,
     ClassRates,

@@ -18,7 +18,7 @@ from torch import Tensor
 from captum_ssa.graph._parts import json_compatible
 
 if TYPE_CHECKING:
-    from captum_ssa.graph.model import DependencyGraph
+    from captum_ssa.graph.model import GraphData
 
 # The graph-level attribute of a saved file that holds everything loading needs.
 STATE_KEY = "dependency_graph"
@@ -27,7 +27,7 @@ SAVABLE = (".graphml", ".gexf", ".json", ".dot")
 _TENSORS = ("neurons", "relevances", "relevance_matrices", "edges")
 
 
-def save(graph: DependencyGraph, path: Path) -> None:
+def save(graph: GraphData, path: Path) -> None:
     """Write ``graph`` to ``path`` in the format its extension names."""
     suffix = path.suffix.lower()
     if suffix not in SAVABLE:
@@ -70,7 +70,7 @@ def read_state(path: Path) -> dict[str, Any]:
     return arguments
 
 
-def state_of(graph: DependencyGraph) -> dict[str, Any]:
+def state_of(graph: GraphData) -> dict[str, Any]:
     """Everything ``graph`` holds but its modules, as JSON-compatible values."""
     names = graph.layer_names
     pairs = list(zip(names[1:], names[:-1]))
@@ -88,13 +88,13 @@ def state_of(graph: DependencyGraph) -> dict[str, Any]:
     }
 
 
-def labelled_networkx(graph: DependencyGraph) -> nx.DiGraph:
+def labelled_networkx(graph: GraphData) -> nx.DiGraph:
     """:meth:`~captum_ssa.graph.DependencyGraph.to_networkx` with the string node
     ids ``"layer:index"`` that files can hold."""
     return nx.relabel_nodes(graph.to_networkx(), _node_label, copy=True)
 
 
-def to_dot(graph: DependencyGraph) -> str:
+def to_dot(graph: GraphData) -> str:
     """Graphviz text, written directly so that no pydot/pygraphviz is needed:
     one rank per layer, lowest at the bottom."""
     lines = ["digraph dependency_graph {", "  rankdir=BT;", "  node [shape=circle];"]

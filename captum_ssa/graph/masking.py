@@ -17,11 +17,11 @@ from torch.nn import Module
 from captum_ssa._utils.hooks import model_of, neuron_axis
 
 if TYPE_CHECKING:
-    from captum_ssa.graph.model import DependencyGraph
+    from captum_ssa.graph.model import GraphData
 
 
 @contextmanager
-def mask(graph: DependencyGraph, model: Any) -> Iterator[Any]:
+def mask(graph: GraphData, model: Any) -> Iterator[Any]:
     """Zero, in ``model``, the neurons of ``graph``'s hidden layers (all but the
     top) that are not in the graph, by forward hooks removed on leaving."""
     modules = graph_modules(graph, model)
@@ -35,7 +35,7 @@ def mask(graph: DependencyGraph, model: Any) -> Iterator[Any]:
             handle.remove()
 
 
-def graph_modules(graph: DependencyGraph, model: Any) -> list[Module]:
+def graph_modules(graph: GraphData, model: Any) -> list[Module]:
     """The graph's layers in ``model``: the same modules, or found by name."""
     owner = model_of(model)
     if owner is None:
@@ -59,7 +59,7 @@ def graph_modules(graph: DependencyGraph, model: Any) -> list[Module]:
     return modules
 
 
-def zeroing_hook(graph: DependencyGraph, depth: int) -> Callable[[Module, Any, Any], Tensor]:
+def zeroing_hook(graph: GraphData, depth: int) -> Callable[[Module, Any, Any], Tensor]:
     """A forward hook that zeroes the neurons of layer ``depth`` outside the graph
     along the neuron axis (dim 1, or ``metadata["neuron_dim"]``)."""
     name, size = graph.layer_names[depth], graph.layer_sizes[depth]

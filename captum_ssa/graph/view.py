@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from captum_ssa.graph.comparison import shared_subgraph
-from captum_ssa.graph.model import DependencyGraph
+from captum_ssa.graph.model import GraphData
 
 _TEMPLATE = "view.html"
 _DATA_SLOT = "{{graph_data}}"
@@ -24,7 +24,7 @@ _DIGITS = 6
 
 
 def graphs_to_html(
-    graphs: Mapping[Any, DependencyGraph],
+    graphs: Mapping[Any, GraphData],
     path: Union[str, Path],
     title: str = "Dependency graphs",
     shared: bool = True,
@@ -96,7 +96,7 @@ def _page(data: Mapping[str, Any]) -> str:
     return template.replace(_DATA_SLOT, blob)
 
 
-def _named_views(graphs: Mapping[Any, DependencyGraph]) -> list[tuple[str, DependencyGraph]]:
+def _named_views(graphs: Mapping[Any, GraphData]) -> list[tuple[str, GraphData]]:
     """``(str(name), graph)`` pairs, checking types and that the names stay distinct."""
     if not isinstance(graphs, Mapping):
         raise TypeError(
@@ -107,7 +107,7 @@ def _named_views(graphs: Mapping[Any, DependencyGraph]) -> list[tuple[str, Depen
         raise ValueError("graphs is empty: expected at least one DependencyGraph")
     views = []
     for name, graph in graphs.items():
-        if not isinstance(graph, DependencyGraph):
+        if not isinstance(graph, GraphData):
             raise TypeError(
                 f"graphs[{name!r}] must be a DependencyGraph, got {type(graph).__name__}"
             )
@@ -118,7 +118,7 @@ def _named_views(graphs: Mapping[Any, DependencyGraph]) -> list[tuple[str, Depen
     return views
 
 
-def _view_data(name: str, graph: DependencyGraph) -> dict[str, Any]:
+def _view_data(name: str, graph: GraphData) -> dict[str, Any]:
     """One view of the page: layers with kept neurons and relevances, edges per layer pair."""
     names = graph.layer_names
     layers = []

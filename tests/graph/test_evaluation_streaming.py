@@ -9,14 +9,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ssa._utils.ablation import ablation_layout
+from captum_ssa.graph.ablation import ablation_layout
 from captum_ssa.graph.evaluation import (
     ablation_importance,
     ensemble_predict,
     evaluate_ensemble,
     evaluate_graph,
 )
-from tests.test_graph_evaluation import CASES, balanced_model, graph_keeping
+from tests.graph.test_evaluation import CASES, balanced_model, graph_keeping
 
 
 def uneven_loader(x: Tensor, labels: Tensor) -> DataLoader:

@@ -1,7 +1,9 @@
-"""DependencyGraph: the constructor, accessors and networkx form."""
+"""DependencyGraph: the constructor, accessors, networkx form, equality and copies."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import matplotlib
@@ -151,3 +153,22 @@ def test_repr(cnn: Any) -> None:
     text = repr(make_graph(layers, KEPT, metadata={"relevance": "gradient", "mode": "local"}))
     assert "conv1: 2/4" in text and "fc2: 1/3" in text
     assert "target=1" in text and "mode='local'" in text
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [copy.copy, copy.deepcopy, lambda graph: pickle.loads(pickle.dumps(graph))],
+    ids=["copy", "deepcopy", "pickle"],
+)
+def test_copies_are_equal_dependency_graphs(cnn: Any, duplicate: Any) -> None:
+    _, layers = cnn
+    graph = make_graph(layers, KEPT, metadata={"relevance": "gradient"})
+    graph.to_networkx()  # the cached networkx form travels with the copy
+    twin = duplicate(graph)
+    assert type(twin) is DependencyGraph
+    assert twin == graph and repr(twin) == repr(graph)
+    assert_same_networkx(twin.to_networkx(), graph.to_networkx())
+    assert twin.layer_names == graph.layer_names and twin.layers is not None
+    assert len(twin.layers) == len(layers)
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(twin)
