@@ -93,7 +93,11 @@ def graph_of(model: Any) -> Any:
 
 def kept_bytes(explainer: Any) -> int:
     """Bytes of reference activations a fitted LayeredInfluence keeps (this
-    checkout keeps one layer's blocks; older ones every candidate's)."""
+    checkout keeps one layer's blocks in its fit; older ones the same blocks
+    beside it, or every candidate's)."""
+    fit = getattr(explainer, "_fit", None)
+    if fit is not None:
+        return int(fit.reference.nbytes)
     reference = getattr(explainer, "_reference", None)
     if reference is not None:
         return int(reference.nbytes)

@@ -4,7 +4,7 @@ The measure for B queries against M reference points over U units needs at
 least two (B x U x M) matrix products: one for the pairwise distances, one for
 the weighted sum of the reference points. This script times, in one run:
 
-- the chunked measure (``captum_ssa._utils.influence_measure``);
+- the chunked measure (``captum_ssa._core.layered_influence.influence``);
 - those two matrix products alone, the floor any implementation pays;
 - the plain loop over pairs, on a subset, extrapolated to B x M pairs;
 
@@ -25,7 +25,10 @@ from collections.abc import Callable
 
 import torch
 
-from captum_ssa._utils.influence_measure import DEFAULT_POINTS_PER_CHUNK, monotone_influence
+from captum_ssa._core.layered_influence.influence import (
+    DEFAULT_POINTS_PER_CHUNK,
+    monotone_influence,
+)
 
 
 def problem(queries: int, reference: int, units: int, seed: int = 0):

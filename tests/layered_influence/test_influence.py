@@ -1,46 +1,19 @@
-"""The monotone influence measure and the layer-scoring helpers of LayeredInfluence."""
+"""The monotone influence measure of LayeredInfluence."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_ssa._utils.influence_measure import (
+from captum_ssa._core.layered_influence.influence import (
     _influence_of_query_block,
     _reference_blocks,
     check_alpha,
     monotone_influence,
 )
-from captum_ssa._utils.layer_selection import (
-    gini_coefficient,
-    linear_probe_accuracy,
-    lowest_within_tolerance,
-    neuron_activities,
-)
-
-
-def slow_influence(queries, query_labels, reference, reference_labels, alpha=None):
-    """phi(x) = sum over differently-labelled y of alpha(r) (h(x) - h(y)), pair by pair."""
-    influence = torch.zeros_like(queries)
-    for i in range(len(queries)):
-        for j in range(len(reference)):
-            if int(query_labels[i]) == int(reference_labels[j]):
-                continue
-            difference = queries[i] - reference[j]
-            distance = math.sqrt(float((difference * difference).sum()))
-            if distance == 0:
-                continue
-            weight = (
-                1 / distance**2
-                if alpha is None
-                else float(alpha(torch.tensor(distance, dtype=torch.float64)))
-            )
-            influence[i] += weight * difference
-    return influence
+from tests.layered_influence.references import slow_influence
 
 
 def random_problem(seed, queries, references, units, classes):
@@ -319,44 +292,3 @@ def test_alpha_returning_no_tensor_is_a_clear_error():
     queries, query_labels, reference, reference_labels = random_problem(0, 2, 3, 2, 2)
     with pytest.raises(ValueError, match="alpha must return a tensor"):
         monotone_influence(queries, query_labels, reference, reference_labels, lambda r: 1.0)
-
-
-def test_gini_known_answers():
-    assert gini_coefficient(torch.tensor([2.0, 0.0, 0.0, 0.0])) == pytest.approx(0.75)
-    assert gini_coefficient(torch.full((5,), 3.0)) == pytest.approx(0.0)
-    assert gini_coefficient(torch.zeros(4)) == 0.0
-    assert gini_coefficient(torch.tensor([1.0, 3.0])) == pytest.approx(0.25)
-
-
-def test_lowest_within_tolerance():
-    assert lowest_within_tolerance([0.75, 0.99, 1.0, 1.0], 0.02) == 1
-    assert lowest_within_tolerance([0.75, 0.9, 1.0, 1.0], 0.02) == 2
-    assert lowest_within_tolerance([0.75, 0.9, 1.0, 1.0], 0.3) == 0
-
-
-def test_neuron_activities_are_channel_means():
-    output = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 2)
-    torch.testing.assert_close(neuron_activities(output), output.mean((2, 3)))
-    flat = torch.randn(4, 5)
-    assert torch.equal(neuron_activities(flat), flat)
-
-
-def test_linear_probe_needs_two_classes_with_two_points():
-    activities = torch.randn(6, 2)
-    with pytest.raises(ValueError, match="at least two"):
-        linear_probe_accuracy(activities, torch.tensor([0, 0, 0, 0, 0, 1]))
-
-
-def test_linear_probe_leaves_out_a_single_point_class():
-    activities = torch.tensor([[-1.0], [-1.1], [-0.9], [1.0], [1.1], [0.9], [5.0]])
-    with pytest.warns(UserWarning, match=r"leaves out classes \[2\]"):
-        assert linear_probe_accuracy(activities, torch.tensor([0, 0, 0, 1, 1, 1, 2])) == 1.0
-
-
-def test_linear_probe_scores_a_separable_and_a_useless_feature():
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(200) % 2
-    separable = (labels.float() * 2 - 1)[:, None] + 0.1 * torch.randn(200, 1, generator=generator)
-    noise = torch.randn(200, 1, generator=generator)
-    assert linear_probe_accuracy(separable, labels) == 1.0
-    assert linear_probe_accuracy(noise, labels) < 0.7

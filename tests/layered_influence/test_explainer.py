@@ -25,24 +25,12 @@ from torch import Tensor, nn
 from captum_ssa import ReusedLayerError
 from captum_ssa._core.layered_influence import LayeredInfluence
 from tests.behaviour import hooks_left
+from tests.layered_influence.references import slow_influence
 from tests.models import TwoInputs, build, layer_output
 
 matplotlib.use("Agg")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def slow_influence(queries, query_labels, reference, reference_labels):
-    """phi(x) with alpha = 1/r^2, one pair at a time."""
-    queries, reference = queries.detach(), reference.detach()
-    influence = torch.zeros_like(queries)
-    for i in range(len(queries)):
-        for j in range(len(reference)):
-            difference = queries[i] - reference[j]
-            squared = float((difference * difference).sum())
-            if int(query_labels[i]) != int(reference_labels[j]) and squared > 0:
-                influence[i] += difference / squared
-    return influence
 
 
 def linear(weight, bias=None) -> nn.Linear:

@@ -9,9 +9,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa._core.layered_influence import LayeredInfluence
-from captum_ssa._utils.layer_selection import gini_coefficient
+from captum_ssa._core.layered_influence.layer_choice import gini_coefficient
+from tests.layered_influence.references import slow_influence
+from tests.layered_influence.test_explainer import zoo_model
 from tests.models import layer_output
-from tests.test_layered_influence import slow_influence, zoo_model
 
 
 def cnn_reference(count: int = 90):
@@ -28,10 +29,11 @@ def loader_of(reference: Tensor) -> DataLoader:
 
 def tensor_bytes(explainer: LayeredInfluence) -> int:
     """Every tensor the fitted explainer holds, in bytes (its reference included)."""
-    reference = explainer._reference
-    assert reference is not None
-    held = [*reference.blocks, reference.mean]
-    held += [value for value in vars(explainer).values() if isinstance(value, Tensor)]
+    fit = explainer._fit
+    assert fit is not None
+    held = [*fit.reference.blocks]
+    for holder in (explainer, fit, fit.reference):
+        held += [value for value in vars(holder).values() if isinstance(value, Tensor)]
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in held}.values())
 
 
@@ -46,7 +48,7 @@ def test_a_loader_gives_the_one_batch_fit_and_keeps_only_the_chosen_layer() -> N
     torch.testing.assert_close(streamed.influence(queries), one_batch.influence(queries))
 
     chosen_units = layer_output(model, streamed.chosen_layer, reference[:1]).numel()
-    kept = streamed._reference
+    kept = streamed._fit.reference
     assert kept is not None and len(kept.blocks) == 1  # one preallocated buffer
     assert kept.nbytes == len(reference) * chosen_units * 4
     # besides it, only the labels and the mean: no other candidate's activations
@@ -64,7 +66,7 @@ def test_a_given_layer_reads_once_and_keeps_the_batches_unconcatenated() -> None
     finally:
         handle.remove()
     assert sum(calls) == len(reference)  # one pass
-    kept = explainer._reference
+    kept = explainer._fit.reference
     assert kept is not None
     units = layer_output(model, candidates[0], reference[:1]).numel()
     assert [len(block) for block in kept.blocks] == calls  # one block per forward pass
@@ -144,7 +146,7 @@ def test_no_second_copy_of_the_kept_activations_is_made(
         explainer = LayeredInfluence(model, candidates).fit(
             data, layer=candidates[0], batch_size=batch_size
         )
-    kept = explainer._reference
+    kept = explainer._fit.reference
     assert kept is not None and kept.nbytes == 400 * 256 * 4
     assert len(kept.blocks) == blocks
     # whatever else existed during the fit (the batches, the other candidates'

@@ -12,23 +12,19 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
-from captum_ssa._utils.class_targets import ClassTarget, class_targets, model_labels, top_unit_seed
-from captum_ssa._utils.deconvolution import deconvolve_from_layer
-from captum_ssa._utils.hooks import model_of
-from captum_ssa._utils.influence_measure import Alpha, check_alpha
-from captum_ssa._utils.layer_choice import (
+from captum_ssa._core.layered_influence.deconvnet import deconvolve_from_layer, top_unit_seed
+from captum_ssa._core.layered_influence.fit import Fit, current_fit, fit_reference, fitted
+from captum_ssa._core.layered_influence.influence import Alpha, check_alpha
+from captum_ssa._core.layered_influence.labels import ClassTarget
+from captum_ssa._core.layered_influence.layer_choice import (
+    CandidateLayers,
     LayerChoice,
-    candidate_index,
     check_choice_options,
-    fit_reference,
 )
-from captum_ssa._utils.model_state import untouched_model, weights_fingerprint
-from captum_ssa._utils.reference_activations import LayerReference
-from captum_ssa._utils.reference_influence import LayerFit, ReferenceInfluence
+from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
+from captum_ssa._utils.hooks import model_of
+from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.validation import positive_int, prepare_inputs
-
-__all__ = ["ClassTarget", "LayeredInfluence", "class_targets", "model_labels", "top_unit_seed"]
 
 
 class LayeredInfluence(NeuronAttribution, GradientAttribution):
@@ -105,13 +101,11 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         layers, any order; "lowest" means the first to run. The
                         output layer is a candidate only if listed.
         """
-        self._fits = ReferenceInfluence(forward_func, layers, type(self).__name__)
-        self._candidates, self._names = self._fits.candidates, self._fits.names
+        self._candidates = CandidateLayers.of(forward_func, layers)
         # Captum's neuron methods take one layer; ours keeps all the candidates
-        NeuronAttribution.__init__(self, forward_func, self._candidates)
+        NeuronAttribution.__init__(self, forward_func, self._candidates.layers)
         GradientAttribution.__init__(self, forward_func)
-        self._reference: Optional[LayerReference] = None
-        self._reference_labels: Optional[Tensor] = None
+        self._fit: Optional[Fit] = None  # replaced whole by each fit
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -120,12 +114,12 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
     @property
     def chosen_layer(self) -> Module:
         r"""The layer :meth:`fit` chose (or was given). Available after :meth:`fit`."""
-        return self._candidates[self._fits.fitted().chosen]
+        return fitted(self._fit).layer
 
     @property
     def chosen_layer_name(self) -> str:
         r"""The name of :attr:`chosen_layer` in the model."""
-        return self._names[self._fits.fitted().chosen]
+        return fitted(self._fit).name
 
     @property
     def layer_scores(self) -> dict[str, float]:
@@ -135,12 +129,12 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         ``"dispersion"``), from the lowest layer to the highest; empty when
         :meth:`fit` was given a ``layer`` or there is a single candidate.
         """
-        return dict(self._fits.fitted().scores)
+        return dict(fitted(self._fit).scores)
 
     @property
     def reference_size(self) -> int:
         r"""The number of reference points seen by :meth:`fit`."""
-        return 0 if self._reference_labels is None else len(self._reference_labels)
+        return 0 if self._fit is None else len(self._fit.reference.labels)
 
     def fit(
         self,
@@ -222,21 +216,20 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         check_choice_options(criterion, tolerance)
         batch_size = positive_int("batch_size", batch_size)
         sample_points = positive_int("dispersion_points", dispersion_points)
-        given = None if layer is None else candidate_index(layer, self._candidates, self._names)
-        kept, labels, chosen, table = fit_reference(
-            self._fits.reader(additional_forward_args, batch_size, show_progress),
+        given = None if layer is None else self._candidates.index(layer)
+        # assigned only once complete, so a failed fit leaves the previous one intact
+        self._fit = fit_reference(
             self.forward_func,
+            self._candidates,
             reference,
-            self._names,
-            criterion,
-            tolerance,
-            given,
-            sample_points,
+            additional_forward_args=additional_forward_args,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            criterion=criterion,
+            tolerance=tolerance,
+            given=given,
+            sample_points=sample_points,
         )
-        # set only now, so a failed fit leaves the previous one intact; the fingerprint
-        # is taken last and outside untouched_model: what the stored statistics describe
-        self._reference, self._reference_labels = kept, labels
-        self._fits.fit = LayerFit(chosen, table, weights_fingerprint(self.forward_func))
         return self
 
     def influence(
@@ -296,15 +289,13 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             >>> phi = explainer.influence(test_x[:4], target=3)
             >>> phi = explainer.influence(test_x[:4], alpha=lambda r: torch.exp(-r))
         """
-        fit = self._fits.current(layer)
+        fit = self._current_fit(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func), torch.no_grad():
-            return self._fits.layer_influence(
-                fit,
-                self._reference,
-                self._reference_labels,
+            return fit.influence(
+                self.forward_func,
                 prepared,
                 target,
                 additional_forward_args,
@@ -376,7 +367,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             >>> # what sets each example apart from the points not labelled y
             >>> reconstruction = explainer.attribute(test_x[:4], target=test_y[:4])
         """
-        fit = self._fits.current(layer)
+        fit = self._current_fit(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         model = model_of(self.forward_func)
@@ -388,10 +379,8 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func):
             with torch.no_grad():
-                activation, influence = self._fits.layer_influence(
-                    fit,
-                    self._reference,
-                    self._reference_labels,
+                activation, influence = fit.influence(
+                    self.forward_func,
                     prepared,
                     target,
                     additional_forward_args,
@@ -403,8 +392,13 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                 model,
                 self.forward_func,
                 prepared,
-                self._candidates[fit.chosen],
+                fit.layer,
                 seed,
                 additional_forward_args,
             )
         return _format_output(_is_tuple(inputs), reconstruction)
+
+    def _current_fit(self, layer: LayerChoice) -> Fit:
+        return current_fit(
+            self._fit, self.forward_func, self._candidates, layer, type(self).__name__
+        )

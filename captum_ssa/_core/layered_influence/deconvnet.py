@@ -1,4 +1,9 @@
-"""DeconvNet from an inner layer back to the input, with Captum's ReLU rule.
+"""DeconvNet from the most influential units of a layer back to the input, with
+Captum's ReLU rule.
+
+:func:`top_unit_seed` keeps each example's top units by influence (their
+activation values, every other unit zero); :func:`deconvolve_from_layer`
+backprojects that seed.
 
 Captum's :class:`~captum.attr.Deconvolution` overrides the backward of every
 ``nn.ReLU`` module (the gradient of the ReLU input becomes the ReLU of the
@@ -16,10 +21,11 @@ find both and warn.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from captum.attr import Deconvolution
@@ -38,6 +44,28 @@ _ACTIVATION_MODULES = tuple(
     for name in activation_modules.__all__
     if name != "MultiheadAttention"
 )
+
+
+def top_unit_seed(
+    activation: Tensor, influence: Tensor, top_fraction: float, top_k: Optional[int]
+) -> Tensor:
+    """The activation at each example's top units by |influence|, zero elsewhere."""
+    units = influence[0].numel()
+    if top_k is None:
+        if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+        # the tiny margin keeps e.g. 0.025 * 1000 = 25.000000000000004 at 25
+        top_k = max(1, math.ceil(top_fraction * units - 1e-9))
+    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= units:
+        raise ValueError(
+            f"top_k must be an integer from 1 to the layer's {units} units, got {top_k!r}"
+        )
+    scores = influence.reshape(len(influence), -1).abs()
+    top = scores.topk(top_k, dim=1).indices
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+    flat_activation = activation.detach().reshape(len(activation), -1)
+    seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
+    return seed.reshape(activation.shape)
 
 
 def deconvolve_from_layer(

@@ -1,11 +1,11 @@
-"""Classes for LayeredInfluence: the model's own labels, Captum-style targets, top units."""
+"""The classes LayeredInfluence compares: the model's own labels of its points, and
+the class each explained example is taken against (Captum-style targets)."""
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -71,25 +71,3 @@ def class_targets(output: Tensor, target: ClassTarget) -> Tensor:
             f"{classes} classes), got {target.tolist()}"
         )
     return target.to(device=output.device, dtype=torch.long).expand(count)
-
-
-def top_unit_seed(
-    activation: Tensor, influence: Tensor, top_fraction: float, top_k: Optional[int]
-) -> Tensor:
-    """The activation at each example's top units by |influence|, zero elsewhere."""
-    units = influence[0].numel()
-    if top_k is None:
-        if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
-            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
-        # the tiny margin keeps e.g. 0.025 * 1000 = 25.000000000000004 at 25
-        top_k = max(1, math.ceil(top_fraction * units - 1e-9))
-    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= units:
-        raise ValueError(
-            f"top_k must be an integer from 1 to the layer's {units} units, got {top_k!r}"
-        )
-    scores = influence.reshape(len(influence), -1).abs()
-    top = scores.topk(top_k, dim=1).indices
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
-    flat_activation = activation.detach().reshape(len(activation), -1)
-    seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
-    return seed.reshape(activation.shape)

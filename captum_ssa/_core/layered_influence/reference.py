@@ -7,11 +7,12 @@ chosen layer's activations on the whole reference set are kept. Nothing else is:
   its probe features (a unit's value, a conv channel's spatial mean) for the
   ``"linear"`` criterion, or for ``"dispersion"`` its activations on a fixed
   subsample of at most ``sample_points`` reference points (:class:`_Subsample`);
-- :meth:`ReferenceReader.keep` then reads the chosen layer alone, into one buffer
-  allocated for the number of points the first pass counted (or a tensor's
-  length). When no count is known (a given layer and a stream), each batch's
-  layer output is kept as it is, as one block among many: never concatenated into
-  a second copy. Rows are centred in place.
+- :meth:`ReferenceReader.keep` then reads the chosen layer alone, with the model's
+  labels (a :class:`LayerReference`), into one buffer allocated for the number of
+  points the first pass counted (or a tensor's length). When no count is known (a
+  given layer and a stream), each batch's layer output is kept as it is, as one
+  block among many: never concatenated into a second copy. Rows are centred in
+  place.
 
 Under ``torch.distributed`` every rank reads its own shard and ends with the union
 of all shards in rank order (:func:`~captum_ssa._utils.streaming.union_over_ranks`).
@@ -27,11 +28,10 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._core.layered_influence.labels import model_labels
 from captum_ssa._utils.batches import is_batch_stream
-from captum_ssa._utils.class_targets import model_labels
 from captum_ssa._utils.distributed import all_reduce_sum, is_distributed
 from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
-from captum_ssa._utils.layer_selection import neuron_activities
 from captum_ssa._utils.memory_budget import rows_within_budget
 from captum_ssa._utils.streaming import (
     pieces,
@@ -54,11 +54,13 @@ DEFAULT_DISPERSION_POINTS = 2048
 
 @dataclass
 class LayerReference:
-    """One layer's activations on the reference set, centred, as row blocks."""
+    """One layer's activations on the reference set, centred, as row blocks, and the
+    model's labels of the reference points."""
 
     blocks: list[Tensor]  # (rows, units) each: h(y) - mean, in stream order
     mean: Tensor  # (units,)
     shape: tuple[int, ...]  # the layer output's shape per example
+    labels: Tensor  # (M,) the model's label of every reference point, in stream order
 
     @property
     def nbytes(self) -> int:
@@ -128,8 +130,8 @@ class ReferenceReader:
 
     def keep(
         self, reference: Any, position: int, rows_per_rank: Optional[list[int]]
-    ) -> tuple[LayerReference, Tensor]:
-        """The layer's centred activations on the reference set, and the labels.
+    ) -> LayerReference:
+        """The layer's centred activations on the reference set, with the labels.
 
         With ``rows_per_rank`` (or a tensor reference, whose length is known) the
         rows go into one preallocated buffer; otherwise each piece's layer output
@@ -179,7 +181,7 @@ class ReferenceReader:
         mean = (all_reduce_sum(total) / count).to(blocks[0].dtype)
         for block in blocks:
             block.sub_(mean)
-        return LayerReference(blocks, mean, shape), union_over_ranks(torch.cat(labels))
+        return LayerReference(blocks, mean, shape, union_over_ranks(torch.cat(labels)))
 
     def _read(
         self, reference: Any, layers: Sequence[Module]
@@ -213,6 +215,14 @@ class ReferenceReader:
                             "another; give reference inputs of one shape"
                         )
                 yield model_labels(output), [o.detach() for o in outputs], calls.order
+
+
+def neuron_activities(layer_output: Tensor) -> Tensor:
+    """The linear probe's features, ``(N, neurons)``: a unit's value, or a channel's
+    spatial mean (dim 1 is the neuron axis)."""
+    if layer_output.dim() == 1:
+        return layer_output[:, None]
+    return layer_output.reshape(*layer_output.shape[:2], -1).mean(2)
 
 
 class _Subsample:

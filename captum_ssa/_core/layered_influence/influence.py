@@ -60,14 +60,9 @@ _MASKS_PER_PAIR = 2
 _NEAR_EPS_FACTOR = 4096
 
 
-def inverse_square(distance: Tensor) -> Tensor:
-    r"""The default weighting :math:`\alpha(r) = 1 / r^2`."""
-    return distance.pow(-2)
-
-
-def default_points_per_chunk(element_size: int, budget_bytes: Optional[int] = None) -> int:
+def default_points_per_chunk(element_size: int) -> int:
     """The block size, in query and reference points, within the memory budget."""
-    budget = get_memory_budget() if budget_bytes is None else budget_bytes
+    budget = get_memory_budget()
     per_pair = _FLOAT_BLOCKS_PER_PAIR * element_size + _MASKS_PER_PAIR
     return max(1, min(DEFAULT_POINTS_PER_CHUNK, math.isqrt(budget // per_pair)))
 
