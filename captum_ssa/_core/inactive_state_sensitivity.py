@@ -17,7 +17,8 @@ from captum_ssa._utils._compat import (
     _format_output,
     _is_tuple,
 )
-from captum_ssa._utils.distributed import all_reduce_sum
+from captum_ssa._utils.batches import stream
+from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
     layer_function,
@@ -34,7 +35,6 @@ from captum_ssa._utils.model_state import (
     untouched_model,
     weights_fingerprint,
 )
-from captum_ssa._utils.streaming import same_on_every_rank, stream
 from captum_ssa._utils.validation import positive_int, prepare_inputs
 
 _WEIGHTINGS = ("frequency", "uniform")

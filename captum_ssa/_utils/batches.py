@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
+from captum_ssa._utils._compat import progress
 from captum_ssa._utils.validation import prepare_inputs
 
 
@@ -120,3 +121,21 @@ def _read_batch(element: Any, argument: str, position: int) -> Batch:
             f"{labels.shape[0] if labels.dim() else 'scalar'} labels"
         )
     return Batch(prepared, labels)
+
+
+def stream(
+    data: Any, argument: str, show_progress: bool, description: str = "Batches"
+) -> Iterator[Batch]:
+    """:func:`iterate_batches` with an optional progress bar over the batches."""
+    return iter(
+        progress(iterate_batches(data, argument), desc=description, disable=not show_progress)
+    )
+
+
+def pieces(batch: Batch, rows: Optional[int]) -> Iterator[Batch]:
+    """``batch`` cut into pieces of at most ``rows`` examples (whole if None)."""
+    step = batch.size if rows is None else rows
+    for start in range(0, batch.size, step):
+        part = slice(start, start + step)
+        labels = None if batch.labels is None else batch.labels[part]
+        yield Batch(tuple(t[part] for t in batch.inputs), labels)

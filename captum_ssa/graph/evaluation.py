@@ -25,10 +25,9 @@ from scipy.stats import spearmanr
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._utils.batches import Batch
-from captum_ssa._utils.distributed import all_reduce_sum
+from captum_ssa._utils.batches import Batch, pieces
+from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
 from captum_ssa._utils.model_state import warn_if_training
-from captum_ssa._utils.streaming import pieces, same_on_every_rank
 from captum_ssa._utils.validation import positive_int
 from captum_ssa.graph.ablation import (
     ablation_layout,

@@ -18,8 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from captum_ssa._utils.batches import Batch, is_batch_stream
-from captum_ssa._utils.streaming import stream
+from captum_ssa._utils.batches import Batch, is_batch_stream, stream
 
 
 def labelled_batches(inputs: Any, labels: Optional[Tensor], show_progress: bool) -> Iterator[Batch]:

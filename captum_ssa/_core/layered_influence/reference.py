@@ -15,7 +15,7 @@ chosen layer's activations on the whole reference set are kept. Nothing else is:
   place.
 
 Under ``torch.distributed`` every rank reads its own shard and ends with the union
-of all shards in rank order (:func:`~captum_ssa._utils.streaming.union_over_ranks`).
+of all shards in rank order (:func:`~captum_ssa._utils.distributed.union_over_ranks`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ssa._core.layered_influence.labels import model_labels
-from captum_ssa._utils.batches import is_batch_stream
-from captum_ssa._utils.distributed import all_reduce_sum, is_distributed
-from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
-from captum_ssa._utils.memory_budget import rows_within_budget
-from captum_ssa._utils.streaming import (
-    pieces,
+from captum_ssa._utils.batches import is_batch_stream, pieces, stream
+from captum_ssa._utils.distributed import (
+    all_reduce_sum,
+    is_distributed,
     rank_and_world_size,
     rows_on_every_rank,
     same_on_every_rank,
-    stream,
     union_over_ranks,
 )
+from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
+from captum_ssa._utils.memory_budget import rows_within_budget
 
 # frac(i * golden ratio) spreads the indices i evenly over [0, 1) (a Weyl sequence):
 # the points with the smallest keys are a sample spread over the whole stream, the

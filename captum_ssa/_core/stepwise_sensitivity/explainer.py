@@ -278,16 +278,16 @@ class StepwiseSensitivity(Attribution):
             >>> mixed = ssa.attribute(x, target=y)                 # one class per example
         """
         options = Options.checked(
-            relevance=relevance,
-            absolute=absolute,
-            aggregation=aggregation,
-            mode=mode,
-            percentile=percentile,
-            branching=branching,
-            max_neurons=max_neurons,
-            upper_neurons_per_chunk=upper_neurons_per_chunk,
-            show_progress=show_progress,
-            passes=passes,
+            relevance,
+            absolute,
+            aggregation,
+            mode,
+            percentile,
+            branching,
+            max_neurons,
+            upper_neurons_per_chunk,
+            show_progress,
+            passes,
         )
         request = StartRequest(target=target, top_neurons=top_neurons)
         (graph,) = self._graphs(inputs, additional_forward_args, options, request)

@@ -43,7 +43,6 @@ class Options:
     @classmethod
     def checked(
         cls,
-        *,
         relevance: Any,
         absolute: bool,
         aggregation: str,

@@ -48,10 +48,9 @@ from captum_ssa._core.stepwise_sensitivity.steps import (
     threshold,
 )
 from captum_ssa._utils._compat import progress
-from captum_ssa._utils.batches import Batch, BatchStream
+from captum_ssa._utils.batches import Batch, BatchStream, pieces
 from captum_ssa._utils.distributed import all_reduce_sum
 from captum_ssa._utils.memory_budget import rows_within_budget
-from captum_ssa._utils.streaming import pieces
 
 # Copies, per upper neuron and example, of Step I's (M, N, K) rows alive at
 # once: the rows, Tukey's sorted copy, its fences and its outlier indicator.
