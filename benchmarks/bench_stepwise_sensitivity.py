@@ -17,23 +17,32 @@ and, each in a fresh subprocess, the peak memory above the model and data.
 Run from the repository root::
 
     python benchmarks/bench_stepwise_sensitivity.py [--threads 1]
+
+With ``--before PATH`` (another checkout of the repository) it times instead
+SSA's local and global graphs of this checkout against that one's, in
+alternating fresh processes on the same model and inputs, and prints the
+ratios of the best and the median runs (new / old)::
+
+    python benchmarks/bench_stepwise_sensitivity.py --before /tmp/old --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from captum.attr import LayerGradientXActivation
 from torch import Tensor, nn
 
-from captum_ssa._core.stepwise_sensitivity import StepwiseSensitivity
-from captum_ssa._core.stepwise_sensitivity.segment import activity_function
+from captum_ssa import StepwiseSensitivity
 
 
 class CifarNet(nn.Module):
@@ -87,6 +96,9 @@ def tasks(model: CifarNet, x: Tensor, target: int) -> dict[str, Callable[[], obj
 
 def naive_global(model: CifarNet, x: Tensor, graph: object) -> list[Tensor]:
     """One Captum layer-gradient call per upper neuron of ``graph``: its Step II matrices."""
+    # here, not at the top: a --before child imports an older checkout's package
+    from captum_ssa._core.stepwise_sensitivity.segment import activity_function
+
     layers, names = model.layers(), graph.layer_names  # type: ignore[attr-defined]
     matrices = []
     for upper in range(len(layers) - 1, 0, -1):
@@ -138,18 +150,67 @@ def memory_in_subprocess(batch: int, task: str, target: int) -> float:
     return float(json.loads(output.strip().splitlines()[-1])["extra_mb"])
 
 
+SSA_TASKS = ("SSA local (branching=8, max_neurons=8)", "SSA global (percentile=50)")
+
+
+def time_child(batch: int, target: int, repeats: int) -> None:
+    """In a fresh process: the best time of each SSA task over ``repeats`` runs."""
+    model, x = setup(batch)
+    named = tasks(model, x, target)
+    best = {}
+    for name in SSA_TASKS:
+        named[name]()  # warm-up
+        best[name] = min(best_times([named[name]], repeats)[0])
+    print(json.dumps(best))
+
+
+def compare_with(before: str, args: argparse.Namespace) -> None:
+    """This checkout's SSA against ``before``'s, alternating fresh processes."""
+    here = str(Path(__file__).resolve().parents[1])
+    runs: dict[str, list[dict[str, float]]] = {here: [], before: []}
+    command = [sys.executable, __file__, "--time-child", "--batch", str(args.batch)]
+    command += ["--target", str(args.target), "--repeats", str(args.repeats)]
+    command += ["--threads", str(args.threads or torch.get_num_threads())]
+    for round_index in range(args.rounds):
+        order = [here, before] if round_index % 2 == 0 else [before, here]
+        for checkout in order:
+            environment = {**os.environ, "PYTHONPATH": checkout}
+            output = subprocess.run(
+                command, capture_output=True, text=True, check=True, env=environment
+            ).stdout
+            runs[checkout].append(json.loads(output.strip().splitlines()[-1]))
+    print(f"this checkout vs {before}, {args.rounds} rounds, best of {args.repeats} each")
+    print(f"{'':40} {'new best':>9} {'old best':>9} {'best':>6} {'median':>7}")
+    for name in SSA_TASKS:
+        new = [run[name] for run in runs[here]]
+        old = [run[name] for run in runs[before]]
+        print(
+            f"{name:40} {min(new):9.3f} {min(old):9.3f} {min(new) / min(old):6.2f} "
+            f"{statistics.median(new) / statistics.median(old):7.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--before", help="another checkout to time SSA against")
+    parser.add_argument("--rounds", type=int, default=6, help="with --before")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--time-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         measure_memory(args.batch, args.memory_child, args.target)
+        return
+    if args.time_child:
+        time_child(args.batch, args.target, args.repeats)
+        return
+    if args.before:
+        compare_with(str(Path(args.before).resolve()), args)
         return
 
     model, x = setup(args.batch)
