@@ -1,7 +1,9 @@
 """Comparing attribution methods: ours beside Captum's, on faithfulness,
 robustness and sanity metrics, with Quantus through one ``explain_func``.
 
-- :func:`compare` -> :class:`ComparisonTable` (methods × metrics, mean ± std).
+- :func:`compare` -> :class:`ComparisonTable` (methods × metrics, mean ± std; a
+  failed cell is NaN with its reason in ``.errors``; curves summarised by
+  :func:`curve_auc`).
 - Metrics usable alone: :func:`infidelity_score`, :func:`max_sensitivity`
   (Captum's), :func:`selectivity` (pixel flipping, AOPC), :func:`continuity`,
   :func:`topk_flip` (DeepDIVE), :func:`randomisation_check` (Adebayo et al.).
@@ -40,7 +42,7 @@ from captum_ssa.evaluation.sanity import (
     randomisation_check,
     spearman_rows,
 )
-from captum_ssa.evaluation.table import ComparisonTable
+from captum_ssa.evaluation.table import ComparisonTable, curve_auc
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -55,6 +57,7 @@ __all__ = [
     "TopKFlipResult",
     "compare",
     "continuity",
+    "curve_auc",
     "direction_agreement",
     "explain_function",
     "importance_agreement",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
-from captum_ssa import SwitchedLinearProjection
+from captum_ssa import CaptumSSAWarning, SwitchedLinearProjection
 from captum_ssa.evaluation import ComparisonTable, Explainer, compare, selectivity, topk_flip
 from tests.models import build
 
@@ -138,3 +138,71 @@ def test_unknown_metric_is_an_error():
 def test_table_from_values_handles_nan_cells():
     table = ComparisonTable(values={"a": {"m": np.array([1.0, np.nan, 3.0])}})
     assert table.mean("a", "m") == 2.0
+
+
+def test_a_failing_cell_is_nan_with_its_reason_and_the_table_is_kept():
+    model, _, shape = build("mlp", 0)
+    inputs = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 2])
+
+    def broken(x, target):
+        raise RuntimeError("no attributions here")
+
+    with pytest.warns(CaptumSSAWarning, match="failed, its cell is NaN"):
+        table = compare(
+            model,
+            {"Saliency": Saliency(model), "broken": broken},
+            inputs,
+            targets,
+            metrics=["selectivity", "topk_flip"],
+            metric_kwargs={"topk_flip": {"perturbation": "nope"}},
+        )
+    aopc = selectivity(model, inputs, Saliency(model).attribute(inputs, target=targets), targets)
+    np.testing.assert_allclose(table.values["Saliency"]["selectivity"], aopc.aopc.numpy())
+    assert np.isnan(table.values["Saliency"]["topk_flip"]).all()
+    assert np.isnan(table.values["broken"]["selectivity"]).all()
+    assert table.errors == {
+        "Saliency": {
+            "topk_flip": "ValueError: perturbation must be 'baseline', 'negate' or "
+            "'shift', not 'nope'"
+        },
+        "broken": {
+            "selectivity": "RuntimeError: no attributions here",
+            "topk_flip": "RuntimeError: no attributions here",
+        },
+    }
+    text = str(table).splitlines()
+    assert text[3] == "errors:"
+    assert text[4:] == [
+        "  Saliency / topk_flip: " + table.errors["Saliency"]["topk_flip"],
+        "  broken / selectivity: RuntimeError: no attributions here",
+        "  broken / topk_flip: RuntimeError: no attributions here",
+    ]
+    markdown = table.to_markdown().splitlines()
+    assert markdown[2].split("|")[-2].strip() == "error"
+    assert markdown[5:] == ["- " + line.strip() for line in text[4:]]
+
+
+def test_a_progress_bar_over_the_cells_only_when_asked(capsys):
+    model, _, shape = build("mlp", 0)
+    inputs = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    explainers = {"Saliency": Saliency(model), "IxG": InputXGradient(model)}
+    compare(model, explainers, inputs, 0, metrics=["topk_flip"])
+    assert capsys.readouterr().err == ""
+    compare(model, explainers, inputs, 0, metrics=["topk_flip", "selectivity"], show_progress=True)
+    bar = capsys.readouterr().err
+    assert "compare" in bar and "4/4" in bar
+
+
+def test_curve_cells_are_summarised_by_their_area_over_x_in_0_1():
+    curves = np.array([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0], [0.8, 0.2, 0.2]])
+    table = ComparisonTable(values={"a": {"PixelFlipping": curves, "plain": np.ones(3)}})
+    areas = []
+    for curve in curves:  # trapezoids of width 1 / (L - 1)
+        steps = len(curve) - 1
+        areas.append(sum((curve[k] + curve[k + 1]) / 2 / steps for k in range(steps)))
+    np.testing.assert_allclose(table.per_example("a", "PixelFlipping"), areas)
+    assert table.mean("a", "PixelFlipping") == pytest.approx(np.mean(areas))
+    assert table.spread("a", "PixelFlipping") == pytest.approx(np.std(areas))
+    assert table.summary()[0]["n"] == 3
+    assert table.values["a"]["PixelFlipping"] is curves  # the curves stay as they were

@@ -3,13 +3,21 @@ weights, and Quantus's MPRT, RandomLogit and FaithfulnessCorrelation with no glu
 
 from __future__ import annotations
 
+import copy
 import importlib
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 
-from captum_ssa import InactiveStateSensitivity, LayeredInfluence, SwitchedLinearProjection
+from captum_ssa import (
+    CaptumSSAWarning,
+    InactiveStateSensitivity,
+    LayeredInfluence,
+    SwitchedLinearProjection,
+)
 from captum_ssa.evaluation import compare, quantus_adapter, quantus_explain, run_quantus_metric
 from tests.models import build
 
@@ -172,3 +180,180 @@ def test_the_device_argument_is_honoured_on_cuda(setup):
     on_cuda = quantus_explain(model.cuda(), x, y, device="cuda", **kwargs)
     assert isinstance(on_cuda, np.ndarray)
     np.testing.assert_allclose(on_cuda, on_cpu, rtol=1e-4, atol=1e-5)
+
+
+def _quantus_mprt_reference(model, make_method, x, y, reference):
+    """Quantus's MPRT by hand: reset every module with ``reset_parameters`` from the top
+    down on one copy (seed 43 before each, as Quantus's seed 42 + 1), fit a fresh method
+    on the fully randomised copy, and correlate |attribution| ranks with the trained ones."""
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    trained = make_method(model).fit(reference).attribute(inputs, target=targets)
+    randomised = copy.deepcopy(model)
+    for module in reversed(list(randomised.modules())):
+        if hasattr(module, "reset_parameters"):
+            torch.manual_seed(43)
+            module.reset_parameters()
+    after = make_method(randomised).fit(reference).attribute(inputs, target=targets)
+    return np.array(
+        [spearmanr(a.abs().flatten(), b.abs().flatten())[0] for a, b in zip(trained, after)]
+    )
+
+
+def test_compare_refits_fitted_methods_on_quantus_randomised_copies(setup):
+    pytest.importorskip("quantus")
+    model, x, y, reference = setup
+    ref = torch.from_numpy(reference)
+
+    def insens(m):
+        return InactiveStateSensitivity(m, m.conv2)
+
+    def layered(m):
+        return LayeredInfluence(m, [m.conv1, m.conv2, m.fc1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptumSSAWarning)  # no cell fails, no fit fails
+        table = compare(
+            model,
+            {"Insens": insens(model).fit(ref), "LI": layered(model).fit(ref)},
+            torch.from_numpy(x),
+            torch.from_numpy(y),
+            metrics=["quantus:MPRT", "quantus:EfficientMPRT"],
+            fit_inputs=ref,
+        )
+    assert table.errors == {}
+    for name, make_method in (("Insens", insens), ("LI", layered)):
+        expected = _quantus_mprt_reference(model, make_method, x, y, ref)
+        np.testing.assert_allclose(table.values[name]["quantus:MPRT"], expected, atol=1e-6)
+        assert np.isfinite(table.values[name]["quantus:EfficientMPRT"]).all()
+
+
+class _BiasDominated(torch.nn.Module):
+    """Trained, it separates tiny inputs into three classes (large first-layer
+    weights, no biases); re-initialised, its biases dominate and it predicts one
+    class everywhere, so LayeredInfluence cannot be fitted on it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = torch.nn.Linear(4, 6)
+        self.relu = torch.nn.ReLU()
+        self.fc2 = torch.nn.Linear(6, 3)
+        with torch.no_grad():
+            self.fc1.weight.mul_(1e4)
+            self.fc1.bias.zero_()
+            self.fc2.bias.zero_()
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def test_an_unfittable_randomised_model_gives_nan_with_a_warning_on_every_path():
+    pytest.importorskip("quantus")
+    model = _BiasDominated().eval()
+    generator = torch.Generator().manual_seed(0)
+    x, reference = 1e-4 * torch.randn(6, 4, generator=generator), 1e-4 * torch.randn(30, 4)
+    y = model(x).argmax(1)
+    assert len(model(reference).argmax(1).unique()) > 1  # the trained model can be fitted
+    kwargs = {"method": "LayeredInfluence", "fit_inputs": reference.numpy()}
+    with pytest.warns(CaptumSSAWarning, match="one class"):
+        mprt = run_quantus_metric("MPRT", model, x, y, kwargs)
+    np.testing.assert_allclose(mprt["original"], 1.0)
+    assert np.isnan(mprt["fc1"]).all()  # the last step: every layer re-initialised
+    explainers = {"LI": LayeredInfluence(model, [model.fc1]).fit(reference)}
+    with pytest.warns(CaptumSSAWarning, match="one class"):
+        table = compare(
+            model,
+            explainers,
+            x,
+            y,
+            metrics=["quantus:MPRT", "randomisation"],
+            fit_inputs=reference,
+        )
+    assert table.errors == {}  # NaN because unfittable, not a failure
+    assert np.isnan(table.values["LI"]["quantus:MPRT"]).all()
+    assert np.isnan(table.values["LI"]["randomisation"]).all()
+
+
+def test_layers_may_be_modules_and_several_need_a_reduction(setup):
+    model, x, y, reference = setup
+    ref = torch.from_numpy(reference)
+    kwargs = {"method": "InactiveStateSensitivity", "fit_inputs": reference}
+    by_name = quantus_explain(model, x, y, layer="conv2", **kwargs)
+    np.testing.assert_array_equal(
+        quantus_explain(model, x, y, layer=model.conv2, **kwargs), by_name
+    )
+    # Quantus explains on copies of the model: the user's module names the copy's layer
+    model_copy = copy.deepcopy(model)
+    np.testing.assert_array_equal(
+        quantus_explain(model_copy, x, y, layer=model.conv2, **kwargs),
+        quantus_explain(model_copy, x, y, layer="conv2", **kwargs),
+    )
+    with pytest.raises(ValueError, match="layer_reduction"):
+        quantus_explain(model, x, y, layer=[model.conv1, "conv2"], **kwargs)
+    maps = [
+        InactiveStateSensitivity(model, layer).fit(ref).attribute(torch.from_numpy(x)).numpy()
+        for layer in (model.conv1, model.conv2)
+    ]
+    summed = quantus_explain(
+        model, x, y, layer=[model.conv1, "conv2"], layer_reduction="sum", **kwargs
+    )
+    np.testing.assert_allclose(summed, maps[0] + maps[1], rtol=1e-5, atol=1e-6)
+    averaged = quantus_explain(
+        model, x, y, layer=["conv1", model.conv2], layer_reduction="mean", **kwargs
+    )
+    np.testing.assert_allclose(averaged, (maps[0] + maps[1]) / 2, rtol=1e-5, atol=1e-6)
+    slp = [
+        SwitchedLinearProjection(model, layer).attribute(
+            torch.from_numpy(x), target=torch.from_numpy(y)
+        )
+        for layer in (model.fc1, model.fc2)
+    ]
+    np.testing.assert_allclose(
+        quantus_explain(
+            model,
+            x,
+            y,
+            method="SwitchedLinearProjection",
+            layer=[model.fc1, model.fc2],
+            layer_reduction="sum",
+        ),
+        (slp[0] + slp[1]).detach().numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="not a module of this model"):
+        quantus_explain(model, x, y, layer=torch.nn.Linear(2, 2), **kwargs)
+    with pytest.raises(ValueError, match="does not apply"):
+        quantus_explain(
+            model, x, y, method="LayeredInfluence", fit_inputs=reference, layer_reduction="sum"
+        )
+
+
+def test_curve_metrics_keep_their_curves_and_are_summarised_by_their_area(setup):
+    quantus = pytest.importorskip("quantus")
+    from captum.attr import Saliency
+
+    model, x, y, _ = setup
+    options = {"features_in_step": 20}  # 100 features: curves of 5 points
+    table = compare(
+        model,
+        {"Saliency": Saliency(model)},
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        metrics=["quantus:PixelFlipping"],
+        metric_kwargs={"quantus:PixelFlipping": options},
+    )
+    curves = quantus.PixelFlipping(disable_warnings=True, **options)(
+        model=model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=None,
+        explain_func=quantus_explain,
+        explain_func_kwargs={"method": "Saliency"},
+    )
+    cell = table.values["Saliency"]["quantus:PixelFlipping"]
+    assert cell.shape == (len(x), 5)
+    np.testing.assert_allclose(cell, np.asarray(curves), rtol=1e-6)
+    areas = [sum((c[k] + c[k + 1]) / 2 / 4 for k in range(4)) for c in curves]
+    assert table.mean("Saliency", "quantus:PixelFlipping") == pytest.approx(np.mean(areas))
+    assert "area" in table.notes["quantus:PixelFlipping"]
