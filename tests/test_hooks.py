@@ -8,7 +8,6 @@ that share a model or not, and the user's layer names inside wrappers
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -155,27 +154,14 @@ def test_data_parallel_replicas_are_a_clear_error(method):
     assert hooks_left(model) == 0
 
 
-def _close_to_the_cpu_result(result: Any, expected: Any) -> None:
-    if isinstance(result, DependencyGraph):  # the same neurons (other kernels)
-        assert result.layer_names == expected.layer_names
-        for name in result.layer_names:
-            assert torch.equal(result.neurons(name), expected.neurons(name))
-    else:
-        torch.testing.assert_close(result.cpu(), expected, rtol=1e-3, atol=1e-5)
-
-
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("method", METHODS, ids=ids(METHODS))
-def test_data_parallel_over_gpus_is_a_clear_error_and_one_device_works(method):
+def test_data_parallel_over_gpus_is_a_clear_error(method):
     model, layers, x, y = cnn()
-    expected = method.explain(method.build(model, layers, x), x, y)
     model.cuda()
-    x, y = x.cuda(), y.cuda()
     with pytest.raises(RuntimeError, match=r"DataParallel's replicas.*model\.module"):
-        method.explain(method.build(nn.DataParallel(model), layers, x), x, y)
+        method.explain(method.build(nn.DataParallel(model), layers, x.cuda()), x.cuda(), y.cuda())
     assert hooks_left(model) == 0
-    one_device = nn.DataParallel(model, device_ids=[0])
-    _close_to_the_cpu_result(method.explain(method.build(one_device, layers, x), x, y), expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -186,49 +172,52 @@ def test_data_parallel_on_one_gpu_gives_the_cpu_result(method):
     model.cuda()
     x, y = x.cuda(), y.cuda()
     wrapped = nn.DataParallel(model, device_ids=[0])  # calls the model itself
-    _close_to_the_cpu_result(method.explain(method.build(wrapped, layers, x), x, y), expected)
+    result = method.explain(method.build(wrapped, layers, x), x, y)
+    if isinstance(result, DependencyGraph):  # the same neurons (other kernels)
+        assert result.layer_names == expected.layer_names
+        for name in result.layer_names:
+            assert torch.equal(result.neurons(name), expected.neurons(name))
+    else:
+        torch.testing.assert_close(result.cpu(), expected, rtol=1e-3, atol=1e-5)
 
 
 # ------------------------------------------------------- concurrent explanations
 
 
-def _concurrently(*calls: Callable[[], Any], rounds: int = 3) -> list[list[Any]]:
-    """Each call ``rounds`` times in its own thread, all threads at once."""
-    results: list[list[Any]] = [[] for _ in calls]
+def _explain_concurrently(method: Any, jobs: list[tuple[Any, Tensor, Tensor]]) -> None:
+    """Each ``(explainer, inputs, target)`` explained a few times in its own thread, all
+    threads at once, gives its sequential result every time."""
+    expected = [method.explain(*job) for job in jobs]
+    results: list[list[Any]] = [[] for _ in jobs]
     errors: list[BaseException] = []
-    start = threading.Barrier(len(calls))
+    start = threading.Barrier(len(jobs))
 
     def work(position: int) -> None:
         try:
             start.wait()
-            for _ in range(rounds):
-                results[position].append(calls[position]())
+            for _ in range(3):
+                results[position].append(method.explain(*jobs[position]))
         except BaseException as error:  # reported below, in the test's thread
             errors.append(error)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors, errors
-    return results
+    for runs, wanted in zip(results, expected):
+        for result in runs:
+            same(result, wanted)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=ids(METHODS))
 def test_concurrent_explanations_of_one_model_keep_their_own_results(method):
-    # two wrappers of one model: two model locks, one set of layers both hook
+    # two wrappers of one model: two explanations that hook the same layers
     model, layers, x, y = cnn()
     first = method.build(InThread(model), layers, x)
     second = method.build(InPool(model), layers, x)
-    x_other, y_other = x.flip(0) * 0.5, y.flip(0)
-    expected = [method.explain(first, x, y), method.explain(second, x_other, y_other)]
-    results = _concurrently(
-        lambda: method.explain(first, x, y), lambda: method.explain(second, x_other, y_other)
-    )
-    for runs, wanted in zip(results, expected):
-        for result in runs:
-            same(result, wanted)
+    _explain_concurrently(method, [(first, x, y), (second, x.flip(0) * 0.5, y.flip(0))])
     assert hooks_left(model) == 0
 
 
@@ -237,13 +226,7 @@ def test_concurrent_explanations_of_two_models_keep_their_own_results(method):
     (model_a, layers_a, x, y), (model_b, layers_b, _, _) = cnn(5), cnn(4)
     first = method.build(InPool(model_a), layers_a, x)
     second = method.build(InPool(model_b), layers_b, x)
-    expected = [method.explain(first, x, y), method.explain(second, x, y)]
-    results = _concurrently(
-        lambda: method.explain(first, x, y), lambda: method.explain(second, x, y)
-    )
-    for runs, wanted in zip(results, expected):
-        for result in runs:
-            same(result, wanted)
+    _explain_concurrently(method, [(first, x, y), (second, x, y)])
     assert hooks_left(model_a) == hooks_left(model_b) == 0
 
 
