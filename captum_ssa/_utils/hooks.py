@@ -11,6 +11,31 @@ Every method of the package reads intermediate tensors through
 - a layer that never runs is an error that says so;
 - hooks are removed whatever happens.
 
+The capture is keyed by the call, not by the thread: every call of a listed
+layer while the capture runs is its own, from whatever thread runs it (a
+forward that runs the model in a worker thread, as serving wrappers do). Two
+captures that hook the same module at once would then record each other's
+calls, so a capture claims the modules it hooks (:func:`claimed_modules`) and
+a second capture of any of them, in another thread, waits for it; captures of
+modules that are apart run at the same time. ``model_state.untouched_model``
+claims every module of the model for a whole explanation the same way, so two
+explanations of one model, or of a model and a wrapper of it, take turns.
+What no claim can tell apart is a forward of the same modules by code outside
+any explanation (a serving thread calling the model meanwhile): it counts as
+the explanation's own, so run such code on another copy of the model.
+
+``nn.DataParallel`` on two or more GPUs runs a *copy* of each layer per device
+(its replicas share the layer's hooks), each on a chunk of the batch and in
+its own thread. The layer's output is then split across devices and autograd
+graphs, so it is not one tensor the methods can take gradients with respect
+to: that is an error that says to explain the wrapped model (``.module``) on
+one device, which computes the same function. On the CPU, or with a single
+device, DataParallel calls the wrapped model itself and nothing changes.
+
+Layers are named as the user's model names them (:func:`layer_name`): the
+level a wrapper adds (DataParallel's and DistributedDataParallel's
+``module``, ``torch.compile``'s ``_orig_mod``) is left out of the names.
+
 With ``neuron_dim`` the captured tensor is the output with that axis moved to
 dim 1, ``(N, neurons, ...)``, and the rest of the network receives it moved
 back: code reading the captured tensors sees every layer's neurons along dim 1,
@@ -29,6 +54,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 from torch.nn import Module
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from captum_ssa._utils._compat import _format_additional_forward_args
 
@@ -41,10 +67,57 @@ class _StopForward(Exception):
     """Raised from a hook to skip the part of the network above the last layer."""
 
 
+class LayerInOtherThreadError(NotImplementedError):
+    """Raised when a layer runs in another thread where its caller needs it in its own:
+    ``torch.func``'s transforms are per thread and do not follow a forward pass
+    into a worker thread (there the layer computes without the transform)."""
+
+
+def _adds_a_level(parent: Module, name: str) -> bool:
+    """Whether ``parent``'s child ``name`` is the model a wrapper holds, a level the
+    user never wrote: DataParallel's and DistributedDataParallel's ``module``,
+    ``torch.compile``'s ``_orig_mod``."""
+    return name == "_orig_mod" or (
+        name == "module" and isinstance(parent, (DataParallel, DistributedDataParallel))
+    )
+
+
+def user_named_modules(model: Module) -> Iterator[tuple[str, Module]]:
+    """``model.named_modules()`` with the wrappers' levels left out of the names.
+
+    ``DataParallel(net)``'s ``module.linear1`` is ``linear1``, as in ``net``; a
+    module reached by several paths is named once, by the first, as in
+    ``named_modules``.
+    """
+    seen: set[int] = set()
+
+    def walk(module: Module, prefix: str) -> Iterator[tuple[str, Module]]:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        yield prefix, module
+        for name, child in module.named_children():
+            if _adds_a_level(module, name):
+                yield from walk(child, prefix)
+            else:
+                yield from walk(child, f"{prefix}.{name}" if prefix else name)
+
+    yield from walk(model, "")
+
+
+def modules_by_name(model: Module) -> dict[str, Module]:
+    """Every module of ``model`` by its name in :func:`user_named_modules`, and by its
+    name in ``model.named_modules()`` where that differs (both name it)."""
+    names = dict(user_named_modules(model))
+    for name, module in model.named_modules():
+        names.setdefault(name, module)
+    return names
+
+
 def layer_name(model: Optional[Module], layer: Module) -> str:
-    """The layer's name in ``model.named_modules()``, or its class name."""
+    """The layer's name in :func:`user_named_modules`, or its class name."""
     if model is not None:
-        for name, module in model.named_modules():
+        for name, module in user_named_modules(model):
             if module is layer:
                 return name or type(layer).__name__
     return type(layer).__name__
@@ -116,6 +189,73 @@ def call_forward(
     return forward_func(*inputs, *(extra or ()))
 
 
+class _ModuleClaims:
+    """Which thread's captures hold which modules now (see the module docstring).
+
+    A thread may claim again what it holds (a capture inside another, of a subset
+    of its modules); a claim waits until none of its modules is held by another
+    thread and then takes them all at once, so two claims never hold part of what
+    the other waits for. A nested claim that adds modules could: callers claim
+    everything a forward pass hooks in the outermost claim.
+    """
+
+    def __init__(self) -> None:
+        self._released = threading.Condition()
+        self._holders: dict[int, tuple[int, int]] = {}  # id(module): (thread, depth)
+
+    @contextmanager
+    def claim(self, modules: Sequence[Module]) -> Iterator[None]:
+        thread = threading.get_ident()
+        # the modules stay alive while claimed (the caller holds them), so ids are unique
+        keys = list(dict.fromkeys(id(module) for module in modules))
+
+        def free() -> bool:
+            return all(self._holders.get(key, (thread, 0))[0] == thread for key in keys)
+
+        with self._released:
+            self._released.wait_for(free)
+            for key in keys:
+                self._holders[key] = (thread, self._holders.get(key, (thread, 0))[1] + 1)
+        try:
+            yield
+        finally:
+            with self._released:
+                for key in keys:
+                    holder, depth = self._holders.pop(key)
+                    if depth > 1:
+                        self._holders[key] = (holder, depth - 1)
+                self._released.notify_all()
+
+
+_CLAIMS = _ModuleClaims()
+
+
+def claimed_modules(modules: Sequence[Module]) -> contextlib.AbstractContextManager[None]:
+    """Hold ``modules`` for this thread's captures: another thread's capture of any of
+    them waits until the block ends (see the module docstring)."""
+    return _CLAIMS.claim(modules)
+
+
+def replicated_layer_message(layer: Module) -> str:
+    """Why a layer that ran as DataParallel copies cannot be captured, and what to do."""
+    return (
+        f"layer {type(layer).__name__} ran as several copies in one forward pass "
+        "(nn.DataParallel's replicas on two or more GPUs, each on a chunk of the "
+        "batch): its output is split across devices, not one tensor the attribution "
+        "can differentiate with respect to. Explain the wrapped model on one device "
+        "instead (pass model.module, which computes the same function, or "
+        "nn.DataParallel(model, device_ids=[one device]))."
+    )
+
+
+def other_thread_message(layer: Module) -> str:
+    return (
+        f"layer {type(layer).__name__} runs in another thread than the one that "
+        "calls the model, and torch.func's transforms do not follow a forward pass "
+        "into another thread"
+    )
+
+
 def run_and_capture(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],
@@ -123,8 +263,13 @@ def run_and_capture(
     additional_forward_args: Any = None,
     stop_after_last: bool = False,
     neuron_dim: Optional[int] = None,
+    in_caller_thread: bool = False,
 ) -> tuple[Any, list[Tensor]]:
     """Run the model once and return its output and each layer's output.
+
+    Every call of a layer during the forward pass counts, in whatever thread the
+    model runs (unless ``in_caller_thread``); the layers are claimed for the call
+    (:func:`claimed_modules`).
 
     Args:
         forward_func: the model or any callable taking ``*inputs, *extra``.
@@ -139,26 +284,41 @@ def run_and_capture(
         neuron_dim: the axis of every layer's output that holds its neurons;
             it is moved to dim 1 in the captured tensors (see
             :func:`neuron_axis`). Default: None, dim 1 as it is.
+        in_caller_thread: raise :class:`LayerInOtherThreadError` when a layer
+            runs in another thread than the caller's; for forward passes under
+            a ``torch.func`` transform, which would not see them.
 
     Returns:
         ``(model_output, [output of each layer])``.
     """
     captured: list[Optional[Tensor]] = [None] * len(layers)
     calls = [0] * len(layers)
+    replicated: list[Module] = []
+    elsewhere: list[Module] = []
     caller = threading.get_ident()
+    counting = threading.Lock()  # a forward may run layers in several threads at once
 
     def make_hook(position: int) -> Callable[[Module, Any, Any], Optional[Tensor]]:
+        layer = layers[position]
+
         def hook(module: Module, _args: Any, output: Any) -> Optional[Tensor]:
-            if threading.get_ident() != caller:
-                return None  # someone else's forward pass of the same model
+            if module is not layer:  # a copy sharing the layer's hooks: a replica
+                replicated.append(layer)
+                return None
+            if in_caller_thread and threading.get_ident() != caller:
+                elsewhere.append(layer)
+                raise LayerInOtherThreadError(other_thread_message(layer))
             if not isinstance(output, Tensor):
                 raise TypeError(
                     f"layer {type(module).__name__} returns "
                     f"{type(output).__name__}; only layers that return a single "
                     "tensor can be observed"
                 )
-            calls[position] += 1
-            if calls[position] > 1:
+            with counting:
+                calls[position] += 1
+                first = calls[position] == 1
+                done = all(count > 0 for count in calls)
+            if not first:
                 raise ReusedLayerError(
                     f"layer {type(module).__name__} runs more than once in one "
                     "forward pass (a reused module); its output is ambiguous. "
@@ -172,22 +332,28 @@ def run_and_capture(
             kept = output if axis == 1 else output.movedim(axis, 1)
             captured[position] = kept
             passed_on = kept.clone() if axis == 1 else kept.movedim(1, axis).clone()
-            if stop_after_last and all(count > 0 for count in calls):
+            if stop_after_last and done:
                 raise _StopForward
             return passed_on
 
         return hook
 
-    handles = [
-        layer.register_forward_hook(make_hook(position)) for position, layer in enumerate(layers)
-    ]
     model_output = None
-    try:
-        with contextlib.suppress(_StopForward):
-            model_output = call_forward(forward_func, inputs, additional_forward_args)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with claimed_modules(layers):
+        handles = [
+            layer.register_forward_hook(make_hook(position))
+            for position, layer in enumerate(layers)
+        ]
+        try:
+            with contextlib.suppress(_StopForward):
+                model_output = call_forward(forward_func, inputs, additional_forward_args)
+        finally:
+            for handle in handles:
+                handle.remove()
+    if replicated:
+        raise RuntimeError(replicated_layer_message(replicated[0]))
+    if elsewhere:  # raised in the worker thread, and not passed on by the forward
+        raise LayerInOtherThreadError(other_thread_message(elsewhere[0]))
     for layer, output in zip(layers, captured):
         if output is None:
             raise ValueError(
@@ -202,11 +368,18 @@ def layer_function(
     layer: Module,
     additional_forward_args: Any = None,
 ) -> Callable[..., Tensor]:
-    """``inputs -> output of layer``, a pure function for ``torch.func``."""
+    """``inputs -> output of layer``, a pure function for ``torch.func``; raises
+    :class:`LayerInOtherThreadError` when the forward runs the layer in a worker
+    thread, where a transform would not see it."""
 
     def evaluate(*inputs: Tensor) -> Tensor:
         _, (output,) = run_and_capture(
-            forward_func, inputs, [layer], additional_forward_args, stop_after_last=True
+            forward_func,
+            inputs,
+            [layer],
+            additional_forward_args,
+            stop_after_last=True,
+            in_caller_thread=True,
         )
         return output
 
@@ -241,14 +414,15 @@ def observe_layer_calls(
     A layer with ``keep_input`` set receives a clone of its first positional
     input, and that clone is recorded: nothing but the layer uses it, so an
     in-place operation elsewhere cannot change it or its autograd history.
-    Hooks are removed whatever happens.
+    Calls from every thread count, and the layers are claimed as by
+    :func:`run_and_capture`. Hooks are removed whatever happens.
     """
     calls = LayerCalls()
 
     def make_hook(position: int) -> Callable[[Module, tuple[Any, ...]], Any]:
-        def hook(_module: Module, args: tuple[Any, ...]) -> Any:
-            if position in calls.order:
-                return None  # a reused module: run_and_capture reports it
+        def hook(module: Module, args: tuple[Any, ...]) -> Any:
+            if module is not layers[position] or position in calls.order:
+                return None  # a replica or a reused module: run_and_capture reports it
             calls.order.append(position)
             if keep_input[position] and args and isinstance(args[0], Tensor):
                 kept = args[0].clone()
@@ -258,12 +432,13 @@ def observe_layer_calls(
 
         return hook
 
-    handles = [
-        layer.register_forward_pre_hook(make_hook(position))
-        for position, layer in enumerate(layers)
-    ]
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
+    with claimed_modules(layers):
+        handles = [
+            layer.register_forward_pre_hook(make_hook(position))
+            for position, layer in enumerate(layers)
+        ]
+        try:
+            yield calls
+        finally:
+            for handle in handles:
+                handle.remove()

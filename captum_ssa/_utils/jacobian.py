@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from captum_ssa._utils._compat import progress
 from captum_ssa._utils.autograd_graph import walk
+from captum_ssa._utils.hooks import LayerInOtherThreadError
 from captum_ssa._utils.memory_budget import get_memory_budget
 
 # Bound on the number of Jacobian entries alive at once (64 MiB of float32), which
@@ -250,7 +251,8 @@ def jacobian_row_norms(
             the layer within ``REVERSE_CHUNK_BYTES`` or ``FORWARD_CHUNK_BYTES``.
         mode: ``"reverse"``, ``"forward"``, or ``"auto"``: the direction with
             fewer passes, and reverse mode where the model has an operation
-            without a forward-mode derivative.
+            without a forward-mode derivative or runs the layer in a worker
+            thread (``torch.func.jvp`` does not follow it there).
         show_progress: show a progress bar over the chunks.
 
     Returns:
@@ -266,6 +268,13 @@ def jacobian_row_norms(
             return _forward_row_norms(
                 layer_output, layer_function, inputs, chunk_size, show_progress
             )
+        except LayerInOtherThreadError as error:
+            if mode == "forward":
+                raise RuntimeError(
+                    f"jacobian_mode='forward' cannot be used here: {error}. Use "
+                    "jacobian_mode='reverse' or 'auto'."
+                ) from error
+            # "auto": reverse mode differentiates the graph the worker thread built
         except NotImplementedError as error:
             if "forward AD" not in str(error):
                 raise

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from captum_ssa._utils.hooks import model_of
+from captum_ssa._utils.hooks import claimed_modules, model_of
 from captum_ssa._utils.warn import warn
 
 _BATCH_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
-# Our hooks are registered on the model for the length of a call, so two calls on
-# one model from two threads would see each other's hooks: calls on one model are
-# serialised. Re-entrant, because an attribution may call another (NoiseTunnel).
-_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+# Our hooks (and Captum's, which keep per-module state between the forward and
+# the backward pass) live on the model's modules for the length of a call, and
+# see every forward of those modules, from any thread. So calls whose models
+# share a module (one model, or a model and a wrapper of it) are serialised by
+# claiming every module of the model; calls on models apart run at once. A
+# callable that is not a module may run any model: those calls are serialised
+# among themselves. Both are re-entrant, because an attribution may call another
+# (NoiseTunnel).
 _ANY_CALLABLE_LOCK = threading.RLock()
-_LOCKS_LOCK = threading.Lock()
 
 # A fit is summarised by every parameter's and buffer's identity, storage and
 # version counter: in-place changes (an optimiser step, reset_parameters,
@@ -54,14 +56,9 @@ def warn_if_training(model: Optional[nn.Module]) -> None:
         )
 
 
-def _lock_for(model: Optional[nn.Module]) -> threading.RLock:
-    if model is None:
-        return _ANY_CALLABLE_LOCK
-    with _LOCKS_LOCK:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
+def _exclusive(model: Optional[nn.Module]) -> AbstractContextManager[Any]:
+    """Hold ``model``'s modules (any callable's lock for None) for this thread."""
+    return _ANY_CALLABLE_LOCK if model is None else claimed_modules(list(model.modules()))
 
 
 @contextmanager
@@ -97,12 +94,12 @@ def untouched_model(forward_func: Callable[..., Any]) -> Iterator[None]:
     flags, every ``.grad`` tensor and ``requires_grad`` flag should a user
     callable touch them, keeps batch-norm running statistics unchanged, turns
     gradients on inside ``torch.no_grad()`` (Captum's ``sensitivity_max`` calls
-    attribution methods that way), and serialises calls on one model from
-    several threads.
+    attribution methods that way), and serialises calls from several threads
+    on models that share modules.
     """
     model = model_of(forward_func)
     warn_if_training(model)
-    with _lock_for(model):
+    with _exclusive(model):
         training = [] if model is None else [(m, m.training) for m in model.modules()]
         parameters = [] if model is None else list(model.parameters())
         grads = [(p, p.grad, p.requires_grad) for p in parameters]

@@ -17,7 +17,7 @@ from torch.nn import Module
 from torch.nn.functional import cross_entropy
 
 from captum_ssa._utils.batches import Batch
-from captum_ssa._utils.hooks import check_layers_in_model, no_grad_capture
+from captum_ssa._utils.hooks import check_layers_in_model, modules_by_name, no_grad_capture
 
 
 @lru_cache(maxsize=64)
@@ -71,7 +71,7 @@ def metric_losses(outputs: Tensor, labels: Tensor, metric: str) -> Tensor:
 
 def resolve_layer(model: Module, layer: Union[str, Module]) -> Module:
     if isinstance(layer, str):
-        modules = dict(model.named_modules())
+        modules = modules_by_name(model)
         if layer not in modules:
             raise ValueError(
                 f"no layer named {layer!r} in {type(model).__name__}: layer must be a module "

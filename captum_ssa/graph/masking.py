@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._utils.hooks import model_of, neuron_axis
+from captum_ssa._utils.hooks import model_of, modules_by_name, neuron_axis
 
 if TYPE_CHECKING:
     from captum_ssa.graph.model import GraphData
@@ -36,14 +36,15 @@ def mask(graph: GraphData, model: Any) -> Iterator[Any]:
 
 
 def graph_modules(graph: GraphData, model: Any) -> list[Module]:
-    """The graph's layers in ``model``: the same modules, or found by name."""
+    """The graph's layers in ``model``: the same modules, or found by name (the
+    user's names, as the graph has them, or ``named_modules()``'s)."""
     owner = model_of(model)
     if owner is None:
         raise TypeError(
             f"mask needs the torch.nn.Module the graph was built on, got {type(model).__name__}"
         )
     members = {id(module) for module in owner.modules()}
-    by_name = dict(owner.named_modules())
+    by_name = modules_by_name(owner)
     layers = graph.layers
     modules = []
     for depth, name in enumerate(graph.layer_names):

@@ -81,7 +81,8 @@ class GraphData:
             target (int or list[int], optional): The class(es) the graph was
                         built for, if any: StepwiseSensitivity records an int
                         target as it is and per-example targets as their
-                        sorted distinct values (not one entry per example).
+                        sorted distinct values (not one entry per example),
+                        or as an int when they are all one class.
                         Default: None
             metadata (dict, optional): How the graph was built (the
                         ``attribute`` options); ``"neuron_dim"`` (an int or

@@ -80,6 +80,21 @@ def test_targets_from_the_labels_give_the_per_example_target_graph(options, pass
     assert streamed.target == sorted(y.unique().tolist())
 
 
+@pytest.mark.filterwarnings("ignore:no neuron of")
+@pytest.mark.parametrize("options", OPTIONS)
+def test_one_class_for_every_example_is_stored_as_the_int_target(options):
+    ssa, x, _ = data()
+    by_int = ssa.attribute(x, target=1, **OPTIONS[options])
+    assert by_int.target == 1
+    ones = torch.ones(len(x), dtype=torch.long)
+    assert ssa.attribute(x, target=[1] * len(x), **OPTIONS[options]) == by_int
+    assert ssa.attribute(x, target=ones, **OPTIONS[options]) == by_int
+    labelled = DataLoader(TensorDataset(x, ones), batch_size=4)
+    streamed = ssa.attribute(labelled, target="labels", **OPTIONS[options])
+    assert streamed.target == 1
+    assert_same_graph(streamed, by_int)  # to float tolerance: sums over batches
+
+
 @pytest.mark.parametrize("passes", ["per_pair", "single"])
 def test_top_neurons_over_a_stream_give_the_one_batch_graph(passes):
     model, layers, shape = build("mlp", 0)

@@ -257,8 +257,12 @@ class StepwiseSensitivity(Attribution):
         Returns:
             *DependencyGraph* of the kept neurons of every layer (the top
             layer's are the starting neurons), the Step II matrices, the
-            Step III relevance of every neuron, and the edges; its ``target``
-            is the int target, or the sorted distinct per-example targets.
+            Step III relevance of every neuron, and the edges. Its ``target``
+            is stored as an int when every example has the same class (an
+            int target, or per-example targets or labels that are all one
+            class: ``target=1`` and ``target=[1] * N`` give equal graphs),
+            else as the sorted list of the distinct per-example classes;
+            None with ``top_neurons`` or neither.
 
         Raises:
             ValueError: for a listed layer not computed from the one below it,

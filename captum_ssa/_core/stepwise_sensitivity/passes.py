@@ -222,7 +222,10 @@ def finish_pair(network: Network, options: Options, state: GraphState, upper: in
         else:
             assert aggregate is not None
             state.upper_neurons = (aggregate.counts > 0).nonzero().flatten()
-            state.start.target = state.upper_neurons.tolist()
+            classes = state.upper_neurons.tolist()
+            # every example of one class is that class's graph: stored as an int target
+            # stores it, so that the two compare equal
+            state.start.target = classes[0] if len(classes) == 1 else classes
         top_relevance = torch.zeros(network.sizes[upper], dtype=network.dtypes[upper])
         top_relevance[state.upper_neurons] = 1.0
         state.neurons, state.relevances = [state.upper_neurons], [top_relevance]

@@ -15,7 +15,6 @@ and the graph's structure, not gradients.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torch.nn import Module
 
 from captum_ssa._core.stepwise_sensitivity.segment import is_weighted_layer, spatial_mean
 from captum_ssa._utils.autograd_graph import OpKind, classify, nodes_reaching, op_name
+from captum_ssa._utils.hooks import claimed_modules
 
 
 @dataclass
@@ -48,26 +48,30 @@ def record_weighted_calls(modules: Sequence[Module]) -> Iterator[dict[int, Weigh
     layer's output (``run_and_capture``'s clone): hooks run in registration
     order, and the node recorded must be the module's own (a hook of the
     user's registered earlier is then counted as part of the module: the
-    weights are the module's either way). Calls from other threads are left
-    out. Hooks are removed whatever happens.
+    weights are the module's either way). Calls from every thread count;
+    DataParallel's replicas (copies sharing the hooks) are left out, since
+    ``run_and_capture`` refuses them. All of ``modules`` are claimed for the
+    block (``hooks.claimed_modules``), so pass every module the forward pass
+    will hook. Hooks are removed whatever happens.
     """
     calls: dict[int, WeightedCall] = {}
-    caller = threading.get_ident()
+    weighted = [module for module in dict.fromkeys(modules) if is_weighted_layer(module)]
+    hooked = {id(module) for module in weighted}
 
     def hook(module: Module, args: tuple[Any, ...], output: Any) -> None:
-        if threading.get_ident() != caller or not args or not isinstance(args[0], Tensor):
+        if id(module) not in hooked or not args or not isinstance(args[0], Tensor):
             return
         if isinstance(output, Tensor) and output.grad_fn is not None:
             node = output.grad_fn
             calls[id(node)] = WeightedCall(module, args[0].grad_fn, node, tuple(args[0].shape))
 
-    weighted = [module for module in dict.fromkeys(modules) if is_weighted_layer(module)]
-    handles = [module.register_forward_hook(hook) for module in weighted]
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
+    with claimed_modules(modules):
+        handles = [module.register_forward_hook(hook) for module in weighted]
+        try:
+            yield calls
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def connecting_layer(
