@@ -17,6 +17,7 @@ from captum_ssa._utils._compat import (
     _format_tensor_into_tuples,
     _is_tuple,
 )
+from captum_ssa._utils.hooks import modules_by_name
 from captum_ssa.evaluation._perturb import per_example_targets
 from captum_ssa.evaluation.explainers import Explainer
 
@@ -112,7 +113,7 @@ def ssa_explainer(
     """
 
     def build(model: nn.Module) -> GraphMaskedAttribution:
-        modules = dict(model.named_modules())
+        modules = modules_by_name(model)
         ssa = StepwiseSensitivity(model, [modules[name] for name in layer_names])
         graphs = ssa.class_graphs(reference_inputs, reference_labels, **class_graph_kwargs)
         return GraphMaskedAttribution(model, graphs, method)

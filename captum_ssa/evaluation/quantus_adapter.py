@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
 from captum_ssa._core.layered_influence import LayeredInfluence
 from captum_ssa._core.switched_linear_projection import SwitchedLinearProjection
+from captum_ssa._utils.hooks import modules_by_name
 from captum_ssa._utils.model_state import weights_fingerprint
 from captum_ssa._utils.warn import warn
 
@@ -204,7 +205,7 @@ def quantus_explain(
         return attributions.detach().cpu().float().numpy()
     names = _layer_names(model, method, layer)
     _check_reduction(method, names, layer_reduction)
-    modules = dict(model.named_modules())
+    modules = modules_by_name(model)
     missing = [name for name in names if name not in modules]
     if missing:
         raise ValueError(f"the model has no layer named {missing}")

@@ -98,3 +98,15 @@ def test_captums_sensitivity_max_explains_through_the_graphs():
     scores = max_sensitivity(explainer.attribute, inputs, targets, n_perturb_samples=2)
     assert scores.shape == (5,)
     assert torch.isfinite(scores).all() and (scores >= 0).all()
+
+
+def test_layer_names_of_a_wrapped_model_are_the_users():
+    """SSA names a DataParallel model's layers as the user does (``conv1``, not
+    ``module.conv1``): the explainer finds its layers by those names."""
+    model, _, shape = build("cnn", 0)
+    x = torch.randn(12, *shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(12) % 3
+    explainer = ssa_explainer(["conv1", "conv2", "fc1", "fc2"], x, y)
+    plain = explainer.build(model).attribute(x, target=y)
+    wrapped = explainer.build(nn.DataParallel(model)).attribute(x, target=y)
+    torch.testing.assert_close(wrapped, plain)
