@@ -11,33 +11,8 @@ import torch
 from torch import nn
 
 from captum_ssa import CaptumSSAWarning, InactiveStateSensitivity
-from tests.inactive_state_sensitivity.test_inactive_state_sensitivity import (
-    layer_output_of,
-    reference_active_counts,
-)
+from tests.inactive_state_sensitivity.test_inactive_state_sensitivity import reference_insens
 from tests.models import build, layer_output
-
-
-def reference_selected_insens(model, layer, x, reference, units, weighting):
-    """One example and one selected neuron at a time; "uniform" divides by the
-    number of inactive neurons of the whole layer."""
-    frequency = reference_active_counts(model, layer, reference) / len(reference)
-    results = []
-    for example in x:
-        example = example.clone().requires_grad_()
-        activity = layer_output_of(model, layer, example)
-        omega = torch.zeros_like(example)
-        for i in units:
-            if activity[i] > 0:
-                continue
-            (w,) = torch.autograd.grad(activity[i], example, retain_graph=True)
-            if w.norm() > 0:
-                weight = frequency[i] if weighting == "frequency" else 1.0
-                omega += weight * activity[i].detach() / w.square().sum() * w
-        if weighting == "uniform":
-            omega /= max(int((activity <= 0).sum()), 1)
-        results.append(omega)
-    return torch.stack(results)
 
 
 @pytest.mark.parametrize("weighting", ["frequency", "uniform"])
@@ -59,9 +34,8 @@ def test_selected_neurons_equal_the_plain_reference_and_parts_sum_to_the_layer(w
     selector = (slice(1, 3), slice(None), 2)
     units = torch.zeros(unit_shape, dtype=torch.bool)
     units[selector] = True
-    expected = reference_selected_insens(
-        model, layer, x, reference, units.flatten().nonzero().flatten().tolist(), weighting
-    )
+    selected = units.flatten().nonzero().flatten().tolist()
+    expected = reference_insens(model, layer, x, reference, weighting, units=selected)
     result = insens.attribute(x, weighting=weighting, neuron_selector=selector)
     torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-5)
 
