@@ -10,6 +10,7 @@ NoiseTunnel, ``sensitivity_max``) apply to the other three.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import warnings
 from collections.abc import Callable
@@ -214,6 +215,39 @@ def test_a_layer_outside_the_model_is_a_clear_error(method):
     model, _, x, _ = cnn()
     with pytest.raises(ValueError, match="not part of the model"):
         method.build(model, [nn.Linear(6, 3), nn.Linear(6, 3)], x)
+
+
+CLASSES = {
+    "SwitchedLinearProjection": SwitchedLinearProjection,
+    "InactiveStateSensitivity": InactiveStateSensitivity,
+    "StepwiseSensitivity": StepwiseSensitivity,
+    "LayeredInfluence": LayeredInfluence,
+}
+
+
+@pytest.mark.parametrize("method", METHODS, ids=ids(METHODS))
+def test_device_ids_as_captum_takes_it(method):
+    # Captum's layer and neuron methods take device_ids (for DataParallel models)
+    cls = CLASSES[method.name]
+    assert "device_ids" in inspect.signature(cls.__init__).parameters
+    model, layers, _, _ = cnn()
+    layer_argument = layers if cls is StepwiseSensitivity else layers[-2]
+    assert cls(model, layer_argument, device_ids=[0, 1]).device_ids == [0, 1]
+    assert cls(model, layer_argument).device_ids is None
+    with pytest.raises(TypeError, match="device_ids"):
+        cls(model, layer_argument, device_ids="cuda")
+
+
+@pytest.mark.parametrize("method", METHODS, ids=ids(METHODS))
+def test_no_convergence_delta_means_compute_convergence_delta_raises(method):
+    model, layers, x, y = cnn()
+    explainer = method.build(model, layers, x)
+    if explainer.has_convergence_delta():
+        delta = explainer.compute_convergence_delta(explainer.attribute(x, y), 0.0, x, y)
+        assert delta.shape == (len(x),)
+    else:
+        with pytest.raises(NotImplementedError, match="no convergence delta"):
+            explainer.compute_convergence_delta(x, 0.0, x, y)
 
 
 class Skips(nn.Module):

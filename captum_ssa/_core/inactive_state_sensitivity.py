@@ -22,6 +22,7 @@ from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
     layer_function,
+    layer_name,
     model_of,
     no_grad_capture,
     run_and_capture,
@@ -35,12 +36,20 @@ from captum_ssa._utils.model_state import (
     untouched_model,
     weights_fingerprint,
 )
-from captum_ssa._utils.validation import positive_int, prepare_inputs
+from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.validation import (
+    IndexSelector,
+    device_ids_checked,
+    positive_int,
+    prepare_inputs,
+    selected_units,
+)
+from captum_ssa._utils.warn import warn
 
 _WEIGHTINGS = ("frequency", "uniform")
 
 
-class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
+class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAttribution):
     r"""
     Inactive state sensitivity (Insens): what keeps a layer's inactive neurons off.
 
@@ -65,7 +74,14 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
     In metric terms: a test that changes only the explained class (such as a
     randomised-logit test) cannot move Insens. It is a
     :class:`~captum.attr.NeuronAttribution` in Captum's sense: an input-shaped
-    attribution of hidden units.
+    attribution of hidden units, and ``neuron_selector`` restricts the sum to
+    some of them (the parts of disjoint selections add up to the layer's
+    :math:`\Omega_l`). It has no convergence delta:
+    ``compute_convergence_delta`` raises.
+
+    The neurons must be *pre-activations*: after a ReLU the inactive units are
+    exactly 0, their :math:`\omega_i` vanish and :math:`\Omega_l` is zero. A
+    layer whose output has exact zeros and no negative value is warned about.
 
     Exact for piecewise-linear networks (ReLU, LeakyReLU, pooling, linear,
     conv, eval-mode batch norm, residual additions); elsewhere the switched
@@ -82,6 +98,7 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
         self,
         forward_func: Callable[..., Any],
         layer: Union[Module, list[Module]],
+        device_ids: Optional[list[int]] = None,
     ) -> None:
         r"""
         Args:
@@ -92,15 +109,22 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
                         ``Linear`` before its ReLU), or a list of such layers;
                         a list gives a list of results, as in Captum's layer
                         methods.
+            device_ids (list[int], optional): As in Captum's neuron methods:
+                        the CUDA devices of a ``DataParallel`` model that
+                        ``forward_func`` runs, in the model's order; needed
+                        only when ``forward_func`` is not the ``DataParallel``
+                        module itself. Stored as ``self.device_ids``.
+                        Default: None
         """
         self._layers: list[Module] = list(layer) if isinstance(layer, list) else [layer]
         check_layers_in_model(forward_func, self._layers)
-        NeuronAttribution.__init__(self, forward_func, layer)
+        NeuronAttribution.__init__(self, forward_func, layer, device_ids_checked(device_ids))
         GradientAttribution.__init__(self, forward_func)
         self._active_counts: Optional[list[Tensor]] = None
         self._fitted_weights: Optional[WeightsFingerprint] = None
         self.reference_size = 0
         self._warned_not_piecewise_linear = False
+        self._warned_no_negative_outputs = False
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -196,6 +220,7 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
         jacobian_mode: str = "auto",
         jacobian_vectors_per_chunk: Optional[int] = None,
         show_progress: bool = False,
+        neuron_selector: Optional[IndexSelector] = None,
     ) -> Union[TensorOrTupleOfTensorsGeneric, list[TensorOrTupleOfTensorsGeneric]]:
         r"""
         Insens :math:`\Omega_l(x)` for every example.
@@ -237,6 +262,18 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
                         on a first chunk of one.
             show_progress (bool, optional): Show a progress bar over the
                         chunks. Default: False
+            neuron_selector (int or tuple, optional): Sum only over these
+                        neurons of the layer output, in Captum's index forms:
+                        an int (a unit of a (N, K) output, a channel of a conv
+                        output) or a tuple of ints and slices after the batch
+                        dimension (e.g. ``(c, slice(0, 4), slice(None))``).
+                        The weighting is unchanged (``"uniform"`` still
+                        divides by the layer's whole :math:`|I|`), so the
+                        parts of disjoint selections sum to the layer's
+                        :math:`\Omega_l`. Keyword only in effect: the second
+                        positional argument stays ``target``. A callable is an
+                        error (it returns a value, not a set of neurons), and
+                        so is a list of layers. Default: None (every neuron)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -269,6 +306,11 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
             )
         if weighting not in _WEIGHTINGS:
             raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+        if neuron_selector is not None and isinstance(self.layer, list):
+            raise ValueError(
+                "neuron_selector selects neurons of one layer; construct "
+                "InactiveStateSensitivity with a single layer to use it"
+            )
         frequencies = (
             [c / self.reference_size for c in self._fitted_counts()]
             if weighting == "frequency"
@@ -288,6 +330,10 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
                     self._warned_not_piecewise_linear = warn_if_not_piecewise_linear(
                         type(self).__name__, output, prepared
                     )
+                if not self._warned_no_negative_outputs:
+                    self._warned_no_negative_outputs = _warn_if_after_activation(
+                        output, layer_name(model_of(self.forward_func), layer)
+                    )
                 squared_norms = jacobian_row_norms(
                     output,
                     layer_function(self.forward_func, layer, additional_forward_args),
@@ -297,9 +343,13 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
                     show_progress=show_progress,
                 ).reshape(output.shape)
                 frequency = None if frequencies is None else frequencies[position]
-                coefficients.append(
-                    _neuron_coefficients(output.detach(), squared_norms, frequency, include_active)
+                coefficient = _neuron_coefficients(
+                    output.detach(), squared_norms, frequency, include_active
                 )
+                if neuron_selector is not None:
+                    units = selected_units(output, neuron_selector, type(self).__name__)
+                    coefficient = coefficient * units
+                coefficients.append(coefficient)
             if weighting == "uniform":
                 coefficients = _average_over_selected(
                     coefficients, outputs, include_active, pool_layers
@@ -314,6 +364,22 @@ class InactiveStateSensitivity(NeuronAttribution, GradientAttribution):
             per_layer = [pooled]
         results = [_format_output(is_tuple, tuple(t.detach() for t in r)) for r in per_layer]
         return results if isinstance(self.layer, list) and not pool_layers else results[0]
+
+
+def _warn_if_after_activation(output: Tensor, layer: str) -> bool:
+    """Warn, and say so, when ``output`` looks taken after a ReLU-like activation:
+    exact zeros and no negative value, so every inactive unit (v <= 0) is 0 and
+    contributes nothing to Omega."""
+    if bool((output < 0).any()) or not bool((output == 0).any()):
+        return False
+    warn(
+        f"the output of layer {layer} has exact zeros and no negative value, as after "
+        "a ReLU: its inactive units are exactly 0, so their omega_i = (v_i / ||w_i||^2) "
+        "w_i vanish and Insens is zero (only active units count, with "
+        "include_active=True). Insens needs the pre-activations: pass the layer before "
+        "the activation (the Linear or Conv whose output the ReLU takes)."
+    )
+    return True
 
 
 def _summed_over_ranks(

@@ -12,6 +12,7 @@ from torch import Tensor
 from captum_ssa._utils._compat import _format_tensor_into_tuples
 
 NeuronSelector = Union[int, tuple[Union[int, slice], ...], Callable[[Tensor], Tensor]]
+IndexSelector = Union[int, tuple[Union[int, slice], ...]]
 
 
 def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
@@ -59,12 +60,34 @@ def positive_int(name: str, value: Any, optional: bool = True) -> Optional[int]:
     return int(value)
 
 
+def device_ids_checked(device_ids: Any) -> Optional[list[int]]:
+    """Captum's ``device_ids`` (a list of CUDA device indices, or None) as a list of ints."""
+    if device_ids is None:
+        return None
+    if not isinstance(device_ids, (list, tuple)) or not all(
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in device_ids
+    ):
+        raise TypeError(
+            "device_ids must be None or a list of CUDA device indices (ints), as in "
+            f"Captum and torch.nn.DataParallel, got {device_ids!r}"
+        )
+    return [int(i) for i in device_ids]
+
+
 def check_neuron_selector(layer_output: Tensor, selector: NeuronSelector) -> None:
     """Raise a clear error for an index selector that does not fit the layer output."""
     if callable(selector):
         return
+    if isinstance(selector, bool):
+        raise TypeError(
+            "neuron_selector must be an int, a tuple of ints/slices or a callable, not a "
+            "bool; to attribute to the layer's input pass attribute_to_neuron_input=True "
+            "by keyword"
+        )
     index = (selector,) if isinstance(selector, int) else selector
-    if not isinstance(index, tuple) or not all(isinstance(i, (int, slice)) for i in index):
+    if not isinstance(index, tuple) or not all(
+        isinstance(i, (int, slice)) and not isinstance(i, bool) for i in index
+    ):
         raise TypeError(
             "neuron_selector must be an int, a tuple of ints/slices or a callable, "
             f"got {selector!r}"
@@ -81,3 +104,24 @@ def check_neuron_selector(layer_output: Tensor, selector: NeuronSelector) -> Non
                 f"neuron_selector {selector!r} is out of range: index {i} in "
                 f"dimension {dim + 1} of a layer output shaped {neuron_shape}"
             )
+
+
+def selected_units(layer_output: Tensor, selector: IndexSelector, method: str) -> Tensor:
+    """The units ``selector`` picks from every example's layer output: a boolean
+    mask shaped like one example's output, ``layer_output.shape[1:]``.
+
+    Only Captum's index forms (an int, a tuple of ints and slices after the batch
+    dimension) name a set of units; a callable selector returns a value computed
+    from them, which names none.
+    """
+    if callable(selector):
+        raise TypeError(
+            f"{method} takes neuron_selector as an int or a tuple of ints/slices (the "
+            "units of the layer output it covers), not a callable: a callable returns a "
+            "value computed from the units, not a set of units"
+        )
+    check_neuron_selector(layer_output, selector)
+    index = (selector,) if isinstance(selector, int) else selector
+    mask = torch.zeros(layer_output.shape[1:], dtype=torch.bool, device=layer_output.device)
+    mask[index] = True
+    return mask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import pytest
 import torch
@@ -34,8 +35,11 @@ def reference_insens(
     reference: Tensor,
     weighting: str = "frequency",
     include_active: bool = False,
+    units: Optional[list[int]] = None,
 ) -> Tensor:
-    """One example and one neuron at a time: Omega = sum_i weight_i (v_i / |w_i|^2) w_i."""
+    """One example and one neuron at a time: Omega = sum_i weight_i (v_i / |w_i|^2) w_i,
+    over the (flat) ``units`` only if given; "uniform" divides by the count of the
+    whole layer's neurons in the sum either way."""
     frequency = reference_active_counts(model, layer, reference) / len(reference)
     results = []
     for example in x:
@@ -47,6 +51,8 @@ def reference_insens(
             if activity[i] > 0 and not include_active:
                 continue
             selected += 1
+            if units is not None and i not in units:
+                continue
             (w,) = torch.autograd.grad(activity[i], example, retain_graph=True)
             if w.norm() == 0:
                 continue

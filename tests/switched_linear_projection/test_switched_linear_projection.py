@@ -365,8 +365,15 @@ def test_target_and_neuron_selector_are_exclusive_and_one_is_needed():
         slp.attribute(x)
     with pytest.raises(ValueError, match="one value per example"):
         slp.project(x, neuron_selector=lambda out: out[:, :2])
-    with pytest.raises(TypeError, match="pass it as neuron_selector"):
-        slp.attribute(x, lambda out: out[:, 0])
+    # issue 17: Captum's neuron methods take the selector second, so a callable there
+    # is read as neuron_selector (it used to be a TypeError), and with one given too
+    # it is the same error as any target with a selector
+    first_unit = lambda out: out[:, 0]  # noqa: E731
+    torch.testing.assert_close(
+        slp.attribute(x, first_unit), slp.attribute(x, neuron_selector=first_unit)
+    )
+    with pytest.raises(ValueError, match="either target or neuron_selector, not both"):
+        slp.attribute(x, first_unit, neuron_selector=1)
 
 
 # --- convergence delta and baselines ---------------------------------------------

@@ -22,12 +22,19 @@ from captum_ssa._core.layered_influence.layer_choice import (
     check_choice_options,
 )
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
-from captum_ssa._utils.hooks import model_of
+from captum_ssa._utils.hooks import model_of, no_grad_capture
 from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.validation import positive_int, prepare_inputs
+from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.validation import (
+    IndexSelector,
+    device_ids_checked,
+    positive_int,
+    prepare_inputs,
+    selected_units,
+)
 
 
-class LayeredInfluence(NeuronAttribution, GradientAttribution):
+class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttribution):
     r"""
     Layered explanations: pick an influential hidden layer, score its units
     with a monotone influence measure on data, and project the most
@@ -64,7 +71,9 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
        rule on every ``nn.ReLU`` module); the result equals Captum's
        :class:`~captum.attr.NeuronDeconvolution` seeded with those values.
        Like Captum's neuron methods it explains hidden units and returns
-       input-shaped attributions.
+       input-shaped attributions; ``neuron_selector`` projects chosen units
+       instead of the top ones. It has no convergence delta:
+       ``compute_convergence_delta`` raises.
 
     The labels are the model's predictions (argmax over dim 1; a single
     output is read as a logit, label ``output > 0``). :meth:`fit` must be
@@ -89,6 +98,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         self,
         forward_func: Callable[..., Any],
         layers: Union[Module, Sequence[Module]],
+        device_ids: Optional[list[int]] = None,
     ) -> None:
         r"""
         Args:
@@ -100,10 +110,18 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             layers (torch.nn.Module or list[torch.nn.Module]): The candidate
                         layers, any order; "lowest" means the first to run. The
                         output layer is a candidate only if listed.
+            device_ids (list[int], optional): As in Captum's neuron methods:
+                        the CUDA devices of a ``DataParallel`` model that
+                        ``forward_func`` runs, in the model's order; needed
+                        only when ``forward_func`` is not the ``DataParallel``
+                        module itself. Stored as ``self.device_ids``.
+                        Default: None
         """
         self._candidates = CandidateLayers.of(forward_func, layers)
         # Captum's neuron methods take one layer; ours keeps all the candidates
-        NeuronAttribution.__init__(self, forward_func, self._candidates.layers)
+        NeuronAttribution.__init__(
+            self, forward_func, self._candidates.layers, device_ids_checked(device_ids)
+        )
         GradientAttribution.__init__(self, forward_func)
         self._fit: Optional[Fit] = None  # replaced whole by each fit
 
@@ -314,6 +332,7 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         layer: LayerChoice = None,
         alpha: Optional[Alpha] = None,
         points_per_chunk: Optional[int] = None,
+        neuron_selector: Optional[IndexSelector] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         r"""
         DeconvNet reconstruction of the input from the most influential units.
@@ -353,6 +372,18 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
                         reference points, of the influence computation (see
                         :meth:`influence`). Default: None (1024, or fewer
                         within the memory budget)
+            neuron_selector (int or tuple, optional): Project these units of
+                        the layer instead of the most influential ones, in
+                        Captum's index forms: an int (a unit of a (N, K)
+                        output, a channel of a conv output) or a tuple of ints
+                        and slices after the batch dimension. They keep their
+                        activation values, as the top units do, so the result
+                        equals :class:`~captum.attr.NeuronDeconvolution` with
+                        the selector ``lambda out: (out * seed).sum()``; no
+                        influence is computed, and ``target``, ``alpha`` and
+                        ``points_per_chunk`` are unused. Not with ``top_k``.
+                        A callable is an error (it returns a value, not a set
+                        of units). Default: None (the top units)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -370,6 +401,8 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
         fit = self._current_fit(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
+        if neuron_selector is not None and top_k is not None:
+            raise ValueError("give top_k or neuron_selector, not both")
         model = model_of(self.forward_func)
         if model is None:
             raise TypeError(
@@ -378,16 +411,23 @@ class LayeredInfluence(NeuronAttribution, GradientAttribution):
             )
         prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func):
-            with torch.no_grad():
-                activation, influence = fit.influence(
-                    self.forward_func,
-                    prepared,
-                    target,
-                    additional_forward_args,
-                    alpha,
-                    points_per_chunk,
+            if neuron_selector is None:
+                with torch.no_grad():
+                    activation, influence = fit.influence(
+                        self.forward_func,
+                        prepared,
+                        target,
+                        additional_forward_args,
+                        alpha,
+                        points_per_chunk,
+                    )
+                    seed = top_unit_seed(activation, influence, top_fraction, top_k)
+            else:
+                (activation,) = no_grad_capture(
+                    self.forward_func, prepared, [fit.layer], additional_forward_args
                 )
-                seed = top_unit_seed(activation, influence, top_fraction, top_k)
+                units = selected_units(activation, neuron_selector, type(self).__name__)
+                seed = activation * units
             reconstruction = deconvolve_from_layer(
                 model,
                 self.forward_func,

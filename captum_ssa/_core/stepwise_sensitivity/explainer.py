@@ -31,12 +31,13 @@ from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import BatchStream, is_batch_stream
 from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
 from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.validation import prepare_inputs
+from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.validation import device_ids_checked, prepare_inputs
 from captum_ssa._utils.warn import warn
 from captum_ssa.graph import DependencyGraph
 
 
-class StepwiseSensitivity(Attribution):
+class StepwiseSensitivity(NoConvergenceDelta, Attribution):
     r"""
     Step-wise sensitivity analysis (SSA): the dependency graph of a decision.
 
@@ -62,7 +63,8 @@ class StepwiseSensitivity(Attribution):
     inputs, so this is a plain :class:`captum.attr.Attribution` (usable where
     Captum expects one) and not a ``LayerAttribution`` or
     ``GradientAttribution``: it promises neither layer-shaped tensors nor a
-    convergence delta (``has_convergence_delta()`` is False).
+    convergence delta (``has_convergence_delta()`` is False, and
+    ``compute_convergence_delta`` raises).
 
     Cost: one forward pass per call on one batch (per pair and batch over a
     stream, see ``passes``); for each layer pair one backward pass per
@@ -82,6 +84,7 @@ class StepwiseSensitivity(Attribution):
         forward_func: Callable[..., Any],
         layers: list[Module],
         neuron_dim: Optional[int] = None,
+        device_ids: Optional[list[int]] = None,
     ) -> None:
         r"""
         Args:
@@ -101,6 +104,12 @@ class StepwiseSensitivity(Attribution):
                         dim 1 (with a warning for 3-D outputs of layers that
                         are not convolutions, whose dim 1 is probably a
                         sequence axis; ``neuron_dim=1`` silences it).
+            device_ids (list[int], optional): As in Captum's layer and neuron
+                        methods: the CUDA devices of a ``DataParallel`` model
+                        that ``forward_func`` runs, in the model's order;
+                        needed only when ``forward_func`` is not the
+                        ``DataParallel`` module itself. Stored as
+                        ``self.device_ids``. Default: None
         """
         if not isinstance(layers, (list, tuple)) or len(layers) < 2:
             raise ValueError(
@@ -119,6 +128,7 @@ class StepwiseSensitivity(Attribution):
         self.layers: list[Module] = layers
         self.layer_names = unique_layer_names(model_of(forward_func), layers)
         self.neuron_dim: Optional[int] = None if neuron_dim is None else int(neuron_dim)
+        self.device_ids = device_ids_checked(device_ids)
 
     @property
     def multiplies_by_inputs(self) -> bool:

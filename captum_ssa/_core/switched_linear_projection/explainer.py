@@ -31,7 +31,7 @@ from captum_ssa._utils._compat import (
     _is_tuple,
 )
 from captum_ssa._utils.hooks import check_layers_in_model
-from captum_ssa._utils.validation import NeuronSelector, prepare_inputs
+from captum_ssa._utils.validation import NeuronSelector, device_ids_checked, prepare_inputs
 
 
 class SwitchedProjection(NamedTuple):
@@ -81,7 +81,13 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     projects each example's class logit), or with ``neuron_selector`` as in
     Captum's neuron methods (for hidden neurons, e.g. a channel's spatial
     mean). Both work with :class:`~captum.attr.NoiseTunnel` and
-    :func:`captum.metrics.sensitivity_max`.
+    :func:`captum.metrics.sensitivity_max`. Captum's call
+    ``attribute(inputs, neuron_selector)`` works too: the second positional
+    argument is ``target``, where an int or a tuple of ints selects the same
+    unit as a selector does, and a callable or a tuple holding a slice (forms
+    only a selector takes) is read as ``neuron_selector``. With
+    ``attribute_to_neuron_input=True`` the neuron is chosen in the layer's
+    *input*, as in Captum's neuron methods.
 
     On a network that is not piecewise linear (sigmoid, tanh, GELU, ...) the
     projection is only a first-order Taylor approximation: the class warns
@@ -97,6 +103,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         forward_func: Callable[..., Any],
         layer: Module,
         multiply_by_inputs: bool = False,
+        device_ids: Optional[list[int]] = None,
     ) -> None:
         r"""
         Args:
@@ -114,11 +121,17 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         global one, with :math:`x_0` the ``baselines`` or, by
                         default, the neuron's centre (then equal to
                         :meth:`decompose`). Default: False
+            device_ids (list[int], optional): As in Captum's neuron methods:
+                        the CUDA devices of a ``DataParallel`` model that
+                        ``forward_func`` runs, in the model's order; needed
+                        only when ``forward_func`` is not the ``DataParallel``
+                        module itself. Stored as ``self.device_ids``. Default:
+                        None
         """
         if not isinstance(multiply_by_inputs, bool):
             raise TypeError(f"multiply_by_inputs must be a bool, got {multiply_by_inputs!r}")
         check_layers_in_model(forward_func, [layer])
-        NeuronAttribution.__init__(self, forward_func, layer)
+        NeuronAttribution.__init__(self, forward_func, layer, device_ids_checked(device_ids))
         GradientAttribution.__init__(self, forward_func)
         self._multiply_by_inputs = multiply_by_inputs
         self._warned_not_piecewise_linear = False
@@ -136,6 +149,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         target: TargetType,
         additional_forward_args: Any,
         neuron_selector: Optional[NeuronSelector],
+        attribute_to_neuron_input: bool,
     ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
         """``(inputs, activity (N,), weights)``, warning once per instance where
         the network is not piecewise linear."""
@@ -146,6 +160,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             additional_forward_args,
             neuron_selector,
             check_linearity=not self._warned_not_piecewise_linear,
+            attribute_to_neuron_input=attribute_to_neuron_input,
         )
         self._warned_not_piecewise_linear = self._warned_not_piecewise_linear or warned
         return prepared, activity, weights
@@ -158,11 +173,12 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         neuron_selector: Optional[NeuronSelector],
         baselines: BaselineType,
         return_convergence_delta: bool,
+        attribute_to_neuron_input: bool,
         multiply: bool,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         """Weights (``multiply=False``) or contributions, and the delta if asked."""
         prepared, activity, weights = self._activity_and_weights(
-            inputs, target, additional_forward_args, neuron_selector
+            inputs, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
         )
         is_tuple = _is_tuple(inputs)
         if not (multiply or return_convergence_delta):
@@ -177,7 +193,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         if not return_convergence_delta:
             return attributions
         activity_at_start = activity_at(
-            self, start, target, additional_forward_args, neuron_selector
+            self, start, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
         )
         delta = activity - activity_at_start - per_example_sum(parts)
         return attributions, delta
@@ -191,6 +207,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         neuron_selector: Optional[NeuronSelector] = None,
         baselines: BaselineType = None,
         return_convergence_delta: bool = False,
+        attribute_to_neuron_input: bool = False,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         r"""
         Switched weights :math:`w = \partial v / \partial x` of the selected
@@ -204,14 +221,17 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             inputs (Tensor or tuple[Tensor, ...]): Input for which the
                         projection is computed; dimension 0 is the batch. A
                         tuple of tensors for a model with several inputs.
-            target (int, tuple, Tensor, or list, optional): Which neuron of
-                        the *layer output*, exactly as Captum's ``target``
-                        selects a model output: an int (a unit of a
+            target (int, tuple, Tensor, list, or Callable, optional): Which
+                        neuron of the *layer output*, exactly as Captum's
+                        ``target`` selects a model output: an int (a unit of a
                         (N, K) output), a tuple of indices after the batch
                         dimension (e.g. ``(c, h, w)`` for one unit of a conv
                         output), or one per example: a 1-D tensor or list of
                         ints (a (N, K) output), or a list of tuples. It must
-                        select one value per example. Default: None
+                        select one value per example. A callable or a tuple
+                        holding a slice, which only a selector can be, is
+                        read as ``neuron_selector`` (Captum's neuron methods
+                        take the selector second). Default: None
             additional_forward_args (Any, optional): Extra arguments passed to
                         ``forward_func`` after the inputs. Default: None
             neuron_selector (int, tuple, or Callable, optional): The general
@@ -222,9 +242,15 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         mean of channel 3 (still exact: the mean of exact
                         projections). A callable must accept a batch of any
                         size: NoiseTunnel and ``sensitivity_max`` repeat the
-                        inputs. Give ``target`` or ``neuron_selector``, not
-                        both; neither only when the layer output has one value
-                        per example. Default: None
+                        inputs. A callable that returns one element for the
+                        whole batch (Captum's ``lambda out: torch.sum(out)``)
+                        is applied to each example on its own: for a sum over
+                        the examples this gives NeuronGradient's numbers, and
+                        each example its own activity. A tuple holding slices
+                        selects the sum of those units, as in Captum. Give
+                        ``target`` or ``neuron_selector``, not both; neither
+                        only when the layer output has one value per example.
+                        Default: None
             baselines (scalar, Tensor, or tuple, optional): The starting point
                         :math:`x_0` of the contributions and of the delta, as
                         Captum accepts it: a number, a tensor shaped like the
@@ -245,6 +271,12 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         :math:`F(x) - F(x_0)`), so only :math:`|\delta|`
                         compares across libraries. The delta is the same for
                         either ``multiply_by_inputs``. Default: False
+            attribute_to_neuron_input (bool, optional): Choose the neuron in
+                        the layer's *input* (its first positional argument)
+                        instead of its output, as in Captum's neuron methods:
+                        e.g. the pre-activation of a ReLU given as ``layer``.
+                        ``target`` and ``neuron_selector`` then index that
+                        input. Default: False
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**:
@@ -272,6 +304,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             neuron_selector,
             baselines,
             return_convergence_delta,
+            attribute_to_neuron_input,
             multiply=self._multiply_by_inputs,
         )
 
@@ -281,13 +314,14 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         neuron_selector: Optional[NeuronSelector] = None,
+        attribute_to_neuron_input: bool = False,
     ) -> SwitchedProjection:
         r"""
         The full switched linear projection of the selected neuron.
 
         Args:
-            inputs, target, additional_forward_args, neuron_selector: as in
-                        :meth:`attribute`.
+            inputs, target, additional_forward_args, neuron_selector,
+            attribute_to_neuron_input: as in :meth:`attribute`.
 
         Returns:
             *SwitchedProjection* ``(weights, bias, activity, centre)``:
@@ -306,7 +340,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             True
         """
         prepared, activity, weights = self._activity_and_weights(
-            inputs, target, additional_forward_args, neuron_selector
+            inputs, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
         )
         is_tuple = _is_tuple(inputs)
         return SwitchedProjection(
@@ -324,6 +358,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         neuron_selector: Optional[NeuronSelector] = None,
         baselines: BaselineType = None,
         return_convergence_delta: bool = False,
+        attribute_to_neuron_input: bool = False,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         r"""
         Per-feature contributions :math:`(x_j - x_{0j}) w_j(x)` to the neuron's
@@ -336,7 +371,8 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
         Args:
             inputs, target, additional_forward_args, neuron_selector,
-            baselines, return_convergence_delta: as in :meth:`attribute`.
+            baselines, return_convergence_delta, attribute_to_neuron_input:
+                        as in :meth:`attribute`.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -356,6 +392,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             neuron_selector,
             baselines,
             return_convergence_delta,
+            attribute_to_neuron_input,
             multiply=True,
         )
 
@@ -367,6 +404,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         neuron_selector: Optional[NeuronSelector] = None,
+        attribute_to_neuron_input: bool = False,
     ) -> Tensor:
         r"""
         The convergence delta of given attributions, for the selected *layer*
@@ -386,8 +424,8 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             start_point (scalar, Tensor, or tuple): The baselines, in any form
                         ``baselines`` accepts; None means zeros, as in Captum.
             end_point (Tensor or tuple[Tensor, ...]): The inputs.
-            target, additional_forward_args, neuron_selector: as in
-                        :meth:`attribute`.
+            target, additional_forward_args, neuron_selector,
+            attribute_to_neuron_input: as in :meth:`attribute`.
 
         Returns:
             *Tensor* of **deltas** of shape (N,).
@@ -406,9 +444,11 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                 "attributions must be shaped like end_point: got "
                 f"{[tuple(a.shape) for a in formatted]} for {[tuple(e.shape) for e in end]}"
             )
-        activity_at_end = activity_at(self, end, target, additional_forward_args, neuron_selector)
+        activity_at_end = activity_at(
+            self, end, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
+        )
         activity_at_start = activity_at(
-            self, start, target, additional_forward_args, neuron_selector
+            self, start, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
         )
         if self._multiply_by_inputs:
             predicted_change = per_example_sum(formatted)

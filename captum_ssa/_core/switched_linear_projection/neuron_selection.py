@@ -1,8 +1,9 @@
-"""One neuron of a layer's output: choosing it, and reading it from the network.
+"""One neuron of a layer: choosing it, and reading it from the network.
 
 :class:`~captum_ssa.SwitchedLinearProjection` projects one neuron per example,
-chosen in the layer's output either with Captum's ``target`` (as it chooses a
-model output) or with ``neuron_selector`` (as Captum's neuron methods do).
+chosen in the layer's output (or, with ``attribute_to_neuron_input``, its
+input) either with Captum's ``target`` (as it chooses a model output) or with
+``neuron_selector`` (as Captum's neuron methods do).
 :func:`select_neuron` turns either into one activity per example, with errors
 that name the argument and say what would select one neuron of that layer;
 :func:`activity_and_weights` and :func:`activity_at` run the network to get
@@ -13,11 +14,14 @@ weights).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
 from captum.attr import NeuronAttribution
 from torch import Tensor
+from torch.nn import Module
 
 from captum_ssa._utils._compat import (
     TargetType,
@@ -55,11 +59,6 @@ def _select_target(layer_output: Tensor, target: TargetType) -> Tensor:
     """Captum's ``target`` applied to the layer output, with errors naming ``target``."""
     shape = tuple(layer_output.shape)
     expected = _what_selects_one_neuron(shape[1:])
-    if callable(target):
-        raise TypeError(
-            "target is a callable; pass it as neuron_selector=... (the second "
-            "positional argument of attribute is target, as in Captum)"
-        )
     if isinstance(target, bool):
         raise ValueError(f"target must be an index, not a bool; expected {expected}")
     if isinstance(target, numbers.Integral):
@@ -79,10 +78,46 @@ def _select_target(layer_output: Tensor, target: TargetType) -> Tensor:
     return selected
 
 
+def _read_as_captum_positional(
+    target: TargetType, neuron_selector: Optional[NeuronSelector]
+) -> tuple[TargetType, Optional[NeuronSelector]]:
+    """``(target, neuron_selector)``, with a selector passed second positionally
+    moved to ``neuron_selector``.
+
+    Captum's neuron methods take ``neuron_selector`` second, where ours take
+    ``target``. An int or a tuple of ints selects the same unit either way, so
+    only the forms that ``target`` cannot take, a callable and a tuple holding
+    a slice, are moved.
+    """
+    selector_only = callable(target) or (
+        isinstance(target, tuple) and any(isinstance(i, slice) for i in target)
+    )
+    if selector_only and neuron_selector is None:
+        return None, target
+    return target, neuron_selector
+
+
+def _per_example(layer_output: Tensor, selector: Callable[[Tensor], Tensor]) -> Tensor:
+    """A callable selector that reduces the batch to one element (Captum's
+    ``lambda out: torch.sum(out)``) applied to each example on its own, (N,)."""
+    values = []
+    for example in range(layer_output.shape[0]):
+        value = selector(layer_output[example : example + 1])
+        if value.numel() != 1:
+            raise ValueError(
+                "neuron_selector returns one element for the whole batch but "
+                f"{tuple(value.shape)} for a single example; it must return one value "
+                "per example, or one element for any batch"
+            )
+        values.append(value.reshape(()))
+    return torch.stack(values)
+
+
 def select_neuron(
     layer_output: Tensor, target: TargetType, neuron_selector: Optional[NeuronSelector]
 ) -> Tensor:
     """The selected neuron's activity, one value per example (N,)."""
+    target, neuron_selector = _read_as_captum_positional(target, neuron_selector)
     if target is not None and neuron_selector is not None:
         raise ValueError(
             "give either target or neuron_selector, not both: target selects a "
@@ -101,12 +136,57 @@ def select_neuron(
         return layer_output.reshape(batch_size)
     check_neuron_selector(layer_output, neuron_selector)
     activity = _verify_select_neuron((layer_output,), neuron_selector)
+    if callable(neuron_selector) and activity.numel() == 1 and activity.shape != (batch_size,):
+        # NeuronGradient differentiates the one element, which for a sum over the
+        # examples (the case where its result is per example) is the sum of the
+        # per-example values: the same weights, and each example's own activity
+        activity = _per_example(layer_output, neuron_selector)
     if activity.shape != (batch_size,):
         raise ValueError(
             "neuron_selector must pick one value per example, a tensor "
             f"shaped ({batch_size},); got {tuple(activity.shape)}"
         )
     return activity
+
+
+@contextmanager
+def _first_input_of(layer: Module) -> Iterator[list[Tensor]]:
+    """Record a clone of the first positional input of each call of ``layer``.
+
+    A clone, so that the layer itself (an in-place ReLU) or anything after it
+    cannot change what was recorded; the network runs on the original.
+    """
+    recorded: list[Tensor] = []
+
+    def hook(module: Module, args: tuple[Any, ...]) -> None:
+        if not args or not isinstance(args[0], Tensor):
+            raise TypeError(
+                f"attribute_to_neuron_input needs layer {type(module).__name__} to take a "
+                "tensor as its first positional input"
+            )
+        recorded.append(args[0].clone())
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        yield recorded
+    finally:
+        handle.remove()
+
+
+def _layer_values(
+    attribution: NeuronAttribution,
+    inputs: tuple[Tensor, ...],
+    additional_forward_args: Any,
+    attribute_to_neuron_input: bool,
+) -> Tensor:
+    """The layer's output, or with ``attribute_to_neuron_input`` its input, for ``inputs``."""
+    forward_func, layer = attribution.forward_func, attribution.layer
+    if not attribute_to_neuron_input:
+        return run_and_capture(forward_func, inputs, [layer], additional_forward_args)[1][0]
+    with _first_input_of(layer) as recorded:
+        # also checks that the layer runs, and runs once
+        run_and_capture(forward_func, inputs, [layer], additional_forward_args)
+    return recorded[0]
 
 
 def activity_and_weights(
@@ -116,19 +196,17 @@ def activity_and_weights(
     additional_forward_args: Any,
     neuron_selector: Optional[NeuronSelector],
     check_linearity: bool,
+    attribute_to_neuron_input: bool,
 ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...], bool]:
     """One forward and one backward of ``attribution``'s model to its layer:
     ``(inputs, activity (N,), weights, warned)``, where ``warned`` says whether,
     asked to ``check_linearity``, it warned that the network is not piecewise
     linear."""
-    forward_func, layer = attribution.forward_func, attribution.layer
+    forward_func = attribution.forward_func
     prepared = prepare_inputs(inputs)
     with untouched_model(forward_func):
-        _, (layer_output,) = run_and_capture(
-            forward_func,
-            prepared,
-            [layer],
-            additional_forward_args,
+        layer_output = _layer_values(
+            attribution, prepared, additional_forward_args, attribute_to_neuron_input
         )
         activity = select_neuron(layer_output, target, neuron_selector)
         warned = check_linearity and warn_if_not_piecewise_linear(
@@ -153,14 +231,11 @@ def activity_at(
     target: TargetType,
     additional_forward_args: Any,
     neuron_selector: Optional[NeuronSelector],
+    attribute_to_neuron_input: bool,
 ) -> Tensor:
     """The network's actual activity of the selected neuron at ``points`` (N,)."""
-    forward_func, layer = attribution.forward_func, attribution.layer
-    with untouched_model(forward_func), torch.no_grad():
-        _, (layer_output,) = run_and_capture(
-            forward_func,
-            points,
-            [layer],
-            additional_forward_args,
+    with untouched_model(attribution.forward_func), torch.no_grad():
+        layer_output = _layer_values(
+            attribution, points, additional_forward_args, attribute_to_neuron_input
         )
         return select_neuron(layer_output, target, neuron_selector)
