@@ -109,11 +109,11 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                         ``Linear`` before its ReLU), or a list of such layers;
                         a list gives a list of results, as in Captum's layer
                         methods.
-            device_ids (list[int], optional): As in Captum's neuron methods:
-                        the CUDA devices of a ``DataParallel`` model that
-                        ``forward_func`` runs, in the model's order; needed
-                        only when ``forward_func`` is not the ``DataParallel``
-                        module itself. Stored as ``self.device_ids``.
+            device_ids (list[int], optional): Captum's argument for the CUDA
+                        devices of a ``DataParallel`` model, checked and stored
+                        as ``self.device_ids``. A forward that runs this
+                        method's layers in several replicas at once (two or
+                        more GPUs) is refused: explain ``model.module``.
                         Default: None
         """
         self._layers: list[Module] = list(layer) if isinstance(layer, list) else [layer]

@@ -110,11 +110,11 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             layers (torch.nn.Module or list[torch.nn.Module]): The candidate
                         layers, any order; "lowest" means the first to run. The
                         output layer is a candidate only if listed.
-            device_ids (list[int], optional): As in Captum's neuron methods:
-                        the CUDA devices of a ``DataParallel`` model that
-                        ``forward_func`` runs, in the model's order; needed
-                        only when ``forward_func`` is not the ``DataParallel``
-                        module itself. Stored as ``self.device_ids``.
+            device_ids (list[int], optional): Captum's argument for the CUDA
+                        devices of a ``DataParallel`` model, checked and stored
+                        as ``self.device_ids``. A forward that runs this
+                        method's layers in several replicas at once (two or
+                        more GPUs) is refused: explain ``model.module``.
                         Default: None
         """
         self._candidates = CandidateLayers.of(forward_func, layers)

@@ -104,12 +104,11 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
                         dim 1 (with a warning for 3-D outputs of layers that
                         are not convolutions, whose dim 1 is probably a
                         sequence axis; ``neuron_dim=1`` silences it).
-            device_ids (list[int], optional): As in Captum's layer and neuron
-                        methods: the CUDA devices of a ``DataParallel`` model
-                        that ``forward_func`` runs, in the model's order;
-                        needed only when ``forward_func`` is not the
-                        ``DataParallel`` module itself. Stored as
-                        ``self.device_ids``. Default: None
+            device_ids (list[int], optional): Captum's argument for the CUDA
+                        devices of a ``DataParallel`` model, checked and stored
+                        as ``self.device_ids``. A forward that runs the listed
+                        layers in several replicas at once (two or more GPUs)
+                        is refused: explain ``model.module``. Default: None
         """
         if not isinstance(layers, (list, tuple)) or len(layers) < 2:
             raise ValueError(

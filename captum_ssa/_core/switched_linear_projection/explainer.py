@@ -121,11 +121,11 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         global one, with :math:`x_0` the ``baselines`` or, by
                         default, the neuron's centre (then equal to
                         :meth:`decompose`). Default: False
-            device_ids (list[int], optional): As in Captum's neuron methods:
-                        the CUDA devices of a ``DataParallel`` model that
-                        ``forward_func`` runs, in the model's order; needed
-                        only when ``forward_func`` is not the ``DataParallel``
-                        module itself. Stored as ``self.device_ids``. Default:
+            device_ids (list[int], optional): Captum's argument for the CUDA
+                        devices of a ``DataParallel`` model, checked and stored
+                        as ``self.device_ids``. A forward that runs this
+                        method's layers in several replicas at once (two or
+                        more GPUs) is refused: explain ``model.module``. Default:
                         None
         """
         if not isinstance(multiply_by_inputs, bool):
