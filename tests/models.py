@@ -6,6 +6,8 @@ models are in eval mode and piecewise linear unless the name says otherwise.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -187,3 +189,85 @@ class ResNet(nn.Module):
     def ssa_layers(self) -> list[nn.Module]:
         """Each stage's output and the logits, the layers SSA lists for a ResNet."""
         return [self.layer1, self.layer2, self.layer3, self.layer4, self.fc]
+
+
+class TinyAttention(nn.Module):
+    """Single-head self-attention over the positions of (N, T, D) features."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scores = self.query(x) @ self.key(x).transpose(1, 2) / x.shape[-1] ** 0.5
+        return torch.softmax(scores, dim=-1) @ self.value(x)
+
+
+class TokenClassifier(nn.Module):
+    """Token ids -> embedding (+ learned positions, + token types when given) ->
+    per-position fc1 -> ReLU -> fc2 -> ReLU -> (+ tiny attention) -> mean over
+    positions -> head.
+
+    ``forward(ids, types=None)`` is ``from_embeddings(self.embedding(ids), types)``:
+    the bound method ``model.from_embeddings`` is the same model called from the
+    embeddings, with the same modules (and so the same layer names), the reference
+    of the token-input tests. Without attention it is piecewise linear in the
+    embeddings.
+    """
+
+    def __init__(
+        self,
+        vocabulary: int = 12,
+        length: int = 6,
+        width: int = 5,
+        hidden: int = 7,
+        classes: int = 3,
+        attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.position = nn.Parameter(0.5 * torch.randn(length, width))
+        self.type_embedding = nn.Embedding(2, width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, width)
+        self.relu2 = nn.ReLU()
+        self.attention = TinyAttention(width) if attention else None
+        self.head = nn.Linear(width, classes)
+        with torch.no_grad():  # logits that vary with the tokens more than the biases
+            self.embedding.weight.mul_(2)
+            self.head.weight.mul_(4)
+            self.head.bias.zero_()
+
+    def forward(self, ids: Tensor, types: Optional[Tensor] = None) -> Tensor:
+        return self.from_embeddings(self.embedding(ids), types)
+
+    def from_embeddings(self, embeddings: Tensor, types: Optional[Tensor] = None) -> Tensor:
+        x = embeddings + self.position[: embeddings.shape[1]]
+        if types is not None:
+            x = x + self.type_embedding(types)
+        h = self.relu2(self.fc2(self.relu1(self.fc1(x))))
+        if self.attention is not None:
+            h = h + self.attention(h)
+        return self.head(h.mean(1))
+
+
+def token_classifier(
+    seed: int = 0, attention: bool = True, dtype: torch.dtype = torch.float64
+) -> tuple[TokenClassifier, Tensor, Tensor]:
+    """A seeded eval-mode :class:`TokenClassifier`, a batch of token ids (N=7, T=6) and
+    token types for it."""
+    torch.manual_seed(seed)
+    model = TokenClassifier(attention=attention).to(dtype).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(0, 12, (7, 6), generator=generator)
+    types = torch.randint(0, 2, (7, 6), generator=generator)
+    return model, ids, types
+
+
+def token_reference(size: int = 40, seed: int = 5) -> Tensor:
+    """Token ids for the fits of :func:`token_classifier`'s model: with the default
+    seeds both of its variants predict at least two classes on them."""
+    return torch.randint(0, 12, (size, 6), generator=torch.Generator().manual_seed(seed))

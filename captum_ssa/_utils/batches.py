@@ -8,6 +8,10 @@ fits, the graph evaluations) accepts the same forms, read here:
   (the inputs) or a list/tuple whose first element is the inputs (a tensor, or a
   tuple of tensors) and whose second element, if present, is the labels, which is
   what a ``DataLoader`` over a ``TensorDataset(x, y)`` yields.
+
+None of them takes a gradient with respect to the inputs, so integer inputs
+(token ids) are read as they are; floating-point ones become leaves that
+require grad, so that layer outputs are in autograd even for a frozen model.
 """
 
 import itertools
@@ -44,7 +48,7 @@ def iterate_batches(data: Any, argument: str = "inputs") -> Iterator[Batch]:
     ``argument`` names the argument in error messages.
     """
     if isinstance(data, (Tensor, tuple)):
-        yield Batch(prepare_inputs(data), None)
+        yield Batch(prepare_inputs(data, integers_allowed=True), None)
         return
     if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
         raise TypeError(
@@ -99,7 +103,7 @@ class BatchStream:
 
 def _read_batch(element: Any, argument: str, position: int) -> Batch:
     if isinstance(element, Tensor):
-        return Batch(prepare_inputs(element), None)
+        return Batch(prepare_inputs(element, integers_allowed=True), None)
     if not isinstance(element, (list, tuple)) or not element:
         raise TypeError(
             f"batch {position} of {argument} must be a tensor or a non-empty (inputs, labels) "
@@ -114,7 +118,7 @@ def _read_batch(element: Any, argument: str, position: int) -> Batch:
             f"the labels of batch {position} of {argument} must be a tensor, "
             f"got {type(labels).__name__}"
         )
-    prepared = prepare_inputs(inputs)
+    prepared = prepare_inputs(inputs, integers_allowed=True)
     if labels is not None and labels.shape[:1] != prepared[0].shape[:1]:
         raise ValueError(
             f"batch {position} of {argument} has {prepared[0].shape[0]} inputs but "

@@ -264,6 +264,7 @@ def run_and_capture(
     stop_after_last: bool = False,
     neuron_dim: Optional[int] = None,
     in_caller_thread: bool = False,
+    in_autograd: bool = False,
 ) -> tuple[Any, list[Tensor]]:
     """Run the model once and return its output and each layer's output.
 
@@ -287,6 +288,11 @@ def run_and_capture(
         in_caller_thread: raise :class:`LayerInOtherThreadError` when a layer
             runs in another thread than the caller's; for forward passes under
             a ``torch.func`` transform, which would not see them.
+        in_autograd: with gradients enabled, capture a floating-point output
+            that is outside autograd (computed by a frozen model from integer
+            inputs, token ids) as a leaf that requires grad, and continue the
+            network from it: gradients with respect to the layer outputs,
+            which SSA takes between layers, need them in autograd.
 
     Returns:
         ``(model_output, [output of each layer])``.
@@ -330,6 +336,9 @@ def run_and_capture(
             # a moved view is what callers differentiate with respect to, so the
             # network must continue from it, not from the original output
             kept = output if axis == 1 else output.movedim(axis, 1)
+            outside_autograd = not kept.requires_grad and kept.is_floating_point()
+            if in_autograd and outside_autograd and torch.is_grad_enabled():
+                kept = kept.detach().requires_grad_()
             captured[position] = kept
             passed_on = kept.clone() if axis == 1 else kept.movedim(1, axis).clone()
             if stop_after_last and done:

@@ -15,11 +15,17 @@ NeuronSelector = Union[int, tuple[Union[int, slice], ...], Callable[[Tensor], Te
 IndexSelector = Union[int, tuple[Union[int, slice], ...]]
 
 
-def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
-    """Format ``inputs`` into a tuple of fresh leaf tensors that require grad.
+def prepare_inputs(inputs: Any, integers_allowed: bool = False) -> tuple[Tensor, ...]:
+    """Format ``inputs`` into a tuple of fresh leaf tensors; the floating-point ones
+    require grad.
 
     The user's tensors are never modified: each is detached, so their
-    ``requires_grad`` and any graph they belong to stay as they were.
+    ``requires_grad`` and any graph they belong to stay as they were. With
+    ``integers_allowed`` (for code that takes no gradient with respect to the
+    inputs) integer and bool tensors, such as token ids, are accepted as they
+    are: they cannot require grad, and hold no NaN or Inf to check. Without it
+    they are an error that names ``embedding_layer=``, the route from token ids
+    for the methods that differentiate with respect to their inputs.
     """
     if not isinstance(inputs, (Tensor, tuple)):
         raise TypeError(
@@ -33,20 +39,39 @@ def prepare_inputs(inputs: Any) -> tuple[Tensor, ...]:
             raise TypeError(f"inputs[{position}] must be a tensor, got {type(tensor).__name__}")
         if tensor.dim() == 0:
             raise ValueError(f"inputs[{position}] is a scalar; dimension 0 must be the batch")
-        if not tensor.is_floating_point():
-            raise TypeError(
-                f"inputs[{position}] has dtype {tensor.dtype}; gradients need a "
-                "floating-point input"
-            )
+        _check_dtype(tensor, position, integers_allowed)
         if tensor.shape[0] == 0:
             raise ValueError(f"inputs[{position}] holds no examples (batch size 0)")
-        if not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             kind = "NaN" if torch.isnan(tensor).any() else "an infinite value (Inf)"
             raise ValueError(f"inputs[{position}] contains {kind}; inputs must be finite")
     sizes = {tensor.shape[0] for tensor in formatted}
     if len(sizes) > 1:
         raise ValueError(f"all input tensors need the same batch size, got {sorted(sizes)}")
-    return tuple(tensor.detach().requires_grad_() for tensor in formatted)
+    return tuple(fresh_leaf(tensor) for tensor in formatted)
+
+
+def fresh_leaf(tensor: Tensor) -> Tensor:
+    """``tensor`` detached, requiring grad where it is floating point (an integer
+    tensor cannot)."""
+    detached = tensor.detach()
+    return detached.requires_grad_() if detached.is_floating_point() else detached
+
+
+def _check_dtype(tensor: Tensor, position: int, integers_allowed: bool) -> None:
+    """Floating-point inputs, or integer/bool ones where ``integers_allowed``."""
+    if tensor.is_floating_point() or (integers_allowed and not tensor.is_complex()):
+        return
+    if tensor.is_complex():
+        raise TypeError(
+            f"inputs[{position}] has dtype {tensor.dtype}; complex inputs are not supported"
+        )
+    raise TypeError(
+        f"inputs[{position}] has dtype {tensor.dtype}; gradients with respect to the "
+        "inputs need a floating-point input. For token ids, pass embedding_layer= (the "
+        "model's embedding module) to the constructor: the attribution is then to that "
+        "layer's output, as Captum's LayerIntegratedGradients does"
+    )
 
 
 def positive_int(name: str, value: Any, optional: bool = True) -> Optional[int]:

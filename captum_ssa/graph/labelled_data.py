@@ -29,7 +29,8 @@ def labelled_batches(inputs: Any, labels: Optional[Tensor], show_progress: bool)
                 "labels is missing: pass labels with tensor inputs, or inputs as an "
                 "iterable of (inputs, labels) batches such as a DataLoader"
             )
-        # not through iterate_batches, which wants floating-point inputs
+        # not through iterate_batches, which makes floating-point inputs leaves
+        # that require grad: no gradient is taken here
         yield Batch(*check_inputs(inputs, labels))
         return
     for position, batch in enumerate(stream(inputs, "inputs", show_progress)):

@@ -502,7 +502,8 @@ def test_bad_arguments_get_clear_errors(kwargs, error, message):
     [
         (lambda shape: torch.empty(0, *shape), ValueError, "no examples"),
         (lambda shape: torch.full((2, *shape), float("nan")), ValueError, "NaN"),
-        (lambda shape: torch.ones(2, *shape, dtype=torch.long), TypeError, "floating-point"),
+        # integer inputs (token ids) are read as they are: test_token_inputs.py
+        (lambda shape: torch.ones(2, *shape, dtype=torch.complex64), TypeError, "complex"),
     ],
 )
 def test_bad_inputs_get_clear_errors(make_input, error, message):

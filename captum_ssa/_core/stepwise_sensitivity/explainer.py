@@ -356,7 +356,9 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
                 label: self.attribute(
                     subset if _is_tuple(inputs) else subset[0], target=label, **attribute_kwargs
                 )
-                for label, subset in class_subsets(prepare_inputs(inputs), labels, wanted)
+                for label, subset in class_subsets(
+                    prepare_inputs(inputs, integers_allowed=True), labels, wanted
+                )
             }
         check_stream_labels(labels)
         additional_forward_args = attribute_kwargs.pop("additional_forward_args", None)

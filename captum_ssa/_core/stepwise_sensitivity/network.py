@@ -92,6 +92,8 @@ class Network:
                 self.additional_forward_args,
                 stop_after_last=depth is not None,
                 neuron_dim=self.neuron_dim,
+                # token ids into a frozen model leave the layer outputs outside autograd
+                in_autograd=True,
             )
         return Capture(inputs, model_output, outputs, calls.order, calls.inputs, weighted_calls)
 

@@ -51,6 +51,7 @@ from captum_ssa._utils._compat import progress
 from captum_ssa._utils.batches import Batch, BatchStream, pieces
 from captum_ssa._utils.distributed import all_reduce_sum
 from captum_ssa._utils.memory_budget import rows_within_budget
+from captum_ssa._utils.validation import fresh_leaf
 
 # Copies, per upper neuron and example, of Step I's (M, N, K) rows alive at
 # once: the rows, Tukey's sorted copy, its fences and its outlier indicator.
@@ -284,7 +285,7 @@ def examples_within_budget(outputs: Sequence[Tensor]) -> int:
 
 def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]:
     """The examples of ``batch`` (of class ``label`` only, if given), ``rows`` at a time,
-    as fresh leaf inputs."""
+    as fresh leaf inputs (the floating-point ones require grad)."""
     inputs, labels = batch.inputs, batch.labels
     if label is not None:
         if labels is None:
@@ -296,11 +297,11 @@ def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]
         if not len(members):
             return
         if len(members) < len(labels):
-            inputs = tuple(t.detach()[members.to(t.device)].requires_grad_() for t in inputs)
+            inputs = tuple(fresh_leaf(t[members.to(t.device)]) for t in inputs)
             labels = labels[members]
     whole = Batch(inputs, labels)
     if rows >= whole.size:
         yield whole
         return
     for piece in pieces(whole, rows):
-        yield Batch(tuple(t.detach().requires_grad_() for t in piece.inputs), piece.labels)
+        yield Batch(tuple(fresh_leaf(t) for t in piece.inputs), piece.labels)
