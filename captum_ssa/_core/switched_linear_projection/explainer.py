@@ -13,6 +13,8 @@ from torch.nn import Module
 from captum_ssa._core.switched_linear_projection.neuron_selection import (
     activity_and_weights,
     activity_at,
+    attributed_points,
+    baseline_points,
 )
 from captum_ssa._core.switched_linear_projection.projection import (
     centre,
@@ -20,7 +22,6 @@ from captum_ssa._core.switched_linear_projection.projection import (
     contributions,
     per_example_dot,
     per_example_sum,
-    start_points,
 )
 from captum_ssa._utils._compat import (
     BaselineType,
@@ -30,8 +31,9 @@ from captum_ssa._utils._compat import (
     _format_tensor_into_tuples,
     _is_tuple,
 )
+from captum_ssa._utils.embedding_layer import AttributedInputs, checked_embedding_layer
 from captum_ssa._utils.hooks import check_layers_in_model
-from captum_ssa._utils.validation import NeuronSelector, device_ids_checked, prepare_inputs
+from captum_ssa._utils.validation import NeuronSelector, device_ids_checked
 
 
 class SwitchedProjection(NamedTuple):
@@ -104,6 +106,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         layer: Module,
         multiply_by_inputs: bool = False,
         device_ids: Optional[list[int]] = None,
+        embedding_layer: Optional[Module] = None,
     ) -> None:
         r"""
         Args:
@@ -127,10 +130,23 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         method's layers in several replicas at once (two or
                         more GPUs) is refused: explain ``model.module``. Default:
                         None
+            embedding_layer (torch.nn.Module, optional): For a model that takes
+                        token ids: its embedding module (e.g. an
+                        ``nn.Embedding``). :meth:`attribute` then takes the ids
+                        and projects the neuron onto the *output* of this layer,
+                        as Captum's ``LayerIntegratedGradients`` attributes to
+                        a layer: the model runs on the ids with that output
+                        replaced by a tensor the gradient is taken with respect
+                        to, so the switched weights, the centre and the
+                        contributions are shaped like the embeddings, e.g.
+                        (N, T, D), and ``baselines`` are token ids (or a
+                        number) whose embeddings are the starting point.
+                        Without it, integer inputs are an error. Default: None
         """
         if not isinstance(multiply_by_inputs, bool):
             raise TypeError(f"multiply_by_inputs must be a bool, got {multiply_by_inputs!r}")
         check_layers_in_model(forward_func, [layer])
+        self.embedding_layer = checked_embedding_layer(forward_func, embedding_layer)
         NeuronAttribution.__init__(self, forward_func, layer, device_ids_checked(device_ids))
         GradientAttribution.__init__(self, forward_func)
         self._multiply_by_inputs = multiply_by_inputs
@@ -150,10 +166,10 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         additional_forward_args: Any,
         neuron_selector: Optional[NeuronSelector],
         attribute_to_neuron_input: bool,
-    ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...]]:
-        """``(inputs, activity (N,), weights)``, warning once per instance where
-        the network is not piecewise linear."""
-        prepared, activity, weights, warned = activity_and_weights(
+    ) -> tuple[AttributedInputs, Tensor, tuple[Tensor, ...]]:
+        """``(attributed inputs, activity (N,), weights)``, warning once per
+        instance where the network is not piecewise linear."""
+        attributed, activity, weights, warned = activity_and_weights(
             self,
             inputs,
             target,
@@ -163,7 +179,7 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             attribute_to_neuron_input=attribute_to_neuron_input,
         )
         self._warned_not_piecewise_linear = self._warned_not_piecewise_linear or warned
-        return prepared, activity, weights
+        return attributed, activity, weights
 
     def _contributions(
         self,
@@ -177,23 +193,30 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         multiply: bool,
     ) -> Union[TensorOrTupleOfTensorsGeneric, tuple[TensorOrTupleOfTensorsGeneric, Tensor]]:
         """Weights (``multiply=False``) or contributions, and the delta if asked."""
-        prepared, activity, weights = self._activity_and_weights(
+        attributed, activity, weights = self._activity_and_weights(
             inputs, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
         )
         is_tuple = _is_tuple(inputs)
         if not (multiply or return_convergence_delta):
             return _format_output(is_tuple, weights)
+        points = tuple(t.detach() for t in attributed.leaves)
         if baselines is None:
-            start = centre(prepared, activity, weights)
+            start = centre(points, activity, weights)
             parts = centred_contributions(activity, weights)
         else:
-            start = start_points(baselines, prepared)
-            parts = contributions(prepared, start, weights)
+            start = baseline_points(self, attributed, baselines, additional_forward_args)
+            parts = contributions(points, start, weights)
         attributions = _format_output(is_tuple, parts if multiply else weights)
         if not return_convergence_delta:
             return attributions
         activity_at_start = activity_at(
-            self, start, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
+            self,
+            attributed.forward_func,
+            start,
+            target,
+            additional_forward_args,
+            neuron_selector,
+            attribute_to_neuron_input,
         )
         delta = activity - activity_at_start - per_example_sum(parts)
         return attributions, delta
@@ -339,15 +362,16 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             ...     projection.activity, atol=1e-5)
             True
         """
-        prepared, activity, weights = self._activity_and_weights(
+        attributed, activity, weights = self._activity_and_weights(
             inputs, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
         )
+        points = tuple(t.detach() for t in attributed.leaves)
         is_tuple = _is_tuple(inputs)
         return SwitchedProjection(
             weights=_format_output(is_tuple, weights),
-            bias=activity - per_example_dot(weights, prepared),
+            bias=activity - per_example_dot(weights, points),
             activity=activity,
-            centre=_format_output(is_tuple, centre(prepared, activity, weights)),
+            centre=_format_output(is_tuple, centre(points, activity, weights)),
         )
 
     def decompose(
@@ -436,19 +460,27 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             ...     x, target=1, baselines=0.0, return_convergence_delta=True)
             >>> slp.compute_convergence_delta(weights, 0.0, x, target=1)  # == delta
         """
-        end = tuple(point.detach() for point in prepare_inputs(end_point))
-        start = start_points(start_point, end)
+        attributed = attributed_points(self, end_point, additional_forward_args)
+        end = tuple(point.detach() for point in attributed.leaves)
+        start = baseline_points(self, attributed, start_point, additional_forward_args)
         formatted = _format_tensor_into_tuples(attributions)
         if len(formatted) != len(end) or any(a.shape != e.shape for a, e in zip(formatted, end)):
+            what = "end_point" if self.embedding_layer is None else "the embeddings of end_point"
             raise ValueError(
-                "attributions must be shaped like end_point: got "
+                f"attributions must be shaped like {what}: got "
                 f"{[tuple(a.shape) for a in formatted]} for {[tuple(e.shape) for e in end]}"
             )
-        activity_at_end = activity_at(
-            self, end, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
-        )
-        activity_at_start = activity_at(
-            self, start, target, additional_forward_args, neuron_selector, attribute_to_neuron_input
+        activity_at_end, activity_at_start = (
+            activity_at(
+                self,
+                attributed.forward_func,
+                point,
+                target,
+                additional_forward_args,
+                neuron_selector,
+                attribute_to_neuron_input,
+            )
+            for point in (end, start)
         )
         if self._multiply_by_inputs:
             predicted_change = per_example_sum(formatted)

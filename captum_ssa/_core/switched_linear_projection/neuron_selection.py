@@ -8,7 +8,8 @@ input) either with Captum's ``target`` (as it chooses a model output) or with
 that name the argument and say what would select one neuron of that layer;
 :func:`activity_and_weights` and :func:`activity_at` run the network to get
 that activity, and its gradient with respect to the inputs (the switched
-weights).
+weights), or, with the class's ``embedding_layer``, with respect to the
+embeddings of token ids (:mod:`captum_ssa._utils.embedding_layer`).
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from captum.attr import NeuronAttribution
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._core.switched_linear_projection.projection import start_points
 from captum_ssa._utils._compat import (
+    BaselineType,
     TargetType,
     TensorOrTupleOfTensorsGeneric,
     _select_targets,
     _verify_select_neuron,
 )
+from captum_ssa._utils.embedding_layer import AttributedInputs, attributed_inputs
 from captum_ssa._utils.hooks import run_and_capture
 from captum_ssa._utils.linearity import warn_if_not_piecewise_linear
 from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.validation import NeuronSelector, check_neuron_selector, prepare_inputs
+from captum_ssa._utils.validation import NeuronSelector, check_neuron_selector
+
+if TYPE_CHECKING:
+    from captum_ssa._core.switched_linear_projection.explainer import SwitchedLinearProjection
 
 
 def _what_selects_one_neuron(neuron_shape: tuple[int, ...]) -> str:
@@ -174,13 +180,13 @@ def _first_input_of(layer: Module) -> Iterator[list[Tensor]]:
 
 
 def _layer_values(
-    attribution: NeuronAttribution,
+    forward_func: Callable[..., Any],
+    layer: Module,
     inputs: tuple[Tensor, ...],
     additional_forward_args: Any,
     attribute_to_neuron_input: bool,
 ) -> Tensor:
     """The layer's output, or with ``attribute_to_neuron_input`` its input, for ``inputs``."""
-    forward_func, layer = attribution.forward_func, attribution.layer
     if not attribute_to_neuron_input:
         return run_and_capture(forward_func, inputs, [layer], additional_forward_args)[1][0]
     with _first_input_of(layer) as recorded:
@@ -189,53 +195,90 @@ def _layer_values(
     return recorded[0]
 
 
+def attributed_points(
+    attribution: SwitchedLinearProjection, inputs: Any, additional_forward_args: Any
+) -> AttributedInputs:
+    """What ``attribution`` differentiates with respect to for ``inputs``: the inputs,
+    or the output of its ``embedding_layer`` for token ids."""
+    with untouched_model(attribution.forward_func):
+        return attributed_inputs(
+            attribution.forward_func,
+            attribution.embedding_layer,
+            inputs,
+            additional_forward_args,
+        )
+
+
+def baseline_points(
+    attribution: SwitchedLinearProjection,
+    attributed: AttributedInputs,
+    baselines: BaselineType,
+    additional_forward_args: Any,
+) -> tuple[Tensor, ...]:
+    """Captum-style ``baselines``, given in the inputs' space as Captum's layer methods
+    take them, as points of the attributed space (detached)."""
+    points = start_points(baselines, attributed.given)
+    with untouched_model(attribution.forward_func):
+        return attributed.points_for(points, additional_forward_args)
+
+
 def activity_and_weights(
-    attribution: NeuronAttribution,
+    attribution: SwitchedLinearProjection,
     inputs: TensorOrTupleOfTensorsGeneric,
     target: TargetType,
     additional_forward_args: Any,
     neuron_selector: Optional[NeuronSelector],
     check_linearity: bool,
     attribute_to_neuron_input: bool,
-) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...], bool]:
+) -> tuple[AttributedInputs, Tensor, tuple[Tensor, ...], bool]:
     """One forward and one backward of ``attribution``'s model to its layer:
-    ``(inputs, activity (N,), weights, warned)``, where ``warned`` says whether,
-    asked to ``check_linearity``, it warned that the network is not piecewise
-    linear."""
-    forward_func = attribution.forward_func
-    prepared = prepare_inputs(inputs)
-    with untouched_model(forward_func):
+    ``(attributed inputs, activity (N,), weights, warned)``, where ``warned`` says
+    whether, asked to ``check_linearity``, it warned that the network is not
+    piecewise linear. The weights are with respect to ``attributed.leaves``."""
+    with untouched_model(attribution.forward_func):
+        attributed = attributed_inputs(
+            attribution.forward_func,
+            attribution.embedding_layer,
+            inputs,
+            additional_forward_args,
+        )
+        leaves = attributed.leaves
         layer_output = _layer_values(
-            attribution, prepared, additional_forward_args, attribute_to_neuron_input
+            attributed.forward_func,
+            attribution.layer,
+            leaves,
+            additional_forward_args,
+            attribute_to_neuron_input,
         )
         activity = select_neuron(layer_output, target, neuron_selector)
         warned = check_linearity and warn_if_not_piecewise_linear(
-            type(attribution).__name__, activity, prepared
+            type(attribution).__name__, activity, leaves
         )
         # Examples do not interact in eval mode, so the gradient of the sum
         # holds every example's own switched weights.
         weights = torch.autograd.grad(
-            activity.sum(), prepared, allow_unused=True, materialize_grads=True
+            activity.sum(), leaves, allow_unused=True, materialize_grads=True
         )
-    return (
-        tuple(t.detach() for t in prepared),
-        activity.detach(),
-        tuple(w.detach() for w in weights),
-        warned,
-    )
+    return attributed, activity.detach(), tuple(w.detach() for w in weights), warned
 
 
 def activity_at(
-    attribution: NeuronAttribution,
+    attribution: SwitchedLinearProjection,
+    forward_func: Callable[..., Any],
     points: tuple[Tensor, ...],
     target: TargetType,
     additional_forward_args: Any,
     neuron_selector: Optional[NeuronSelector],
     attribute_to_neuron_input: bool,
 ) -> Tensor:
-    """The network's actual activity of the selected neuron at ``points`` (N,)."""
+    """The network's actual activity of the selected neuron at ``points`` (N), run
+    by ``forward_func`` (the model, or its :class:`EmbeddingForward`)."""
     with untouched_model(attribution.forward_func), torch.no_grad():
         layer_output = _layer_values(
-            attribution, points, additional_forward_args, attribute_to_neuron_input
+            forward_func,
+            attribution.layer,
+            points,
+            additional_forward_args,
+            attribute_to_neuron_input,
         )
         return select_neuron(layer_output, target, neuron_selector)
