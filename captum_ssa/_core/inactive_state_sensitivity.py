@@ -19,6 +19,7 @@ from captum_ssa._utils._compat import (
 )
 from captum_ssa._utils.batches import stream
 from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
+from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
     layer_function,
@@ -41,7 +42,6 @@ from captum_ssa._utils.validation import (
     IndexSelector,
     device_ids_checked,
     positive_int,
-    prepare_inputs,
     selected_units,
 )
 from captum_ssa._utils.warn import warn
@@ -99,6 +99,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         forward_func: Callable[..., Any],
         layer: Union[Module, list[Module]],
         device_ids: Optional[list[int]] = None,
+        embedding_layer: Optional[Module] = None,
     ) -> None:
         r"""
         Args:
@@ -115,9 +116,20 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                         method's layers in several replicas at once (two or
                         more GPUs) is refused: explain ``model.module``.
                         Default: None
+            embedding_layer (torch.nn.Module, optional): For a model that takes
+                        token ids: its embedding module (e.g. an
+                        ``nn.Embedding``). :meth:`attribute` then takes the ids
+                        and the switched weights :math:`w_i` are the gradients
+                        with respect to the *output* of this layer, as
+                        Captum's ``LayerIntegratedGradients`` attributes to a
+                        layer: :math:`\Omega_l` is shaped like the embeddings,
+                        e.g. (N, T, D). :meth:`fit` takes the ids as they are,
+                        with or without it. Without it, integer inputs to
+                        :meth:`attribute` are an error. Default: None
         """
         self._layers: list[Module] = list(layer) if isinstance(layer, list) else [layer]
         check_layers_in_model(forward_func, self._layers)
+        self.embedding_layer = checked_embedding_layer(forward_func, embedding_layer)
         NeuronAttribution.__init__(self, forward_func, layer, device_ids_checked(device_ids))
         GradientAttribution.__init__(self, forward_func)
         self._active_counts: Optional[list[Tensor]] = None
@@ -316,10 +328,13 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
             if weighting == "frequency"
             else None
         )
-        prepared = prepare_inputs(inputs)
         with untouched_model(self.forward_func):
+            attributed = attributed_inputs(
+                self.forward_func, self.embedding_layer, inputs, additional_forward_args
+            )
+            prepared = attributed.leaves
             _, outputs = run_and_capture(
-                self.forward_func,
+                attributed.forward_func,
                 prepared,
                 self._layers,
                 additional_forward_args,
@@ -336,7 +351,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                     )
                 squared_norms = jacobian_row_norms(
                     output,
-                    layer_function(self.forward_func, layer, additional_forward_args),
+                    layer_function(attributed.forward_func, layer, additional_forward_args),
                     prepared,
                     chunk_size=jacobian_vectors_per_chunk,
                     mode=jacobian_mode,
