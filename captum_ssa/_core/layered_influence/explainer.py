@@ -22,6 +22,7 @@ from captum_ssa._core.layered_influence.layer_choice import (
     check_choice_options,
 )
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
+from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import model_of, no_grad_capture
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
@@ -99,6 +100,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         forward_func: Callable[..., Any],
         layers: Union[Module, Sequence[Module]],
         device_ids: Optional[list[int]] = None,
+        embedding_layer: Optional[Module] = None,
     ) -> None:
         r"""
         Args:
@@ -116,8 +118,19 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         method's layers in several replicas at once (two or
                         more GPUs) is refused: explain ``model.module``.
                         Default: None
+            embedding_layer (torch.nn.Module, optional): For a model that takes
+                        token ids: its embedding module (e.g. an
+                        ``nn.Embedding``). :meth:`attribute` then takes the ids
+                        and projects the units back to the *output* of this
+                        layer, as Captum's ``LayerIntegratedGradients``
+                        attributes to a layer: the reconstruction is shaped
+                        like the embeddings, e.g. (N, T, D). :meth:`fit` and
+                        :meth:`influence` take the ids as they are, with or
+                        without it. Without it, integer inputs to
+                        :meth:`attribute` are an error. Default: None
         """
         self._candidates = CandidateLayers.of(forward_func, layers)
+        self.embedding_layer = checked_embedding_layer(forward_func, embedding_layer)
         # Captum's neuron methods take one layer; ours keeps all the candidates
         NeuronAttribution.__init__(
             self, forward_func, self._candidates.layers, device_ids_checked(device_ids)
@@ -310,7 +323,8 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         fit = self._current_fit(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
-        prepared = prepare_inputs(inputs)
+        # no gradient is taken: token ids are read as they are
+        prepared = prepare_inputs(inputs, integers_allowed=True)
         with untouched_model(self.forward_func), torch.no_grad():
             return fit.influence(
                 self.forward_func,
@@ -409,7 +423,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                 "attribute needs forward_func to be an nn.Module or a bound "
                 "method of one: DeconvNet overrides the model's nn.ReLU modules"
             )
-        prepared = prepare_inputs(inputs)
+        prepared = prepare_inputs(inputs, integers_allowed=self.embedding_layer is not None)
         with untouched_model(self.forward_func):
             if neuron_selector is None:
                 with torch.no_grad():
@@ -428,10 +442,14 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                 )
                 units = selected_units(activation, neuron_selector, type(self).__name__)
                 seed = activation * units
+            # DeconvNet runs back to the inputs, or to the embeddings of token ids
+            attributed = attributed_inputs(
+                self.forward_func, self.embedding_layer, prepared, additional_forward_args
+            )
             reconstruction = deconvolve_from_layer(
                 model,
-                self.forward_func,
-                prepared,
+                attributed.forward_func,
+                attributed.leaves,
                 fit.layer,
                 seed,
                 additional_forward_args,
