@@ -68,6 +68,12 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
     directions that make the layer's current state more stable. Every element
     of the layer output (channel x position for a conv) is a neuron.
 
+    From token ids, which have no gradient, ``embedding_layer=`` (the model's
+    embedding module) takes the switched weights with respect to that layer's
+    output, as Captum's ``LayerIntegratedGradients`` attributes to a layer:
+    :math:`\Omega_l` is then shaped like the embeddings. :meth:`fit` reads the
+    ids as they are.
+
     Insens explains a *layer's state*, not a class: it has no target, and
     ``attribute`` accepts ``target`` only so that it can stand wherever a Captum
     method stands (Captum's metrics and NoiseTunnel pass one), and ignores it.
@@ -174,7 +180,8 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
 
         Args:
             reference (Tensor, tuple, or Iterable): The reference data: a
-                        tensor (a tuple of tensors for a multi-input model), or
+                        tensor (a tuple of tensors for a multi-input model;
+                        integer ones, such as token ids, as they are), or
                         an iterable of batches such as a ``DataLoader``
                         yielding tensors or ``(x, y)`` pairs (``y`` is not
                         used). It is read once, keeping one count per neuron,
@@ -239,7 +246,9 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Input for which Insens is
-                        computed; dimension 0 is the batch.
+                        computed; dimension 0 is the batch. Floating point, or
+                        with the class's ``embedding_layer`` any inputs the
+                        model takes, such as token ids.
             target (int, tuple, Tensor or list, optional): Accepted for
                         Captum compatibility and ignored: Insens describes the
                         layer's state and depends on no class (see the class
@@ -289,8 +298,9 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
-            ``inputs``; a list of them for a list of layers (one, if
-            ``pool_layers``).
+            ``inputs``, or with ``embedding_layer`` like its output (one
+            tensor, in a tuple for tuple inputs); a list of them for a list of
+            layers (one, if ``pool_layers``).
 
         Examples::
 
@@ -298,6 +308,10 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
             >>> omega = insens.attribute(test_x[:4])
             >>> omega.shape == test_x[:4].shape
             True
+            >>> # token ids (N, T) into a model whose embedding gives (N, T, D)
+            >>> insens = InactiveStateSensitivity(
+            ...     model, model.block.fc1, embedding_layer=model.embedding)
+            >>> omega = insens.fit(train_ids).attribute(input_ids)  # (N, T, D)
         """
         if jacobian_mode not in JACOBIAN_MODES:
             raise ValueError(

@@ -76,6 +76,12 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
        instead of the top ones. It has no convergence delta:
        ``compute_convergence_delta`` raises.
 
+    Token ids: :meth:`fit` and :meth:`influence` take no gradient and read them
+    as they are. DeconvNet needs one, so :meth:`attribute` takes ids only with
+    ``embedding_layer=`` (the model's embedding module), and projects back to
+    that layer's output instead of the input, as Captum's
+    ``LayerIntegratedGradients`` attributes to a layer.
+
     The labels are the model's predictions (argmax over dim 1; a single
     output is read as a logit, label ``output > 0``). :meth:`fit` must be
     called again after the model's weights change: :meth:`influence` and
@@ -183,7 +189,8 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
 
         Args:
             reference (Tensor, tuple, or Iterable): The reference set :math:`R`:
-                        a tensor (a tuple of tensors for a multi-input model),
+                        a tensor (a tuple of tensors for a multi-input model;
+                        integer ones, such as token ids, as they are),
                         or an iterable of batches such as a ``DataLoader``
                         yielding tensors or ``(x, y)`` pairs (``y`` is ignored:
                         the labels are the model's predictions). Only the
@@ -277,7 +284,8 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): The inputs :math:`x`;
-                        dimension 0 is the batch.
+                        dimension 0 is the batch. Integer inputs, such as
+                        token ids, are read as they are.
             target (int, Tensor, numpy.ndarray or list[int], optional): The
                         class :math:`t` whose region is explained: the sum
                         runs over the reference points the model labels
@@ -361,7 +369,9 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Input to explain; dimension
-                        0 is the batch.
+                        0 is the batch. Floating point, or with the class's
+                        ``embedding_layer`` any inputs the model takes, such
+                        as token ids.
             target (int, Tensor, numpy.ndarray or list[int], optional): The
                         class whose region is explained: the influence is
                         taken against the reference points the model does not
@@ -401,7 +411,9 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
-            ``inputs``: the DeconvNet reconstructions.
+            ``inputs``, or with ``embedding_layer`` like its output (one
+            tensor, in a tuple for tuple inputs): the DeconvNet
+            reconstructions.
 
         Examples::
 
@@ -411,6 +423,11 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             True
             >>> # what sets each example apart from the points not labelled y
             >>> reconstruction = explainer.attribute(test_x[:4], target=test_y[:4])
+            >>> # token ids (N, T) into a model whose embedding gives (N, T, D)
+            >>> explainer = LayeredInfluence(
+            ...     model, [model.block1.fc1, model.block2.fc1],
+            ...     embedding_layer=model.embedding).fit(train_ids)
+            >>> reconstruction = explainer.attribute(input_ids)  # (N, T, D)
         """
         fit = self._current_fit(layer)
         check_alpha(alpha)

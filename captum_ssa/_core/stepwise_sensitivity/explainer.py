@@ -166,7 +166,9 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
                         ``torch.distributed`` each rank passes its shard and
                         every rank gets the graph of all shards. A
                         class-specific graph uses the examples of one class
-                        (see :meth:`class_graphs`).
+                        (see :meth:`class_graphs`). SSA takes no gradient with
+                        respect to the inputs, so integer inputs such as token
+                        ids are read as they are.
             target (int, tuple, list[int], Tensor or numpy.ndarray, optional):
                         Captum's target, for a top layer that is the model's
                         output (e.g. the logits): an int (one starting neuron,
@@ -289,6 +291,10 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
             ...                       branching=8, max_neurons=8)
             >>> pets = ssa.attribute(x_pets, top_neurons=[3, 5])   # a set of classes
             >>> mixed = ssa.attribute(x, target=y)                 # one class per example
+            >>> # token ids (N, T); each MLP's features are its neurons
+            >>> ssa = StepwiseSensitivity(
+            ...     model, [model.block1.fc1, model.block2.fc1, model.classifier], neuron_dim=-1)
+            >>> graph = ssa.attribute(input_ids, target=1)
         """
         options = Options.checked(
             relevance,

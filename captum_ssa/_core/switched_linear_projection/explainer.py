@@ -91,6 +91,11 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     ``attribute_to_neuron_input=True`` the neuron is chosen in the layer's
     *input*, as in Captum's neuron methods.
 
+    A model that takes token ids has no gradient with respect to them: with
+    ``embedding_layer=`` (its embedding module) the neuron is projected onto
+    that layer's output, as Captum's ``LayerIntegratedGradients`` attributes
+    to a layer, and every result is shaped like the embeddings.
+
     On a network that is not piecewise linear (sigmoid, tanh, GELU, ...) the
     projection is only a first-order Taylor approximation: the class warns
     once, and the convergence delta reports the real error.
@@ -244,6 +249,9 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             inputs (Tensor or tuple[Tensor, ...]): Input for which the
                         projection is computed; dimension 0 is the batch. A
                         tuple of tensors for a model with several inputs.
+                        Floating point, or with the class's
+                        ``embedding_layer`` any inputs the model takes, such
+                        as token ids.
             target (int, tuple, Tensor, list, or Callable, optional): Which
                         neuron of the *layer output*, exactly as Captum's
                         ``target`` selects a model output: an int (a unit of a
@@ -280,7 +288,10 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         input or broadcastable to it (batch 1 or N), a tuple
                         of those for tuple inputs. None uses each example's
                         centre :math:`c(x)`. Unused when only the weights are
-                        returned without a delta. Default: None
+                        returned without a delta. With ``embedding_layer``
+                        they are inputs too (e.g. the ids of a padding token),
+                        and :math:`x_0` is their embedding, as Captum's layer
+                        methods read baselines. Default: None
             return_convergence_delta (bool, optional): Also return
                         :math:`\delta = v(x) - v(x_0) - \sum_j (x_j - x_{0j})
                         w_j(x)`, where :math:`v(x_0)` is the network's *actual*
@@ -305,8 +316,10 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             *Tensor* or *tuple[Tensor, ...]* of **attributions**:
             The switched weights (or, with ``multiply_by_inputs=True``, the
             contributions), shaped like ``inputs`` (a tensor for a tensor, a
-            tuple for a tuple); with ``return_convergence_delta=True`` the pair
-            ``(attributions, delta)``, delta of shape (N,).
+            tuple for a tuple), or with ``embedding_layer`` like its output
+            (one tensor, in a tuple for tuple inputs); with
+            ``return_convergence_delta=True`` the pair ``(attributions, delta)``,
+            delta of shape (N,).
 
         Examples::
 
@@ -319,6 +332,12 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
             >>> hidden = SwitchedLinearProjection(net, net[0])
             >>> weights, delta = hidden.attribute(
             ...     x, neuron_selector=5, return_convergence_delta=True)
+            >>> # token ids (N, T) into a model whose embedding gives (N, T, D)
+            >>> slp = SwitchedLinearProjection(
+            ...     model, model.classifier, embedding_layer=model.embedding)
+            >>> weights = slp.attribute(input_ids, target=1)  # (N, T, D)
+            >>> contributions, delta = slp.decompose(
+            ...     input_ids, target=1, baselines=pad_ids, return_convergence_delta=True)
         """
         return self._contributions(
             inputs,
@@ -348,9 +367,10 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
         Returns:
             *SwitchedProjection* ``(weights, bias, activity, centre)``:
-            ``weights`` and ``centre`` shaped like ``inputs``; ``bias`` and
-            ``activity`` of shape (N,), with
-            ``activity == <weights, inputs> + bias`` per example. The centre is
+            ``weights`` and ``centre`` shaped like ``inputs`` (like the
+            embeddings with ``embedding_layer``); ``bias`` and ``activity`` of
+            shape (N,), with ``activity == <weights, inputs> + bias`` per
+            example (the embeddings in place of the inputs). The centre is
             :math:`c = x - (v / \lVert w \rVert^2) w`, and ``x`` itself where
             ``w = 0``.
 
@@ -400,8 +420,9 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
-            ``inputs``; with ``return_convergence_delta=True`` the pair
-            ``(attributions, delta)``, the same delta as :meth:`attribute`'s.
+            ``inputs`` (like the embeddings with ``embedding_layer``); with
+            ``return_convergence_delta=True`` the pair ``(attributions, delta)``,
+            the same delta as :meth:`attribute`'s.
 
         Examples::
 
@@ -444,10 +465,12 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
 
         Args:
             attributions (Tensor or tuple[Tensor, ...]): Shaped like
-                        ``end_point``.
+                        ``end_point`` (like its embeddings with
+                        ``embedding_layer``).
             start_point (scalar, Tensor, or tuple): The baselines, in any form
                         ``baselines`` accepts; None means zeros, as in Captum.
-            end_point (Tensor or tuple[Tensor, ...]): The inputs.
+            end_point (Tensor or tuple[Tensor, ...]): The inputs (token ids
+                        with ``embedding_layer``).
             target, additional_forward_args, neuron_selector,
             attribute_to_neuron_input: as in :meth:`attribute`.
 
