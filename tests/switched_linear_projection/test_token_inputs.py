@@ -11,7 +11,7 @@ import torch
 from captum.attr import LayerGradientXActivation
 from torch import Tensor, nn
 
-from captum_ssa import SwitchedLinearProjection
+from captum_ssa import ReusedLayerError, SwitchedLinearProjection
 from tests.behaviour import assert_same_snapshot, hooks_left, snapshot
 from tests.models import TokenClassifier, token_classifier
 
@@ -167,3 +167,23 @@ def test_the_model_is_left_as_it_was():
     with pytest.raises(ValueError, match="does not select a neuron"):
         slp.attribute(ids, target=7)
     assert_same_snapshot(before, snapshot(model))
+
+
+class TiedEmbedding(nn.Module):
+    """Calls its embedding twice (a reused module): its output is ambiguous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(12, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head((self.embedding(ids) + self.embedding(ids.flip(1))).mean(1))
+
+
+def test_an_embedding_layer_that_runs_twice_is_a_clear_error():
+    model = TiedEmbedding().eval()
+    slp = SwitchedLinearProjection(model, model.head, embedding_layer=model.embedding)
+    with pytest.raises(ReusedLayerError, match="runs more than once"):
+        slp.attribute(torch.randint(0, 12, (4, 6)), target=0)
+    assert hooks_left(model) == 0
