@@ -105,7 +105,7 @@ class EmbeddingForward:
     ``EmbeddingForward(model, model.embedding, (ids,))(embeddings, *extra)`` runs
     ``model(ids, *extra)`` with ``embeddings`` in place of the embedding's output,
     so positions, masks or anything else the model computes from the ids stay
-    those of ``ids``. Shaped like that output; a batch of the same size as ``ids``.
+    those of ``ids``. ``embeddings`` must be shaped like that output.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -195,12 +195,20 @@ def _layer_values(
     return recorded[0]
 
 
+def _holding_the_model(attribution: SwitchedLinearProjection) -> AbstractContextManager[Any]:
+    """:func:`untouched_model` where reading the attributed points runs the model (the
+    embeddings of token ids), and nothing where they are the inputs themselves."""
+    if attribution.embedding_layer is None:
+        return nullcontext()
+    return untouched_model(attribution.forward_func)
+
+
 def attributed_points(
     attribution: SwitchedLinearProjection, inputs: Any, additional_forward_args: Any
 ) -> AttributedInputs:
     """What ``attribution`` differentiates with respect to for ``inputs``: the inputs,
     or the output of its ``embedding_layer`` for token ids."""
-    with untouched_model(attribution.forward_func):
+    with _holding_the_model(attribution):
         return attributed_inputs(
             attribution.forward_func,
             attribution.embedding_layer,
@@ -218,7 +226,7 @@ def baseline_points(
     """Captum-style ``baselines``, given in the inputs' space as Captum's layer methods
     take them, as points of the attributed space (detached)."""
     points = start_points(baselines, attributed.given)
-    with untouched_model(attribution.forward_func):
+    with _holding_the_model(attribution):
         return attributed.points_for(points, additional_forward_args)
 
 
