@@ -267,6 +267,15 @@ def token_classifier(
     return model, ids, types
 
 
+def token_classifier_in_user_state(train: bool = True) -> tuple[TokenClassifier, Tensor]:
+    """:func:`token_classifier` (with attention) and its ids, in state an explanation must
+    leave as it is: a gradient on ``fc1.weight``, a frozen embedding, training mode."""
+    model, ids, _ = token_classifier(attention=True)
+    model.fc1.weight.grad = torch.randn_like(model.fc1.weight)
+    model.embedding.weight.requires_grad_(False)
+    return model.train(train), ids
+
+
 def token_reference(size: int = 40, seed: int = 5) -> Tensor:
     """Token ids for the fits of :func:`token_classifier`'s model: with the default
     seeds both of its variants predict at least two classes on them."""

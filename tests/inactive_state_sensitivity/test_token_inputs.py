@@ -13,7 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from captum_ssa import InactiveStateSensitivity
 from tests.behaviour import assert_same_snapshot, hooks_left, snapshot
 from tests.inactive_state_sensitivity.test_inactive_state_sensitivity import reference_insens
-from tests.models import TokenClassifier, token_classifier, token_reference
+from tests.models import (
+    TokenClassifier,
+    token_classifier,
+    token_classifier_in_user_state,
+    token_reference,
+)
 
 TOLERANCE = {"atol": 1e-10, "rtol": 0}  # float64 models: the same numbers up to rounding
 
@@ -117,9 +122,7 @@ def test_integer_inputs_without_embedding_layer_are_a_clear_error():
 
 
 def test_the_model_is_left_as_it_was():
-    model, ids, _ = token_classifier(attention=True)
-    model.fc1.weight.grad = torch.randn_like(model.fc1.weight)
-    model.embedding.weight.requires_grad_(False)
+    model, ids = token_classifier_in_user_state(train=False)
     before = snapshot(model)
     insens = InactiveStateSensitivity(model, model.fc1, embedding_layer=model.embedding)
     insens.fit(token_reference()).attribute(ids)

@@ -12,7 +12,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa import LayeredInfluence
 from tests.behaviour import assert_same_snapshot, hooks_left, snapshot
-from tests.models import TokenClassifier, token_classifier, token_reference
+from tests.models import (
+    TokenClassifier,
+    token_classifier,
+    token_classifier_in_user_state,
+    token_reference,
+)
 
 TOLERANCE = {"atol": 1e-10, "rtol": 0}  # float64 models: the same numbers up to rounding
 
@@ -112,10 +117,7 @@ def test_integer_inputs_to_attribute_without_embedding_layer_are_a_clear_error()
 
 
 def test_the_model_is_left_as_it_was():
-    model, ids, _ = token_classifier(attention=True)
-    model.fc1.weight.grad = torch.randn_like(model.fc1.weight)
-    model.embedding.weight.requires_grad_(False)
-    model.train()
+    model, ids = token_classifier_in_user_state()
     before = snapshot(model)
     explainer, _ = fitted_pair(model)
     explainer.attribute(ids)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from captum_ssa import ReusedLayerError, SwitchedLinearProjection
 from tests.behaviour import assert_same_snapshot, hooks_left, snapshot
-from tests.models import TokenClassifier, token_classifier
+from tests.models import TokenClassifier, token_classifier, token_classifier_in_user_state
 
 TOLERANCE = {"atol": 1e-10, "rtol": 0}  # float64 models: the same numbers up to rounding
 
@@ -153,10 +153,7 @@ def test_a_wrong_embedding_layer_is_a_clear_error():
 
 
 def test_the_model_is_left_as_it_was():
-    model, ids, _ = token_classifier(attention=True)
-    model.fc1.weight.grad = torch.randn_like(model.fc1.weight)
-    model.embedding.weight.requires_grad_(False)
-    model.train()
+    model, ids = token_classifier_in_user_state()
     before = snapshot(model)
     slp = SwitchedLinearProjection(
         model, model.head, multiply_by_inputs=True, embedding_layer=model.embedding
