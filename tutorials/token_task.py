@@ -11,8 +11,9 @@ Why the position: with the class fixed by the marker alone, the mean of the
 token embeddings already separates the classes linearly, the transformer's
 MLPs are not needed (zeroing every MLP neuron kept 100 % accuracy when we
 tried), and a test of which MLP neurons matter could not fail. With the
-position in the rule the model must combine the marker with where it stands,
-a lookup that its first MLP takes part in.
+position in the rule the model must combine the marker with where it stands:
+its first MLP takes part in that (zeroing it costs about 20 points of test
+accuracy in the notebook), attention and the layer norms do the rest.
 
 Token ids: ``0`` is a *blank* token that never occurs in the data; its
 embedding is fixed at zero (``padding_idx``), so its ids are the zero-embedding
