@@ -59,7 +59,6 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from captum_ssa._utils._compat import _format_additional_forward_args
 from captum_ssa._utils.model_output import ExplainedForward
 
-
 # Before torch 2.6 a compiled model that forward_func calls cannot be run eagerly
 # (``compiled.eager``), and its compiled code calls no hook: the likely cause.
 _COMPILED_HINT = (

@@ -75,11 +75,15 @@ def describe_output(raw: Any) -> str:
     if isinstance(raw, (tuple, list)):
         entries = ", ".join(f"[{index}]: {_shape(value)}" for index, value in enumerate(raw))
         return f"a {kind} of {len(raw)} ({entries})"
-    attributes = {
-        name: value
-        for name, value in vars(raw).items()
-        if not name.startswith("_") and isinstance(value, Tensor)
-    } if hasattr(raw, "__dict__") else {}
+    attributes = (
+        {
+            name: value
+            for name, value in vars(raw).items()
+            if not name.startswith("_") and isinstance(value, Tensor)
+        }
+        if hasattr(raw, "__dict__")
+        else {}
+    )
     if attributes:
         entries = ", ".join(f"{name}: {_shape(value)}" for name, value in attributes.items())
         return f"a {kind} with tensor attributes ({entries})"

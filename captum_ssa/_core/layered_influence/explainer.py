@@ -497,6 +497,4 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         return _format_output(_is_tuple(inputs), reconstruction)
 
     def _current_fit(self, layer: LayerChoice) -> Fit:
-        return current_fit(
-            self._fit, self._forward, self._candidates, layer, type(self).__name__
-        )
+        return current_fit(self._fit, self._forward, self._candidates, layer, type(self).__name__)
