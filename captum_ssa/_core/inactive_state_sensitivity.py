@@ -18,7 +18,6 @@ from captum_ssa._utils._compat import (
     _is_tuple,
 )
 from captum_ssa._utils.batches import stream
-from captum_ssa._utils.compiled import check_runs_eagerly
 from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import (
@@ -158,7 +157,6 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         self._warned_not_piecewise_linear = False
         self._warned_no_negative_outputs = False
         self.output = checked_output(output)
-        check_runs_eagerly(forward_func)
 
     @property
     def multiplies_by_inputs(self) -> bool:

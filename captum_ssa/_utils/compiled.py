@@ -19,11 +19,13 @@ keep those hooks from telling the truth:
   :func:`~captum_ssa._utils.hooks.run_and_capture` refuses its replicas with
   an error that says to pass ``model.module``.
 
-A compiled model the methods cannot reach (a function of the user's that calls
-one) runs eagerly inside :func:`eager`, which sets ``torch.compiler``'s
-``"force_eager"`` stance (torch 2.6 and later) for the block. Without that
-stance, a compiled function that cannot be unwrapped is an error that says to
-pass the original module.
+A compiled model the methods cannot swap for its original (a function of the
+user's that calls one, a model the user calls inside ``graph.mask``) runs
+eagerly inside :func:`eager`, which sets ``torch.compiler``'s ``"force_eager"``
+stance (torch 2.6 and later) for the block. Without that stance it is an
+error that says to pass the original module: up front where the compiled
+model is the one given (:func:`eager_or_refused`), and in the message of a
+layer that did not run where it is called inside a function.
 """
 
 from __future__ import annotations
@@ -73,20 +75,6 @@ def uncompiled(forward_func: Callable[..., Any]) -> Callable[..., Any]:
             return forward_func
 
 
-def check_runs_eagerly(forward_func: Callable[..., Any]) -> None:
-    """Raise where ``forward_func`` would run compiled code the methods cannot see
-    into: a compiled callable that :func:`uncompiled` cannot unwrap, on a torch
-    without the ``"force_eager"`` stance (a constructor's check)."""
-    forward_func = uncompiled(forward_func)
-    if is_compiled(forward_func) and not hasattr(torch.compiler, "set_stance"):
-        raise TypeError(
-            f"forward_func is a torch.compile'd {type(forward_func).__name__} whose original "
-            "could not be found, and this torch (before 2.6) cannot run compiled code "
-            "eagerly: compiled code calls no forward hook, so no layer can be read. Pass "
-            "the original module (model._orig_mod, or the model before torch.compile)."
-        )
-
-
 @contextmanager
 def eager() -> Iterator[None]:
     """Run compiled models eagerly in the block, where torch can (2.6 and later), so
@@ -100,7 +88,14 @@ def eager() -> Iterator[None]:
 
 
 def eager_or_refused(model: Any) -> contextlib.AbstractContextManager[None]:
-    """:func:`eager` for a model the user will call in the block (``graph.mask``),
-    or a clear error where a compiled module cannot be made to run eagerly."""
-    check_runs_eagerly(model)
+    """:func:`eager` for a model the user calls in the block (``graph.mask``), which
+    cannot be swapped for its original: on a torch without the ``"force_eager"``
+    stance, a compiled one is an error that says to pass the original module."""
+    if is_compiled(model) and not hasattr(torch.compiler, "set_stance"):
+        raise TypeError(
+            f"{type(model).__name__} is torch.compile'd, and this torch (before 2.6) "
+            "cannot run compiled code eagerly: compiled code calls no forward hook, so "
+            "no neuron would be masked. Pass the original module (model._orig_mod, or "
+            "the model before torch.compile)."
+        )
     return eager()

@@ -59,15 +59,6 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from captum_ssa._utils._compat import _format_additional_forward_args
 from captum_ssa._utils.model_output import ExplainedForward
 
-# Before torch 2.6 a compiled model that forward_func calls cannot be run eagerly
-# (``compiled.eager``), and its compiled code calls no hook: the likely cause.
-_COMPILED_HINT = (
-    ""
-    if hasattr(torch.compiler, "set_stance")
-    else " (Compiled code calls no forward hook: for a torch.compile'd model inside "
-    "forward_func, pass the original module, or use torch 2.6 or later.)"
-)
-
 
 class ReusedLayerError(RuntimeError):
     """Raised when an observed layer runs more than once in one forward pass."""
@@ -380,9 +371,21 @@ def run_and_capture(
         if output is None:
             raise ValueError(
                 f"layer {type(layer).__name__} did not run during the forward "
-                f"pass; is it part of the model and used by its forward?{_COMPILED_HINT}"
+                f"pass; is it part of the model and used by its forward?{_compiled_hint()}"
             )
     return model_output, [output for output in captured if output is not None]
+
+
+def _compiled_hint() -> str:
+    """Before torch 2.6 a compiled model that ``forward_func`` calls cannot be run
+    eagerly (``compiled.eager``), and its compiled code calls no hook: the likely
+    cause of a layer that never ran."""
+    if hasattr(torch.compiler, "set_stance"):
+        return ""
+    return (
+        " (Compiled code calls no forward hook: for a torch.compile'd model inside "
+        "forward_func, pass the original module, or use torch 2.6 or later.)"
+    )
 
 
 def layer_function(

@@ -26,7 +26,6 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_ssa._utils.batches import Batch, pieces
-from captum_ssa._utils.compiled import check_runs_eagerly
 from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
 from captum_ssa._utils.model_output import (
     ExplainedForward,
@@ -424,7 +423,6 @@ def _rows(batch_size: Optional[int]) -> int:
 def _explained(model: Module, output: OutputSelector) -> ExplainedForward:
     """``model`` as the evaluations run it: the module the user wrote (that of a
     compiled model), its output selected by ``output``."""
-    check_runs_eagerly(model)
     return ExplainedForward(model, checked_output(output))
 
 

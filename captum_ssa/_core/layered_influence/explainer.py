@@ -22,7 +22,6 @@ from captum_ssa._core.layered_influence.layer_choice import (
     check_choice_options,
 )
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
-from captum_ssa._utils.compiled import check_runs_eagerly
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import model_of, no_grad_capture
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
@@ -157,7 +156,6 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         )
         GradientAttribution.__init__(self, forward_func)
         self.output = checked_output(output)
-        check_runs_eagerly(forward_func)
         self._fit: Optional[Fit] = None  # replaced whole by each fit
 
     @property

@@ -29,7 +29,6 @@ from captum_ssa._core.stepwise_sensitivity.starts import (
 )
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import BatchStream, is_batch_stream
-from captum_ssa._utils.compiled import check_runs_eagerly
 from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import untouched_model
@@ -143,7 +142,6 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         self.neuron_dim: Optional[int] = None if neuron_dim is None else int(neuron_dim)
         self.device_ids = device_ids_checked(device_ids)
         self.output = checked_output(output)
-        check_runs_eagerly(forward_func)
 
     @property
     def multiplies_by_inputs(self) -> bool:

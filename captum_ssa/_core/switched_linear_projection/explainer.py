@@ -31,7 +31,6 @@ from captum_ssa._utils._compat import (
     _format_tensor_into_tuples,
     _is_tuple,
 )
-from captum_ssa._utils.compiled import check_runs_eagerly
 from captum_ssa._utils.embedding_layer import AttributedInputs, checked_embedding_layer
 from captum_ssa._utils.hooks import check_layers_in_model
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
@@ -172,7 +171,6 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         self._multiply_by_inputs = multiply_by_inputs
         self._warned_not_piecewise_linear = False
         self.output = checked_output(output)
-        check_runs_eagerly(forward_func)
 
     @property
     def multiplies_by_inputs(self) -> bool:
