@@ -156,7 +156,7 @@ def test_slp_on_a_compiled_relu_net_does_not_warn(form, compiled_cnn):
     forward, uncompiled = form_or_skip(form, compiled, model)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CaptumSSAWarning)
-        weights, delta = SwitchedLinearProjection(forward, layers[-1]).attribute(
+        weights, _ = SwitchedLinearProjection(forward, layers[-1]).attribute(
             x, target=y, baselines=0.0, return_convergence_delta=True
         )
     expected = SwitchedLinearProjection(uncompiled, layers[-1]).attribute(x, target=y)
@@ -186,9 +186,9 @@ def test_without_set_stance_graph_mask_refuses_a_compiled_model(compiled_cnn, mo
     compiled, model, layers, x, _ = compiled_cnn
     graph = StepwiseSensitivity(model, layers).attribute(x, target=1)
     monkeypatch.delattr(torch.compiler, "set_stance", raising=False)
-    with pytest.raises(TypeError, match=r"torch.compile'd.*Pass the original module"):
-        with graph.mask(compiled):
-            pass
+    refused = pytest.raises(TypeError, match=r"torch.compile'd.*Pass the original module")
+    with refused, graph.mask(compiled):
+        pass
     assert hooks_left(model) == 0
     # the module itself, and an evaluation (which runs the original), still work
     with graph.mask(model):

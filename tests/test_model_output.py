@@ -213,18 +213,16 @@ def test_methods_that_never_read_the_output_take_any_output_by_default():
     ("kind", "output", "error", "message"),
     [
         ("dict", "logits", ValueError, r"output='logits', but the model returns a " + DICT_FOUND),
-        ("namedtuple", "logits", ValueError, r"namedtuple Pair\(hidden: \(\d+, 7\), scores: \(\d+, 3\)"),
+        ("namedtuple", "logits", ValueError, r"namedtuple Pair\(hidden: \(\d+, 7\), scores: "),
         ("tuple", 2, ValueError, r"output=2 is out of range: .*tuple of 2 \(\[0\]: \(\d+, 7\)"),
         ("dict", 0, ValueError, r"output=0 indexes a tuple or list, but .*" + DICT_FOUND),
         ("object", 0, ValueError, r"output=0 indexes .* Scored with tensor attributes \(hidden"),
         ("tensor", "logits", ValueError, r"output='logits', but the model returns a tensor"),
-        ("dict", lambda out: out["hidden"].shape, TypeError, r"output=<lambda> returns a Size of 2 .*, not a tensor"),
+        ("dict", lambda out: out["hidden"].shape, TypeError, r"returns a Size of 2 .*, not"),
         ("model_output", 2, ValueError, r"out of range: .*FakeModelOutput with keys"),
     ],
 )
-def test_a_selector_that_finds_no_tensor_lists_what_the_model_returns(
-    kind, output, error, message
-):
+def test_a_selector_that_finds_no_tensor_lists_what_the_model_returns(kind, output, error, message):
     x, y, reference = data()
     net = model(kind)
     explainers = [
