@@ -8,6 +8,7 @@ the compiled backward (``CompiledFunction``) the methods used to trip over."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from captum_ssa import (
     SwitchedLinearProjection,
     evaluate_graph,
 )
+from captum_ssa._utils.compiled import eager
 from tests.behaviour import assert_same_snapshot, hooks_left, snapshot
 from tests.test_captum_contract import METHODS, _reference_like, cnn, ids, same
 
@@ -241,3 +243,65 @@ def test_distributed_data_parallel_is_explained_through_its_module(method, proce
     assert result_warnings == expected_warnings
     assert not calls
     assert_same_snapshot(before, snapshot(model))
+
+
+# ---------------------------------------------------------------- the stance
+
+
+def current_stance() -> str:
+    from torch._dynamo import eval_frame
+
+    return eval_frame._stance.stance
+
+
+def test_the_eager_stance_holds_while_any_thread_needs_it_and_is_restored(compiled_cnn):
+    if not hasattr(torch.compiler, "set_stance"):
+        pytest.skip("torch.compiler.set_stance exists from torch 2.6 on")
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        with eager():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        try:
+            first_in.wait(5)
+            with eager():
+                second_in.set()
+                first_out.wait(5)
+                seen.append(current_stance())  # the first has left, this one has not
+        except BaseException as error:  # reported in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and seen == ["force_eager"]
+    assert current_stance() == "default"
+
+
+def test_concurrent_explanations_through_a_compiled_model_keep_their_results(compiled_cnn):
+    compiled, model, layers, x, y = compiled_cnn
+    forward, uncompiled = form_or_skip("calling function", compiled, model)
+    expected = SwitchedLinearProjection(uncompiled, layers[-1]).attribute(x, target=y)
+    results: list[Tensor] = []
+
+    def explain() -> None:
+        for _ in range(3):
+            results.append(SwitchedLinearProjection(forward, layers[-1]).attribute(x, target=y))
+
+    threads = [threading.Thread(target=explain) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6
+    for result in results:
+        torch.testing.assert_close(result, expected, **TOLERANCE)
+    assert current_stance() == "default"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -75,16 +76,35 @@ def uncompiled(forward_func: Callable[..., Any]) -> Callable[..., Any]:
             return forward_func
 
 
+# The compiler's stance is one global, not per thread: explanations running at once
+# in several threads share one "force_eager" setting, set by the first to enter and
+# restored by the last to leave, so no thread's compiled calls compile in between.
+_STANCE_LOCK = threading.Lock()
+_stance_holders: list[Any] = []  # the set_stance whose exit restores the prior stance
+_stance_depth = [0]
+
+
 @contextmanager
 def eager() -> Iterator[None]:
     """Run compiled models eagerly in the block, where torch can (2.6 and later), so
-    that the layers' hooks fire; nothing where nothing was ever compiled."""
+    that the layers' hooks fire; nothing where nothing was ever compiled. While any
+    such block runs, compiled code in every thread runs eagerly (the same results,
+    without the speed)."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     if set_stance is None or "torch._dynamo" not in sys.modules:
         yield
         return
-    with set_stance("force_eager"):
+    with _STANCE_LOCK:
+        if _stance_depth[0] == 0:
+            _stance_holders.append(set_stance("force_eager"))  # called: set now
+        _stance_depth[0] += 1
+    try:
         yield
+    finally:
+        with _STANCE_LOCK:
+            _stance_depth[0] -= 1
+            if _stance_depth[0] == 0:
+                _stance_holders.pop().__exit__(None, None, None)
 
 
 def eager_or_refused(model: Any) -> contextlib.AbstractContextManager[None]:
