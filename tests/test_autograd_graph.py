@@ -255,6 +255,38 @@ def test_elementwise_functions_and_pooling_are_told_apart():
     assert classify(torch.softmax(x, 1).grad_fn) == OpKind.NONE
 
 
+def test_activations_are_one_kind_however_they_are_applied():
+    x = torch.randn(2, 3, requires_grad=True)
+    activations = [
+        F.relu(x),
+        F.relu6(x),
+        F.leaky_relu(x, 0.1),
+        F.gelu(x),
+        F.gelu(x, approximate="tanh"),
+        F.silu(x),
+        torch.tanh(x),
+        torch.sigmoid(x),
+        F.elu(x),
+        F.selu(x),
+        F.celu(x),
+        F.softplus(x),
+        F.mish(x),
+        F.hardswish(x),
+        F.hardsigmoid(x),
+        F.logsigmoid(x),
+        F.prelu(x, torch.tensor([0.2])),
+        torch.nn.GELU()(x),
+    ]
+    for output in activations:
+        assert classify(output.grad_fn) & OpKind.ACTIVATION, output.grad_fn.name()
+    others = [x.exp(), x.log1p(), x * 2, torch.softmax(x, 1), F.layer_norm(x, (3,))]
+    for output in others:
+        assert not classify(output.grad_fn) & OpKind.ACTIVATION, output.grad_fn.name()
+    # the flag adds to a kind, it changes nothing else
+    assert classify(torch.tanh(x).grad_fn) & OpKind.ELEMENTWISE
+    assert classify(F.relu(x).grad_fn) & OpKind.PIECEWISE_LINEAR
+
+
 def test_nodes_reaching_a_target_in_a_deep_graph():
     x = torch.randn(3, requires_grad=True)
     below = torch.relu(x)

@@ -30,6 +30,7 @@ from captum_ssa._utils.hooks import (
 )
 from captum_ssa._utils.jacobian import JACOBIAN_MODES, jacobian_row_norms, vector_jacobian_product
 from captum_ssa._utils.linearity import warn_if_not_piecewise_linear
+from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
     batch_dependent_modules,
@@ -106,11 +107,15 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         layer: Union[Module, list[Module]],
         device_ids: Optional[list[int]] = None,
         embedding_layer: Optional[Module] = None,
+        output: OutputSelector = None,
     ) -> None:
         r"""
         Args:
             forward_func (Callable): The model, or any function of the inputs
-                        that runs it.
+                        that runs it. A ``torch.compile``d model is explained
+                        through its original module (``_orig_mod``, whose
+                        modules the layers are), a
+                        ``DistributedDataParallel`` through its ``module``.
             layer (torch.nn.Module or list[torch.nn.Module]): The layer whose
                         output holds the pre-activations (e.g. a ``Conv2d`` or
                         ``Linear`` before its ReLU), or a list of such layers;
@@ -132,6 +137,14 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                         e.g. (N, T, D). :meth:`fit` takes the ids as they are,
                         with or without it. Without it, integer inputs to
                         :meth:`attribute` are an error. Default: None
+            output (str, int or Callable, optional): Which tensor of the
+                        model's output is the output, for a model that returns
+                        a ``ModelOutput``, a dict, a tuple or a namedtuple: a
+                        key or attribute name, an index, or a callable
+                        ``raw_output -> tensor`` (a selector that finds nothing
+                        is an error that lists what the model returns). Insens
+                        reads only its layers and takes no target, so it works
+                        with any output as it is. Default: None
         """
         self._layers: list[Module] = list(layer) if isinstance(layer, list) else [layer]
         check_layers_in_model(forward_func, self._layers)
@@ -143,10 +156,17 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         self.reference_size = 0
         self._warned_not_piecewise_linear = False
         self._warned_no_negative_outputs = False
+        self.output = checked_output(output)
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    @property
+    def _forward(self) -> ExplainedForward:
+        """The model as Insens runs it: ``forward_func`` through the module the user
+        wrote, its output selected by ``output``."""
+        return ExplainedForward(self.forward_func, self.output)
 
     @property
     def activation_frequency(self) -> Union[Tensor, list[Tensor]]:
@@ -166,7 +186,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                 "fit(reference) with reference data (e.g. the training set) first, "
                 'or use weighting="uniform"'
             )
-        check_fit_current(self._fitted_weights, self.forward_func, type(self).__name__)
+        check_fit_current(self._fitted_weights, self._forward, type(self).__name__)
         return self._active_counts
 
     def fit(
@@ -204,12 +224,12 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         """
         counts: Optional[list[Tensor]] = None
         size = 0
-        with untouched_model(self.forward_func):
+        with untouched_model(self._forward):
             for number, batch in enumerate(
                 stream(reference, "reference", show_progress, "Reference batches")
             ):
                 outputs = no_grad_capture(
-                    self.forward_func, batch.inputs, self._layers, additional_forward_args
+                    self._forward, batch.inputs, self._layers, additional_forward_args
                 )
                 # a running count per neuron: memory does not grow with the data
                 batch_counts = [(output > 0).sum(0) for output in outputs]
@@ -224,7 +244,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         counts, size = _summed_over_ranks(counts, size, len(self._layers))
         self._active_counts = counts
         self.reference_size = size
-        self._fitted_weights = weights_fingerprint(self.forward_func)
+        self._fitted_weights = weights_fingerprint(self._forward)
         return self
 
     @log_usage()
@@ -320,7 +340,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         jacobian_vectors_per_chunk = positive_int(
             "jacobian_vectors_per_chunk", jacobian_vectors_per_chunk
         )
-        training = batch_dependent_modules(model_of(self.forward_func))
+        training = batch_dependent_modules(model_of(self._forward))
         if training:
             # Omega needs each example's own Jacobian, which one seed for the batch
             # gives only when examples do not interact; the chunks re-run the model.
@@ -342,9 +362,9 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
             if weighting == "frequency"
             else None
         )
-        with untouched_model(self.forward_func):
+        with untouched_model(self._forward):
             attributed = attributed_inputs(
-                self.forward_func, self.embedding_layer, inputs, additional_forward_args
+                self._forward, self.embedding_layer, inputs, additional_forward_args
             )
             prepared = attributed.leaves
             _, outputs = run_and_capture(
@@ -361,7 +381,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                     )
                 if not self._warned_no_negative_outputs:
                     self._warned_no_negative_outputs = _warn_if_after_activation(
-                        output, layer_name(model_of(self.forward_func), layer)
+                        output, layer_name(model_of(self._forward), layer)
                     )
                 squared_norms = jacobian_row_norms(
                     output,

@@ -3,8 +3,8 @@
 Every question the package asks of a graph reads it through here: is a layer a
 piecewise-linear function of the inputs (switched linear projections), is the
 stretch between two layers element-wise or channel-preserving (step-wise
-sensitivity), how wide do gradients get (Jacobian chunks), which ReLUs are
-functional (DeconvNet). Each autograd node is an operation, named after its
+sensitivity), how wide do gradients get (Jacobian chunks), which activations
+DeconvNet's ReLU rule misses. Each autograd node is an operation, named after its
 backward without ``Backward`` and trailing digits; :func:`classify` tells what
 kind of operation it is, from the name and, for batch norm, from the node's
 saved ``training`` flag, whichever backend (CPU, cuDNN, MIOpen) made it.
@@ -38,6 +38,10 @@ class OpKind(enum.Flag):
       constants, and it is a per-channel affine map (``PRODUCT``,
       ``ELEMENTWISE``); in training mode it divides by statistics of the
       batch, which mixes the examples and is not linear.
+    - ``ACTIVATION``: an element-wise activation function (ReLU, GELU, SiLU,
+      tanh, sigmoid, LeakyReLU, ...), whether a module or a function applied
+      it: what DeconvNet's ReLU rule concerns. Exp, log and the arithmetic of
+      a composite activation are not.
 
     An operation with none of the first three properties is not piecewise
     linear (sigmoid, softmax, layer norm, unknown custom functions).
@@ -50,6 +54,7 @@ class OpKind(enum.Flag):
     ELEMENTWISE = enum.auto()
     KEEPS_CHANNELS = enum.auto()
     BATCH_NORM = enum.auto()
+    ACTIVATION = enum.auto()
 
 
 _LINEAR_ELEMENTWISE = OpKind.PIECEWISE_LINEAR | OpKind.ELEMENTWISE | OpKind.KEEPS_CHANNELS
@@ -141,6 +146,35 @@ _OPS: dict[str, OpKind] = {
     "Mul": OpKind.PRODUCT | _ELEMENTWISE,
     "Div": OpKind.QUOTIENT | _ELEMENTWISE,
 }
+
+# Element-wise activation functions (the flag is added to their kind above):
+# ReLU6 and Hardtanh are "Hardtanh" nodes, SELU "Elu", PReLU "Prelu" or
+# "PreluKernel", RReLU "RreluWithNoise".
+_ACTIVATIONS = frozenset(
+    (
+        "Relu",
+        "LeakyRelu",
+        "Threshold",
+        "Hardtanh",
+        "Sigmoid",
+        "Tanh",
+        "Gelu",
+        "Silu",
+        "Elu",
+        "Celu",
+        "Softplus",
+        "Mish",
+        "Hardswish",
+        "Hardsigmoid",
+        "LogSigmoid",
+        "Hardshrink",
+        "Softshrink",
+        "Glu",
+        "Prelu",
+        "PreluKernel",
+        "RreluWithNoise",
+    )
+)
 
 # Families of operations named by prefix (dimension, variant and mode suffixes).
 _FAMILIES: tuple[tuple[str, OpKind], ...] = (
@@ -235,6 +269,8 @@ def classify(node: Any) -> OpKind:
         kind = next((k for prefix, k in _FAMILIES if name.startswith(prefix)), OpKind.NONE)
     if name in ("Mean", "Sum") and _reduces_after_channels(node):
         kind |= OpKind.KEEPS_CHANNELS
+    if name in _ACTIVATIONS:
+        kind |= OpKind.ACTIVATION
     return kind
 
 

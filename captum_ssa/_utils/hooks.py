@@ -57,6 +57,7 @@ from torch.nn import Module
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from captum_ssa._utils._compat import _format_additional_forward_args
+from captum_ssa._utils.model_output import ExplainedForward
 
 
 class ReusedLayerError(RuntimeError):
@@ -133,7 +134,10 @@ def unique_layer_names(model: Optional[Module], layers: Sequence[Module]) -> lis
 
 
 def model_of(forward_func: Callable[..., Any]) -> Optional[Module]:
-    """The ``nn.Module`` behind ``forward_func`` (a module or its bound method)."""
+    """The ``nn.Module`` behind ``forward_func`` (a module or its bound method, or the
+    module an :class:`~captum_ssa._utils.model_output.ExplainedForward` runs)."""
+    if isinstance(forward_func, ExplainedForward):
+        return model_of(forward_func.model_forward)
     if isinstance(forward_func, Module):
         return forward_func
     owner = getattr(forward_func, "__self__", None)
@@ -367,9 +371,21 @@ def run_and_capture(
         if output is None:
             raise ValueError(
                 f"layer {type(layer).__name__} did not run during the forward "
-                "pass; is it part of the model and used by its forward?"
+                f"pass; is it part of the model and used by its forward?{_compiled_hint()}"
             )
     return model_output, [output for output in captured if output is not None]
+
+
+def _compiled_hint() -> str:
+    """Before torch 2.6 a compiled model that ``forward_func`` calls cannot be run
+    eagerly (``compiled.eager``), and its compiled code calls no hook: the likely
+    cause of a layer that never ran."""
+    if hasattr(torch.compiler, "set_stance"):
+        return ""
+    return (
+        " (Compiled code calls no forward hook: for a torch.compile'd model inside "
+        "forward_func, pass the original module, or use torch 2.6 or later.)"
+    )
 
 
 def layer_function(

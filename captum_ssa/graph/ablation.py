@@ -8,6 +8,7 @@ the examples once per neuron of a group and zeroes the ``j``-th neuron in the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Union
 
@@ -18,6 +19,7 @@ from torch.nn.functional import cross_entropy
 
 from captum_ssa._utils.batches import Batch
 from captum_ssa._utils.hooks import check_layers_in_model, modules_by_name, no_grad_capture
+from captum_ssa._utils.model_output import output_tensor
 
 
 @lru_cache(maxsize=64)
@@ -37,7 +39,7 @@ def ablation_layout(examples: int, neurons: int, rows: int) -> tuple[int, int]:
 def add_ablated_losses(
     totals: Tensor,
     module: Module,
-    model: Module,
+    model: Callable[..., Any],
     piece: Batch,
     size: int,
     neurons_per_pass: int,
@@ -56,7 +58,8 @@ def add_ablated_losses(
             outputs = model(*(_repeat(t, copies) for t in piece.inputs))
         finally:
             handle.remove()
-        per_row = metric_losses(outputs, truth.repeat(copies), metric)
+        scores = output_tensor(outputs, "ablation_importance")
+        per_row = metric_losses(scores, truth.repeat(copies), metric)
         totals[first : first + copies] += per_row.reshape(copies, count).sum(1)
 
 
@@ -82,7 +85,7 @@ def resolve_layer(model: Module, layer: Union[str, Module]) -> Module:
     return layer
 
 
-def neuron_count(model: Module, layer: Module, inputs: tuple[Tensor, ...]) -> int:
+def neuron_count(model: Callable[..., Any], layer: Module, inputs: tuple[Tensor, ...]) -> int:
     """The size of dim 1 of the layer's output, from one example."""
     (output,) = no_grad_capture(model, tuple(t[:1] for t in inputs), [layer])
     if output.dim() < 2:

@@ -132,7 +132,10 @@ class DependencyGraph(GraphData):
         whole conv channels, along the neuron axis: dim 1, or
         ``metadata["neuron_dim"]``) outside the graph; the biases of
         later layers are untouched. The hooks are removed on leaving the block,
-        also when it raises, so the model is left as it was.
+        also when it raises, so the model is left as it was. A
+        ``torch.compile``d model runs as written inside the block (its compiled
+        code would call no hook); on torch before 2.6, which cannot do that, it
+        is an error that says to pass the original module.
 
         Args:
             model (torch.nn.Module): The model the graph was built on (or one

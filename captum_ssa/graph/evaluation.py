@@ -27,6 +27,12 @@ from torch.nn import Module
 
 from captum_ssa._utils.batches import Batch, pieces
 from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
+from captum_ssa._utils.model_output import (
+    ExplainedForward,
+    OutputSelector,
+    checked_output,
+    output_tensor,
+)
 from captum_ssa._utils.model_state import warn_if_training
 from captum_ssa._utils.validation import positive_int
 from captum_ssa.graph.ablation import (
@@ -75,6 +81,7 @@ def evaluate_graph(
     labels: Optional[Tensor] = None,
     batch_size: Optional[int] = None,
     show_progress: bool = False,
+    output: OutputSelector = None,
 ) -> GraphEvaluation:
     r"""
     The graph as a compressed classifier: run ``model`` with every neuron of
@@ -105,6 +112,12 @@ def evaluate_graph(
                     Default: each batch as given, up to 4096.
         show_progress (bool, optional): Show a progress bar over the batches.
                     Default: False
+        output (str, int or Callable, optional): Which tensor of the model's
+                    output holds the scores, for a model that returns a
+                    ``ModelOutput``, a dict, a tuple or a namedtuple: a key or
+                    attribute name, an index, or a callable
+                    ``raw_output -> tensor``. Default: None (a tensor as it is,
+                    else its ``logits``)
 
     Returns:
         *GraphEvaluation* with ``accuracy``, ``true_positive_rate``,
@@ -124,12 +137,13 @@ def evaluate_graph(
         classes = [graph.target] if isinstance(graph.target, int) else list(graph.target)
     # examples, correct with the mask, correct without, then the rates' counts
     totals = torch.zeros(3 + RATE_COUNTS, dtype=torch.int64)
+    forward = _explained(model, output)
     warn_if_training(model)
     with torch.no_grad():
         for batch in labelled_batches(inputs, labels, show_progress):
             for piece in pieces(batch, rows):
-                masked = _forward(model, piece.inputs, graph).argmax(1)
-                plain = _forward(model, piece.inputs).argmax(1)
+                masked = _forward(forward, piece.inputs, graph).argmax(1)
+                plain = _forward(forward, piece.inputs).argmax(1)
                 truth = _labels_of(piece, masked.device)
                 totals[:3] += torch.stack(
                     [torch.tensor(len(truth)), *correct_counts(masked, plain, truth)]
@@ -155,6 +169,7 @@ def ensemble_predict(
     inputs: Any,
     batch_size: Optional[int] = None,
     show_progress: bool = False,
+    output: OutputSelector = None,
 ) -> Tensor:
     r"""
     The class-specific ensemble: for each input, the class whose masked
@@ -176,6 +191,12 @@ def ensemble_predict(
                     Default: each batch as given, up to 4096.
         show_progress (bool, optional): Show a progress bar over the batches.
                     Default: False
+        output (str, int or Callable, optional): Which tensor of the model's
+                    output holds the scores, for a model that returns a
+                    ``ModelOutput``, a dict, a tuple or a namedtuple: a key or
+                    attribute name, an index, or a callable
+                    ``raw_output -> tensor``. Default: None (a tensor as it is,
+                    else its ``logits``)
 
     Returns:
         *Tensor* ``(N,)`` of predicted classes (keys of ``class_graphs``), in
@@ -189,12 +210,13 @@ def ensemble_predict(
     if not class_graphs:
         raise ValueError("class_graphs is empty: expected one graph per class, at least one")
     rows = _rows(batch_size)
+    forward = _explained(model, output)
     warn_if_training(model)
     predictions = []
     with torch.no_grad():
         for batch in unlabelled_batches(inputs, show_progress):
             for piece in pieces(batch, rows):
-                predictions.append(_ensemble_predictions(model, class_graphs, piece.inputs))
+                predictions.append(_ensemble_predictions(forward, class_graphs, piece.inputs))
     if not predictions:
         raise ValueError("inputs holds no batches: expected at least one example")
     return torch.cat(predictions)
@@ -207,6 +229,7 @@ def evaluate_ensemble(
     labels: Optional[Tensor] = None,
     batch_size: Optional[int] = None,
     show_progress: bool = False,
+    output: OutputSelector = None,
 ) -> EnsembleEvaluation:
     r"""
     The class-specific ensemble (:func:`ensemble_predict`) against the labels:
@@ -230,6 +253,12 @@ def evaluate_ensemble(
                     Default: each batch as given, up to 4096.
         show_progress (bool, optional): Show a progress bar over the batches.
                     Default: False
+        output (str, int or Callable, optional): Which tensor of the model's
+                    output holds the scores, for a model that returns a
+                    ``ModelOutput``, a dict, a tuple or a namedtuple: a key or
+                    attribute name, an index, or a callable
+                    ``raw_output -> tensor``. Default: None (a tensor as it is,
+                    else its ``logits``)
 
     Returns:
         *EnsembleEvaluation* with ``accuracy``, ``model_accuracy`` and
@@ -247,12 +276,13 @@ def evaluate_ensemble(
     classes = list(class_graphs)
     # examples, correct by the ensemble, correct by the network, then each class's counts
     totals = torch.zeros(3 + RATE_COUNTS * len(classes), dtype=torch.int64)
+    forward = _explained(model, output)
     warn_if_training(model)
     with torch.no_grad():
         for batch in labelled_batches(inputs, labels, show_progress):
             for piece in pieces(batch, rows):
-                predicted = _ensemble_predictions(model, class_graphs, piece.inputs)
-                plain = _forward(model, piece.inputs).argmax(1)
+                predicted = _ensemble_predictions(forward, class_graphs, piece.inputs)
+                plain = _forward(forward, piece.inputs).argmax(1)
                 truth = _labels_of(piece, predicted.device)
                 totals[:3] += torch.stack(
                     [torch.tensor(len(truth)), *correct_counts(predicted, plain, truth)]
@@ -275,6 +305,7 @@ def ablation_importance(
     batch_size: Optional[int] = None,
     metric: str = "accuracy",
     show_progress: bool = False,
+    output: OutputSelector = None,
 ) -> Tensor:
     r"""
     The ablation gold standard: how much worse the model does when one neuron
@@ -310,6 +341,12 @@ def ablation_importance(
                     and so has no ties. Default: ``"accuracy"``
         show_progress (bool, optional): Show a progress bar over the batches.
                     Default: False
+        output (str, int or Callable, optional): Which tensor of the model's
+                    output holds the scores, for a model that returns a
+                    ``ModelOutput``, a dict, a tuple or a namedtuple: a key or
+                    attribute name, an index, or a callable
+                    ``raw_output -> tensor``. Default: None (a tensor as it is,
+                    else its ``logits``)
 
     Returns:
         *Tensor* ``(K,)``: the model's metric minus the metric with neuron
@@ -324,6 +361,7 @@ def ablation_importance(
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     module = resolve_layer(model, layer)
     rows = _rows(batch_size)
+    forward = _explained(model, output)
     warn_if_training(model)
     size = 0
     # per ablated neuron its summed loss, then the unablated loss and the examples
@@ -331,14 +369,15 @@ def ablation_importance(
     with torch.no_grad():
         for batch in labelled_batches(inputs, labels, show_progress):
             if not size:
-                size = neuron_count(model, module, batch.inputs)
+                size = neuron_count(forward, module, batch.inputs)
                 totals = torch.zeros(size + 2, dtype=torch.float64)
             for piece in pieces(batch, rows):
-                totals[size] += metric_losses(model(*piece.inputs), _labels_of(piece), metric).sum()
+                scores = _forward(forward, piece.inputs)
+                totals[size] += metric_losses(scores, _labels_of(piece), metric).sum()
             totals[size + 1] += batch.size
             examples_per_pass, neurons_per_pass = ablation_layout(batch.size, size, rows)
             for piece in pieces(batch, examples_per_pass):
-                add_ablated_losses(totals, module, model, piece, size, neurons_per_pass, metric)
+                add_ablated_losses(totals, module, forward, piece, size, neurons_per_pass, metric)
     if not same_on_every_rank([size]):
         raise ValueError(
             "the ranks disagree on the layer's neuron count (or one has no batches): "
@@ -381,20 +420,28 @@ def _rows(batch_size: Optional[int]) -> int:
     return positive_int("batch_size", batch_size) or _DEFAULT_BATCH_ROWS
 
 
+def _explained(model: Module, output: OutputSelector) -> ExplainedForward:
+    """``model`` as the evaluations run it: the module the user wrote (that of a
+    compiled model), its output selected by ``output``."""
+    return ExplainedForward(model, checked_output(output))
+
+
 def _forward(
-    model: Module, inputs: tuple[Tensor, ...], graph: Optional[DependencyGraph] = None
+    forward: ExplainedForward, inputs: tuple[Tensor, ...], graph: Optional[DependencyGraph] = None
 ) -> Tensor:
-    """The model's outputs, masked by ``graph`` if one is given (call under no_grad)."""
-    with graph.mask(model) if graph is not None else nullcontext():
-        return model(*inputs)
+    """The model's scores, masked by ``graph`` if one is given (call under no_grad)."""
+    with graph.mask(forward) if graph is not None else nullcontext():
+        return output_tensor(forward(*inputs), "the graph evaluation")
 
 
 def _ensemble_predictions(
-    model: Module, class_graphs: Mapping[int, DependencyGraph], inputs: tuple[Tensor, ...]
+    forward: ExplainedForward,
+    class_graphs: Mapping[int, DependencyGraph],
+    inputs: tuple[Tensor, ...],
 ) -> Tensor:
     classes = list(class_graphs)
     scores = torch.stack(
-        [_forward(model, inputs, class_graphs[label])[:, label] for label in classes], dim=1
+        [_forward(forward, inputs, class_graphs[label])[:, label] for label in classes], dim=1
     )
     return torch.tensor(classes, device=scores.device)[scores.argmax(1)]
 

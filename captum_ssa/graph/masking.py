@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._utils.compiled import eager_or_refused
 from captum_ssa._utils.hooks import model_of, modules_by_name, neuron_axis
 
 if TYPE_CHECKING:
@@ -26,13 +27,15 @@ def mask(graph: GraphData, model: Any) -> Iterator[Any]:
     top) that are not in the graph, by forward hooks removed on leaving."""
     modules = graph_modules(graph, model)
     handles = []
-    try:
-        for depth, module in enumerate(modules[:-1]):
-            handles.append(module.register_forward_hook(zeroing_hook(graph, depth)))
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
+    # a compiled model calls no hook: in the block it runs as written
+    with eager_or_refused(model):
+        try:
+            for depth, module in enumerate(modules[:-1]):
+                handles.append(module.register_forward_hook(zeroing_hook(graph, depth)))
+            yield model
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def graph_modules(graph: GraphData, model: Any) -> list[Module]:

@@ -445,6 +445,55 @@ def test_activations_after_the_layer_and_relu_modules_do_not_warn():
         explainer.attribute(torch.randn(2, 4))
 
 
+class FunctionalActivations(nn.Module):
+    """Linear layers with activations applied as functions, as transformers blocks apply
+    GELU: no activation module for DeconvNet (or a module-class check) to see."""
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+        self.activation = activation
+        with torch.no_grad():  # both classes predicted
+            self.head.bias -= self(torch.randn(64, 4)).mean(0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.relu1(self.fc1(x))
+        if self.activation == "gelu":
+            hidden = F.gelu(hidden)
+        elif self.activation == "silu and tanh":
+            hidden = torch.tanh(F.silu(hidden))
+        return self.head(self.relu2(self.fc2(hidden)))
+
+
+@pytest.mark.parametrize(
+    ("activation", "message"),
+    [
+        ("gelu", r"1 activation\(s\) are not nn\.ReLU \(Gelu \(functional\)\)"),
+        (
+            "silu and tanh",
+            r"2 activation\(s\) are not nn\.ReLU \(Silu \(functional\), Tanh \(functional\)\)",
+        ),
+    ],
+)
+def test_functional_activations_are_read_from_the_graph_and_named(activation, message):
+    model = FunctionalActivations(activation).eval()
+    explainer = LayeredInfluence(model, model.fc2).fit(torch.randn(40, 4))
+    with pytest.warns(UserWarning, match=message) as caught:
+        explainer.attribute(torch.randn(2, 4))
+    assert len([w for w in caught if "DeconvNet" in str(w.message)]) == 1
+    assert caught[0].filename == __file__
+
+
+def test_a_relu_model_with_no_functional_activation_does_not_warn():
+    model = FunctionalActivations("none").eval()
+    explainer = LayeredInfluence(model, model.fc2).fit(torch.randn(40, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.attribute(torch.randn(2, 4))
+
+
 def test_top_fraction_counts_units():
     explainer = fitted_cnn("conv2")[1]  # 5 x 4 x 4 = 80 units
     inputs = torch.randn(1, 1, 10, 10)

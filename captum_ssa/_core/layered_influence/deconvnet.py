@@ -13,10 +13,13 @@ pass at a layer's output with given values, exactly what
 :class:`~captum.attr.NeuronDeconvolution` does for a neuron selector.
 
 A ReLU applied as a function (``F.relu``, ``torch.relu``) leaves no module to
-override, and Captum overrides no activation module but ``nn.ReLU`` (``nn.ReLU6``,
-``nn.LeakyReLU``, ``nn.GELU``, ``nn.Sigmoid``, ...): the rule silently does not
-apply there. We read the autograd graph between the inputs and the layer to
-find both and warn.
+override, and Captum overrides no activation but ``nn.ReLU`` modules
+(``nn.ReLU6``, ``nn.LeakyReLU``, ``nn.GELU``, ``nn.Sigmoid``, ``F.gelu`` in a
+transformers block, ...): the rule silently does not apply there. We read the
+operations of the autograd graph between the inputs and the layer (the
+``ACTIVATION`` kind of :mod:`~captum_ssa._utils.autograd_graph`), which sees
+activations however they are applied, to find both and warn; an activation
+module's own output is named by its class.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn import Module
 from torch.nn.modules import activation as activation_modules
 
-from captum_ssa._utils.autograd_graph import op_name, walk
+from captum_ssa._utils.autograd_graph import OpKind, classify, op_name, walk
 from captum_ssa._utils.hooks import layer_name, run_and_capture
 from captum_ssa._utils.warn import warn
 
@@ -167,8 +170,10 @@ def activations_not_overridden(
     output: Tensor, module_outputs: dict[int, tuple[Any, str]]
 ) -> tuple[int, list[str]]:
     """In ``output``'s autograd graph: the number of ReLU nodes that no
-    activation module made (functional ReLUs), and the class name of each
-    node made by an activation module other than ``nn.ReLU``."""
+    activation module made (functional ReLUs), and a name for each other
+    activation: the class of an activation module other than ``nn.ReLU`` that
+    made the node, or the operation, such as ``"Gelu (functional)"``, where no
+    activation module did (``F.gelu``, a transformers activation)."""
     functional_relus, other_kinds = 0, []
     for node in walk(output.grad_fn):
         if id(node) in module_outputs:
@@ -177,4 +182,6 @@ def activations_not_overridden(
                 other_kinds.append(kind)
         elif op_name(node) == "Relu":
             functional_relus += 1
+        elif classify(node) & OpKind.ACTIVATION:
+            other_kinds.append(f"{op_name(node)} (functional)")
     return functional_relus, other_kinds

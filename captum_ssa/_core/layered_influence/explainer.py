@@ -24,6 +24,7 @@ from captum_ssa._core.layered_influence.layer_choice import (
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import model_of, no_grad_capture
+from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
 from captum_ssa._utils.validation import (
@@ -107,6 +108,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         layers: Union[Module, Sequence[Module]],
         device_ids: Optional[list[int]] = None,
         embedding_layer: Optional[Module] = None,
+        output: OutputSelector = None,
     ) -> None:
         r"""
         Args:
@@ -114,7 +116,10 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         function of the inputs that runs it. :meth:`attribute`
                         needs the ``nn.Module`` (DeconvNet overrides its
                         ``nn.ReLU`` modules); :meth:`fit` and :meth:`influence`
-                        work with any callable.
+                        work with any callable. A ``torch.compile``d model is
+                        explained through its original module (``_orig_mod``,
+                        whose modules the layers are), a
+                        ``DistributedDataParallel`` through its ``module``.
             layers (torch.nn.Module or list[torch.nn.Module]): The candidate
                         layers, any order; "lowest" means the first to run. The
                         output layer is a candidate only if listed.
@@ -134,6 +139,14 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         :meth:`influence` take the ids as they are, with or
                         without it. Without it, integer inputs to
                         :meth:`attribute` are an error. Default: None
+            output (str, int or Callable, optional): Which tensor of the
+                        model's output holds the class scores the model's
+                        labels are read from, for a model that returns a
+                        ``ModelOutput``, a dict, a tuple or a namedtuple: a
+                        key or attribute name, an index, or a callable
+                        ``raw_output -> tensor``. Default: None (a tensor as
+                        it is, else its ``logits`` where it has them; anything
+                        else is an error that lists what the model returns)
         """
         self._candidates = CandidateLayers.of(forward_func, layers)
         self.embedding_layer = checked_embedding_layer(forward_func, embedding_layer)
@@ -142,11 +155,18 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             self, forward_func, self._candidates.layers, device_ids_checked(device_ids)
         )
         GradientAttribution.__init__(self, forward_func)
+        self.output = checked_output(output)
         self._fit: Optional[Fit] = None  # replaced whole by each fit
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    @property
+    def _forward(self) -> ExplainedForward:
+        """The model as the method runs it: ``forward_func`` through the module the user
+        wrote, its output selected by ``output``."""
+        return ExplainedForward(self.forward_func, self.output)
 
     @property
     def chosen_layer(self) -> Module:
@@ -257,7 +277,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         given = None if layer is None else self._candidates.index(layer)
         # assigned only once complete, so a failed fit leaves the previous one intact
         self._fit = fit_reference(
-            self.forward_func,
+            self._forward,
             self._candidates,
             reference,
             additional_forward_args=additional_forward_args,
@@ -333,9 +353,9 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         # no gradient is taken: token ids are read as they are
         prepared = prepare_inputs(inputs, integers_allowed=True)
-        with untouched_model(self.forward_func), torch.no_grad():
+        with untouched_model(self._forward), torch.no_grad():
             return fit.influence(
-                self.forward_func,
+                self._forward,
                 prepared,
                 target,
                 additional_forward_args,
@@ -363,9 +383,10 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         their activation value, every other unit is set to zero, and this is
         backpropagated to the input with DeconvNet (the backward of each
         ``nn.ReLU`` module is the ReLU of the incoming gradient; max-pool
-        routes through its switches). Functional ReLUs (``F.relu``) and other
-        activation modules (``nn.GELU``, ``nn.LeakyReLU``, ...) keep their
-        ordinary gradient: a warning says so.
+        routes through its switches). Functional ReLUs (``F.relu``) and every
+        other activation, module or function (``nn.GELU``, ``nn.LeakyReLU``,
+        ``F.gelu``, ``torch.tanh``, ...), keep their ordinary gradient: a
+        warning, read from the operations of the autograd graph, names them.
 
         Args:
             inputs (Tensor or tuple[Tensor, ...]): Input to explain; dimension
@@ -434,18 +455,18 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         if neuron_selector is not None and top_k is not None:
             raise ValueError("give top_k or neuron_selector, not both")
-        model = model_of(self.forward_func)
+        model = model_of(self._forward)
         if model is None:
             raise TypeError(
                 "attribute needs forward_func to be an nn.Module or a bound "
                 "method of one: DeconvNet overrides the model's nn.ReLU modules"
             )
         prepared = prepare_inputs(inputs, integers_allowed=self.embedding_layer is not None)
-        with untouched_model(self.forward_func):
+        with untouched_model(self._forward):
             if neuron_selector is None:
                 with torch.no_grad():
                     activation, influence = fit.influence(
-                        self.forward_func,
+                        self._forward,
                         prepared,
                         target,
                         additional_forward_args,
@@ -455,13 +476,13 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                     seed = top_unit_seed(activation, influence, top_fraction, top_k)
             else:
                 (activation,) = no_grad_capture(
-                    self.forward_func, prepared, [fit.layer], additional_forward_args
+                    self._forward, prepared, [fit.layer], additional_forward_args
                 )
                 units = selected_units(activation, neuron_selector, type(self).__name__)
                 seed = activation * units
             # DeconvNet runs back to the inputs, or to the embeddings of token ids
             attributed = attributed_inputs(
-                self.forward_func, self.embedding_layer, prepared, additional_forward_args
+                self._forward, self.embedding_layer, prepared, additional_forward_args
             )
             reconstruction = deconvolve_from_layer(
                 model,
@@ -474,6 +495,4 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         return _format_output(_is_tuple(inputs), reconstruction)
 
     def _current_fit(self, layer: LayerChoice) -> Fit:
-        return current_fit(
-            self._fit, self.forward_func, self._candidates, layer, type(self).__name__
-        )
+        return current_fit(self._fit, self._forward, self._candidates, layer, type(self).__name__)

@@ -11,24 +11,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_ssa._utils.model_output import output_tensor
+
 ClassTarget = Union[int, Tensor, np.ndarray, Sequence[int], None]
 
 
-def model_labels(output: Any) -> Tensor:
+def model_labels(model_output: Any) -> Tensor:
     """The model's labels: argmax over dim 1, or ``output > 0`` for one logit."""
+    output = _scores(model_output)
     if _class_count(output) == 2 and (output.dim() == 1 or output.shape[1] == 1):
         return (output.reshape(-1) > 0).long()
     return output.argmax(1)
 
 
-def _class_count(output: Any) -> int:
-    """The number of classes of a classifier output: its columns, 2 for one logit."""
-    if not isinstance(output, Tensor) or output.dim() == 0:
+def _scores(model_output: Any) -> Tensor:
+    """The model's output (as the constructor's ``output=`` selects it) as scores."""
+    output = output_tensor(
+        model_output, "LayeredInfluence (which labels points by the model's prediction)"
+    )
+    if output.dim() == 0:
         raise TypeError(
             "LayeredInfluence labels points by the model's prediction, so the "
             "model must return a tensor of scores shaped (N, classes) or (N,); "
-            f"got {type(output).__name__}"
+            "got a scalar"
         )
+    return output
+
+
+def _class_count(output: Tensor) -> int:
+    """The number of classes of a classifier output: its columns, 2 for one logit."""
     if output.dim() > 2:
         raise ValueError(
             "LayeredInfluence needs a classifier output shaped (N, classes) or "
@@ -37,11 +48,12 @@ def _class_count(output: Any) -> int:
     return 2 if output.dim() == 1 or output.shape[1] == 1 else output.shape[1]
 
 
-def class_targets(output: Tensor, target: ClassTarget) -> Tensor:
+def class_targets(model_output: Any, target: ClassTarget) -> Tensor:
     """One class per example: ``target`` in any of Captum's forms for an
     ``(N, classes)`` output, or the model's prediction where it is None."""
     if target is None:
-        return model_labels(output)
+        return model_labels(model_output)
+    output = _scores(model_output)
     classes, count = _class_count(output), len(output)
     if isinstance(target, (numbers.Integral, np.ndarray)) and not isinstance(target, bool):
         target = torch.as_tensor(target)

@@ -30,6 +30,7 @@ from captum_ssa._core.stepwise_sensitivity.starts import (
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import BatchStream, is_batch_stream
 from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
+from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
 from captum_ssa._utils.validation import device_ids_checked, prepare_inputs
@@ -85,11 +86,15 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         layers: list[Module],
         neuron_dim: Optional[int] = None,
         device_ids: Optional[list[int]] = None,
+        output: OutputSelector = None,
     ) -> None:
         r"""
         Args:
             forward_func (Callable): The model, or any function of the inputs
-                        that runs it.
+                        that runs it. A ``torch.compile``d model is explained
+                        through its original module (``_orig_mod``, whose
+                        modules the layers are), a
+                        ``DistributedDataParallel`` through its ``module``.
             layers (list[torch.nn.Module]): The layers to analyse, in the
                         order the forward pass runs them, lowest first, each
                         computed from the one before (along one path of the
@@ -109,6 +114,14 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
                         as ``self.device_ids``. A forward that runs the listed
                         layers in several replicas at once (two or more GPUs)
                         is refused: explain ``model.module``. Default: None
+            output (str, int or Callable, optional): Which tensor of the
+                        model's output ``target`` picks from, for a model that
+                        returns a ``ModelOutput``, a dict, a tuple or a
+                        namedtuple: a key or attribute name, an index, or a
+                        callable ``raw_output -> tensor``. Default: None (a
+                        tensor as it is, else its ``logits`` where it has
+                        them; anything else is an error when ``target`` needs
+                        the output, which lists what the model returns)
         """
         if not isinstance(layers, (list, tuple)) or len(layers) < 2:
             raise ValueError(
@@ -128,10 +141,17 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         self.layer_names = unique_layer_names(model_of(forward_func), layers)
         self.neuron_dim: Optional[int] = None if neuron_dim is None else int(neuron_dim)
         self.device_ids = device_ids_checked(device_ids)
+        self.output = checked_output(output)
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    @property
+    def _forward(self) -> ExplainedForward:
+        """The model as the passes run it: ``forward_func`` through the module the user
+        wrote, its output selected by ``output``."""
+        return ExplainedForward(self.forward_func, self.output)
 
     @log_usage()
     def attribute(
@@ -388,13 +408,13 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         request.check(is_batch_stream(inputs))
         data = BatchStream(inputs)
         network = Network(
-            self.forward_func,
+            self._forward,
             self.layers,
             self.layer_names,
             self.neuron_dim,
             additional_forward_args,
         )
-        with untouched_model(self.forward_func):
+        with untouched_model(network.forward_func):
             states = build_graphs(network, data, request, options)
         metadata = {
             "method": type(self).__name__,

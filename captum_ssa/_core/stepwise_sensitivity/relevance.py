@@ -54,7 +54,9 @@ class LayerPair:
     outputs in the autograd graph of that pass; ``upper_input`` is the upper
     layer's input when it was observed (plain Linear/Conv layers), else None.
     ``forward_func``, ``inputs`` and ``additional_forward_args`` let a relevance
-    function run the model again (Captum attributions do). ``neuron_dim`` is the
+    function run the model again (Captum attributions do); ``forward_func`` is the
+    model as SSA runs it (the original module of a compiled model, returning the
+    tensor the explainer's ``output=`` selects). ``neuron_dim`` is the
     axis of the layers' own outputs that holds their neurons (None: dim 1); the
     two outputs here already have it moved to dim 1, and a relevance function
     that runs the model again must move it the same way (``run_and_capture``

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_ssa._utils.model_output import output_tensor
+
 # Captum's target: one class for every example, or one class per example.
 Target = Union[int, tuple[int, ...], list[int], Tensor, np.ndarray]
 # A set of starting neurons of the top layer.
@@ -107,9 +109,10 @@ def neuron_set(top_neurons: Any) -> Tensor:
 
 
 def check_target_on_output(model_output: Any, top_shape: tuple[int, ...], top_name: str) -> None:
-    """A ``target`` picks outputs of the model: the top layer must be its output."""
-    if not isinstance(model_output, Tensor) or tuple(model_output.shape) != top_shape:
-        shape = tuple(model_output.shape) if isinstance(model_output, Tensor) else None
+    """A ``target`` picks outputs of the model: the top layer must be its output (the
+    tensor the constructor's ``output=`` selects)."""
+    shape = tuple(output_tensor(model_output, "target (which picks outputs of the model)").shape)
+    if shape != top_shape:
         raise ValueError(
             f"target picks outputs of the model, but the top layer {top_name!r} "
             f"(output {top_shape}) is not the model's output ({shape}); "

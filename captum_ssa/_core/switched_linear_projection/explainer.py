@@ -33,6 +33,7 @@ from captum_ssa._utils._compat import (
 )
 from captum_ssa._utils.embedding_layer import AttributedInputs, checked_embedding_layer
 from captum_ssa._utils.hooks import check_layers_in_model
+from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.validation import NeuronSelector, device_ids_checked
 
 
@@ -112,11 +113,15 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         multiply_by_inputs: bool = False,
         device_ids: Optional[list[int]] = None,
         embedding_layer: Optional[Module] = None,
+        output: OutputSelector = None,
     ) -> None:
         r"""
         Args:
             forward_func (Callable): The model, or any function of the inputs
-                        that runs it.
+                        that runs it. A ``torch.compile``d model is explained
+                        through its original module (``_orig_mod``, whose
+                        modules the layers are), a
+                        ``DistributedDataParallel`` through its ``module``.
             layer (torch.nn.Module): The layer whose *output* holds the
                         pre-activations of the neurons to project, e.g. a
                         ``Conv2d`` or ``Linear`` followed by a ReLU, or the
@@ -147,6 +152,15 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
                         (N, T, D), and ``baselines`` are token ids (or a
                         number) whose embeddings are the starting point.
                         Without it, integer inputs are an error. Default: None
+            output (str, int or Callable, optional): Which tensor of the
+                        model's output is the output, for a model that returns
+                        a ``ModelOutput``, a dict, a tuple or a namedtuple: a
+                        key or attribute name, an index, or a callable
+                        ``raw_output -> tensor`` (a selector that finds nothing
+                        is an error that lists what the model returns). The
+                        neuron is chosen in ``layer``'s output, so the
+                        projection never reads the model's output and works
+                        with any output as it is. Default: None
         """
         if not isinstance(multiply_by_inputs, bool):
             raise TypeError(f"multiply_by_inputs must be a bool, got {multiply_by_inputs!r}")
@@ -156,10 +170,17 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
         GradientAttribution.__init__(self, forward_func)
         self._multiply_by_inputs = multiply_by_inputs
         self._warned_not_piecewise_linear = False
+        self.output = checked_output(output)
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return self._multiply_by_inputs
+
+    @property
+    def _forward(self) -> ExplainedForward:
+        """The model as the projection runs it: ``forward_func`` through the module the
+        user wrote, its output selected by ``output``."""
+        return ExplainedForward(self.forward_func, self.output)
 
     def has_convergence_delta(self) -> bool:
         return True

@@ -200,7 +200,7 @@ def _holding_the_model(attribution: SwitchedLinearProjection) -> AbstractContext
     embeddings of token ids), and nothing where they are the inputs themselves."""
     if attribution.embedding_layer is None:
         return nullcontext()
-    return untouched_model(attribution.forward_func)
+    return untouched_model(attribution._forward)
 
 
 def attributed_points(
@@ -210,7 +210,7 @@ def attributed_points(
     or the output of its ``embedding_layer`` for token ids."""
     with _holding_the_model(attribution):
         return attributed_inputs(
-            attribution.forward_func,
+            attribution._forward,
             attribution.embedding_layer,
             inputs,
             additional_forward_args,
@@ -243,9 +243,9 @@ def activity_and_weights(
     ``(attributed inputs, activity (N,), weights, warned)``, where ``warned`` says
     whether, asked to ``check_linearity``, it warned that the network is not
     piecewise linear. The weights are with respect to ``attributed.leaves``."""
-    with untouched_model(attribution.forward_func):
+    with untouched_model(attribution._forward):
         attributed = attributed_inputs(
-            attribution.forward_func,
+            attribution._forward,
             attribution.embedding_layer,
             inputs,
             additional_forward_args,
@@ -281,7 +281,7 @@ def activity_at(
 ) -> Tensor:
     """The network's actual activity of the selected neuron at ``points`` (N), run
     by ``forward_func`` (the model, or its :class:`EmbeddingForward`)."""
-    with untouched_model(attribution.forward_func), torch.no_grad():
+    with untouched_model(attribution._forward), torch.no_grad():
         layer_output = _layer_values(
             forward_func,
             attribution.layer,
