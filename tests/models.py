@@ -345,9 +345,7 @@ def masked_transformer(seed: int = 0) -> MaskedTransformer:
     return MaskedTransformer().double().eval()
 
 
-def sequences(
-    count: int = 7, shortest: int = 2, longest: int = 6, seed: int = 1
-) -> list[Tensor]:
+def sequences(count: int = 7, shortest: int = 2, longest: int = 6, seed: int = 1) -> list[Tensor]:
     """``count`` token-id sequences of lengths from ``shortest`` to ``longest`` (ids
     1 to 10; 0 is the pad), each shaped (1, L): unpadded examples."""
     generator = torch.Generator().manual_seed(seed)

@@ -203,9 +203,7 @@ def stream(
 ) -> Iterator[Batch]:
     """:func:`iterate_batches` with an optional progress bar over the batches."""
     return iter(
-        progress(
-            iterate_batches(data, argument, mask), desc=description, disable=not show_progress
-        )
+        progress(iterate_batches(data, argument, mask), desc=description, disable=not show_progress)
     )
 
 

@@ -248,3 +248,21 @@ def _looks_like_a_mask(argument: Tensor, ids: Tensor) -> bool:
     if argument.dtype == torch.bool:
         return True
     return bool(((argument == 0) | (argument == 1)).all())
+
+
+def token_flags(output: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+    """The mask as booleans broadcast over ``output`` ``(N, T, ...)`` (True at a real
+    token's entries), where the mask applies to it; else None."""
+    if not has_token_axis(output, mask):
+        return None
+    assert mask is not None
+    return _trailing(mask, output)
+
+
+def per_token(by_position: Tensor, mask: Tensor) -> Tensor:
+    """Values of the ``t``-th real token, ``by_position`` ``(L, ...)``, put at every
+    example's real tokens: ``(N, T, ...)``, zeros at the pads. Every example must
+    have at most ``L`` real tokens."""
+    length = mask.shape[1]
+    values = padded_along_positions(by_position[:length], length)
+    return restored(values.expand(len(mask), *values.shape), mask)

@@ -32,8 +32,8 @@ from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import BatchStream, is_batch_stream
 from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
 from captum_ssa._utils.model_state import untouched_model
-from captum_ssa._utils.sequence_mask import checked_mask, warn_if_mask_in_forward_args
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.sequence_mask import checked_mask, warn_if_mask_in_forward_args
 from captum_ssa._utils.validation import device_ids_checked, prepare_inputs
 from captum_ssa._utils.warn import warn
 from captum_ssa.graph import DependencyGraph
@@ -468,6 +468,5 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
 OPTION_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(StepwiseSensitivity.attribute).parameters.items()
-    if name
-    not in ("self", "inputs", "target", "additional_forward_args", "top_neurons", "mask")
+    if name not in ("self", "inputs", "target", "additional_forward_args", "top_neurons", "mask")
 }
