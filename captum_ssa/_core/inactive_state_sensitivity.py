@@ -624,11 +624,7 @@ def _frequency_of_positions(
     frequency as fitted (checked against the output by ``_neuron_coefficients``).
     """
     masked = mask is not None and has_token_axis(output, mask)
-    if (
-        not (by_position or masked)
-        or output.dim() < 3
-        or frequency.shape[1:] != output.shape[2:]
-    ):
+    if not (by_position or masked) or output.dim() < 3 or frequency.shape[1:] != output.shape[2:]:
         return frequency
     longest = int(lengths(mask).max()) if mask is not None and masked else output.shape[1]
     if longest > frequency.shape[0]:
