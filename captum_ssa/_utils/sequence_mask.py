@@ -243,11 +243,21 @@ def warn_if_mask_in_forward_args(
 
 
 def _looks_like_a_mask(argument: Tensor, ids: Tensor) -> bool:
+    """Whether ``argument`` looks like the attention mask of padded ``ids``: 0/1
+    shaped like them, with some pad, and each row's ones one run (right or left
+    padding), which random 0/1 features and token types with pads are not."""
     if argument.shape != ids.shape or argument.is_floating_point() or argument.is_complex():
         return False
-    if argument.dtype == torch.bool:
-        return True
-    return bool(((argument == 0) | (argument == 1)).all())
+    if argument.dtype != torch.bool and not bool(((argument == 0) | (argument == 1)).all()):
+        return False
+    flags = argument.bool()
+    counts = flags.sum(1)
+    if bool(flags.all()) or bool((counts == 0).any()):
+        return False  # no pad to leave out, or an example without a token
+    positions = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
+    first = torch.where(flags, positions, flags.shape[1]).min(1).values
+    last = torch.where(flags, positions, -1).max(1).values
+    return bool((last - first + 1 == counts).all())
 
 
 def token_flags(output: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
