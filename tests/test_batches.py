@@ -116,9 +116,9 @@ def test_bad_masked_batches_name_the_problem():
         list(iterate_batches([(ids, y, mask), (ids, y)]))
     with pytest.raises(ValueError, match="batch 1 of inputs has a mask but batch 0 has none"):
         list(iterate_batches([(ids, y), (ids, y, mask)]))
-    with pytest.raises(ValueError, match="the mask of batch 0 of inputs holds values other than 0 and 1"):
+    with pytest.raises(ValueError, match="the mask of batch 0 of inputs holds values other than"):
         list(iterate_batches([(ids, y, mask * 3)]))
-    with pytest.raises(TypeError, match="the mask of batch 0 of inputs has dtype torch.float"):
+    with pytest.raises(TypeError, match=r"the mask of batch 0 of inputs has dtype torch\.float"):
         list(iterate_batches([(ids, y, mask.float())]))
     with pytest.raises(ValueError, match="has 4 elements"):
         list(iterate_batches([(ids, y, mask, mask)]))

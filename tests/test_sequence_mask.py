@@ -56,9 +56,7 @@ def test_pads_removed_keep_each_examples_real_tokens_in_order(case):
 def test_means_over_the_real_tokens_equal_a_loop(case):
     mask = masks()[case]
     values = torch.randn(*mask.shape, 2, 3, dtype=torch.float64)
-    expected = torch.stack(
-        [values[row][mask[row].bool()].mean(0) for row in range(len(mask))]
-    )
+    expected = torch.stack([values[row][mask[row].bool()].mean(0) for row in range(len(mask))])
     torch.testing.assert_close(masked_mean(values, mask), expected, atol=1e-12, rtol=0)
     # the same mean as weights of SSA's flattened positions (token axis first)
     weights = position_weights(mask, (mask.shape[1], 2), torch.float64)
@@ -123,7 +121,7 @@ def test_bad_masks_say_what_was_found():
         checked_mask([[1, 1, 1, 1]] * 3, (ids,))
     with pytest.raises(ValueError, match=r"got a tensor shaped \(3, 4, 1\)"):
         checked_mask(good[:, :, None], (ids,))
-    with pytest.raises(TypeError, match="dtype torch.float32.*additive"):
+    with pytest.raises(TypeError, match=r"dtype torch\.float32.*additive"):
         checked_mask(good.float(), (ids,))
     with pytest.raises(ValueError, match=r"values other than 0 and 1: \[2\]"):
         checked_mask(good * 2, (ids,))

@@ -90,7 +90,7 @@ def plain_matrix(
             outputs: dict[str, Tensor] = {}
             handles = [
                 layer.register_forward_hook(
-                    lambda _m, _i, out, name=name: outputs.__setitem__(name, out)
+                    lambda _m, _i, out, name=name, kept=outputs: kept.__setitem__(name, out)
                 )
                 for name, layer in (("lower", lower), ("upper", upper))
             ]
@@ -165,9 +165,7 @@ def test_captum_relevances_leave_the_pads_out_too(relevance):
     ids, mask = padded(examples, 7, left=True)
     ssa = StepwiseSensitivity(model, layers_of(model), neuron_dim=-1)
     graph = ssa.attribute(ids, target=0, mask=mask, relevance=relevance, percentile=0)
-    expected = ssa.attribute(
-        unpadded_stream(examples), target=0, relevance=relevance, percentile=0
-    )
+    expected = ssa.attribute(unpadded_stream(examples), target=0, relevance=relevance, percentile=0)
     assert_same_graph(graph, expected)
 
 
@@ -186,9 +184,7 @@ def test_the_model_receives_the_mask_before_the_additional_arguments():
         ids, target=1, mask=mask, additional_forward_args=(1.0,)
     )
     assert calls and all(call == (ids.shape, mask.shape, 1.0) for call in calls)
-    expected = StepwiseSensitivity(model, layers, neuron_dim=-1).attribute(
-        ids, target=1, mask=mask
-    )
+    expected = StepwiseSensitivity(model, layers, neuron_dim=-1).attribute(ids, target=1, mask=mask)
     for layer in layers:  # a plain function names no layer: compared by module
         assert torch.equal(graph.neurons(layer), expected.neurons(layer))
         torch.testing.assert_close(graph.relevance(layer), expected.relevance(layer), **TOLERANCE)
@@ -200,11 +196,11 @@ def test_neurons_along_the_token_axis_and_bad_masks_are_errors():
     ids, mask = padded(examples)
     with (
         pytest.warns(match="neuron_dim=-1"),
-        pytest.raises(ValueError, match="the pads would be neurons. Pass neuron_dim=-1"),
+        pytest.raises(ValueError, match=r"the pads would be neurons\. Pass neuron_dim=-1"),
     ):
         StepwiseSensitivity(model, layers_of(model)).attribute(ids, target=1, mask=mask)
     ssa = StepwiseSensitivity(model, layers_of(model), neuron_dim=-1)
-    with pytest.raises(TypeError, match="mask has dtype torch.float64"):
+    with pytest.raises(TypeError, match=r"mask has dtype torch\.float64"):
         ssa.attribute(ids, target=1, mask=mask.double())
     with pytest.raises(ValueError, match="mask has 2 rows but the inputs hold 3"):
         ssa.attribute(ids, target=1, mask=mask[:2])
