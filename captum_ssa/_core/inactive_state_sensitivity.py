@@ -242,8 +242,8 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
 
             >>> insens = InactiveStateSensitivity(net, net.fc1).fit(train_loader)
             >>> insens.activation_frequency.shape   # like net.fc1's output
-            >>> # padded token ids, (N, T) each, of any length T
-            >>> insens.fit([(ids, labels, attention_mask) for ...])
+            >>> # padded token ids: batches (ids, labels, attention_mask) of any length
+            >>> insens.fit(token_loader)
         """
         counts: Optional[list[Tensor]] = None
         # per layer: the samples that have each position of a token layer (masks), or None

@@ -12,7 +12,7 @@ import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 from torch import Tensor, nn
 
-from captum_ssa import StepwiseSensitivity
+from captum_ssa import StepwiseSensitivity, memory_budget
 from captum_ssa.graph import DependencyGraph
 from captum_ssa.relevance import CaptumRelevance
 from tests.behaviour import assert_same_snapshot, snapshot
@@ -189,6 +189,30 @@ def test_the_model_receives_the_mask_before_the_additional_arguments():
         assert torch.equal(graph.neurons(layer), expected.neurons(layer))
         torch.testing.assert_close(graph.relevance(layer), expected.relevance(layer), **TOLERANCE)
     assert_same_snapshot(before, snapshot(model))
+
+
+def test_a_batch_split_by_the_memory_budget_splits_its_mask_with_it():
+    model, examples = masked_transformer(), sequences()
+    ids, mask = padded(examples, 8, left=True)
+    pieces = []
+
+    def forward(ids: Tensor, mask: Tensor) -> Tensor:
+        assert ids.shape == mask.shape
+        pieces.append(len(ids))
+        return model(ids, mask)
+
+    layers = layers_of(model)
+    expected = StepwiseSensitivity(model, layers, neuron_dim=-1).attribute(
+        unpadded_stream(examples), target=1, mode="local", branching=2
+    )
+    with memory_budget(4096):  # two examples' gradients on fc1 per forward pass
+        graph = StepwiseSensitivity(forward, layers, neuron_dim=-1).attribute(
+            ids, target=1, mask=mask, mode="local", branching=2
+        )
+    assert pieces[0] == len(examples) and max(pieces[1:]) == 2  # the first pass checks
+    for layer in layers:
+        assert torch.equal(graph.neurons(layer), expected.neurons(layer))
+        torch.testing.assert_close(graph.relevance(layer), expected.relevance(layer), **TOLERANCE)
 
 
 def test_neurons_along_the_token_axis_and_bad_masks_are_errors():

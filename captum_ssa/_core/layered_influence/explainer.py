@@ -271,6 +271,8 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             >>> explainer.layer_scores   # {'conv1': 0.97, 'conv2': 0.99, ...}
             >>> explainer.chosen_layer_name
             'conv2'
+            >>> # padded token ids: batches (ids, labels, attention_mask) of any length
+            >>> LayeredInfluence(model, [model.block1, model.block2]).fit(token_loader)
         """
         check_choice_options(criterion, tolerance)
         batch_size = positive_int("batch_size", batch_size)
