@@ -280,3 +280,89 @@ def token_reference(size: int = 40, seed: int = 5) -> Tensor:
     """Token ids for the fits of :func:`token_classifier`'s model: with the default
     seeds both of its variants predict at least two classes on them."""
     return torch.randint(0, 12, (size, 6), generator=torch.Generator().manual_seed(seed))
+
+
+class MaskedAttention(nn.Module):
+    """Single-head self-attention whose softmax ignores the masked keys."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        scores = self.query(x) @ self.key(x).transpose(1, 2) / x.shape[-1] ** 0.5
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1) @ self.value(x)
+
+
+class MaskedTransformer(nn.Module):
+    """A transformer-like classifier that honours its mask: token ids -> embedding +
+    positions (counted among the real tokens, so left and right padding agree) ->
+    attention over the real tokens (+ residual) -> fc1 -> ReLU -> fc2 (+ residual)
+    -> mean over the real tokens -> head.
+
+    ``forward(ids, mask=None)``: without a mask every position is a token. Its
+    outputs on the real positions, and its logits, do not depend on the pads.
+    ``from_embeddings(embeddings, mask=None)`` is the same model from the
+    embedding layer's output.
+    """
+
+    def __init__(
+        self, vocabulary: int = 11, length: int = 9, width: int = 6, hidden: int = 8, classes=3
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.position = nn.Parameter(0.5 * torch.randn(length, width))
+        self.attention = MaskedAttention(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, width)
+        self.head = nn.Linear(width, classes)
+        with torch.no_grad():  # logits that vary with the tokens more than the biases
+            self.embedding.weight.mul_(2)
+            self.head.weight.mul_(4)
+
+    def forward(self, ids: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return self.from_embeddings(self.embedding(ids), mask)
+
+    def from_embeddings(self, embeddings: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if mask is None:
+            mask = torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
+        mask = mask.bool()
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        x = embeddings + self.position[positions]
+        x = x + self.attention(x, mask)
+        x = x + self.fc2(self.relu(self.fc1(x)))
+        weights = mask[:, :, None].to(x.dtype)
+        return self.head((x * weights).sum(1) / weights.sum(1))
+
+
+def masked_transformer(seed: int = 0) -> MaskedTransformer:
+    """A seeded eval-mode float64 :class:`MaskedTransformer`."""
+    torch.manual_seed(seed)
+    return MaskedTransformer().double().eval()
+
+
+def sequences(count: int = 7, shortest: int = 2, longest: int = 6, seed: int = 1) -> list[Tensor]:
+    """``count`` token-id sequences of lengths from ``shortest`` to ``longest`` (ids
+    1 to 10; 0 is the pad), each shaped (1, L): unpadded examples."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(shortest, longest + 1, (count,), generator=generator)
+    lengths[0], lengths[-1] = shortest, longest  # both ends present
+    return [torch.randint(1, 11, (1, int(n)), generator=generator) for n in lengths]
+
+
+def padded(examples: list[Tensor], length: Optional[int] = None, left: bool = False):
+    """The examples padded with id 0 to ``length`` (default: the longest), on the right
+    (or the left), and their mask (1 = real token): ``(ids, mask)``, both (N, T)."""
+    length = max(e.shape[1] for e in examples) if length is None else length
+    ids = torch.zeros(len(examples), length, dtype=torch.long)
+    mask = torch.zeros(len(examples), length, dtype=torch.long)
+    for row, example in enumerate(examples):
+        size = example.shape[1]
+        place = slice(length - size, length) if left else slice(0, size)
+        ids[row, place] = example[0]
+        mask[row, place] = 1
+    return ids, mask

@@ -77,3 +77,52 @@ def test_a_one_shot_stream_reads_once_and_an_empty_stream_is_an_error():
     with pytest.raises(ValueError, match="empty stream"):
         BatchStream([])
     assert BatchStream(DataLoader(TensorDataset(x), batch_size=4)).length == 2
+
+
+def test_batches_with_masks_as_triples_dicts_or_mask_and_their_pieces():
+    from captum_ssa._utils.batches import pieces
+
+    ids, y = torch.randint(1, 9, (5, 4)), torch.arange(5)
+    mask = torch.ones(5, 4, dtype=torch.long)
+    mask[3:, 2:] = 0
+    (single,) = iterate_batches(ids, mask=mask)
+    assert torch.equal(single.mask, mask) and single.labels is None
+    (triple,) = iterate_batches([(ids, y, mask)])
+    assert torch.equal(triple.mask, mask) and torch.equal(triple.labels, y)
+    (unlabelled,) = iterate_batches([(ids, None, mask)])
+    assert unlabelled.labels is None and torch.equal(unlabelled.mask, mask)
+    collated = {"input_ids": ids, "attention_mask": mask, "labels": y}
+    (from_dict,) = iterate_batches([collated])
+    assert torch.equal(from_dict.inputs[0], ids) and torch.equal(from_dict.mask, mask)
+    assert torch.equal(from_dict.labels, y)
+    (embeds,) = iterate_batches([{"inputs_embeds": torch.randn(5, 4, 3), "label": y}])
+    assert embeds.mask is None and embeds.inputs[0].shape == (5, 4, 3)
+    # batches of different lengths, from a DataLoader over a TensorDataset(x, y, mask)
+    loader = DataLoader(TensorDataset(ids, y, mask), batch_size=2)
+    assert [tuple(b.mask.shape) for b in iterate_batches(loader)] == [(2, 4), (2, 4), (1, 4)]
+    short = [(ids[:2, :2], y[:2], mask[:2, :2]), (ids[2:], y[2:], mask[2:])]
+    assert [b.mask.shape[1] for b in iterate_batches(short)] == [2, 4]
+    parts = list(pieces(triple, 2))
+    assert [tuple(p.mask.shape) for p in parts] == [(2, 4), (2, 4), (1, 4)]
+    assert torch.equal(torch.cat([p.mask for p in parts]), mask)
+
+
+def test_bad_masked_batches_name_the_problem():
+    ids, y = torch.randint(1, 9, (4, 3)), torch.arange(4)
+    mask = torch.ones(4, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="mask= is the mask of a single batch"):
+        list(iterate_batches([ids], mask=mask))
+    with pytest.raises(ValueError, match="batch 1 of inputs has no mask but batch 0 has one"):
+        list(iterate_batches([(ids, y, mask), (ids, y)]))
+    with pytest.raises(ValueError, match="batch 1 of inputs has a mask but batch 0 has none"):
+        list(iterate_batches([(ids, y), (ids, y, mask)]))
+    with pytest.raises(ValueError, match="the mask of batch 0 of inputs holds values other than"):
+        list(iterate_batches([(ids, y, mask * 3)]))
+    with pytest.raises(TypeError, match=r"the mask of batch 0 of inputs has dtype torch\.float"):
+        list(iterate_batches([(ids, y, mask.float())]))
+    with pytest.raises(ValueError, match="has 4 elements"):
+        list(iterate_batches([(ids, y, mask, mask)]))
+    with pytest.raises(ValueError, match=r"keys \['attention_mask', 'input_ids', 'token_type_"):
+        list(iterate_batches([{"input_ids": ids, "attention_mask": mask, "token_type_ids": mask}]))
+    with pytest.raises(ValueError, match="a dict batch holds one of"):
+        list(iterate_batches([{"attention_mask": mask}]))

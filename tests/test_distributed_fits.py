@@ -19,6 +19,7 @@ from captum_ssa.graph.evaluation import (
     evaluate_graph,
 )
 from tests.graph.test_evaluation import CASES, balanced_model, graph_keeping
+from tests.models import masked_transformer, padded, sequences
 from tests.ranks import run_rank_then_exit
 
 WORLD_SIZE = 2
@@ -59,14 +60,38 @@ def contiguous_shard_loader(rank: int, world_size: int) -> DataLoader:
     return DataLoader(TensorDataset(x[shard], labels[shard]), batch_size=7)
 
 
+def masked_results_of(rank: int, world_size: int) -> dict[str, Any]:
+    """The fits over this rank's consecutive share of token sequences sorted by length,
+    in batches padded to their own lengths: the ranks' longest samples differ."""
+    model = masked_transformer()
+    reference = sorted(sequences(count=30, longest=8, seed=3), key=lambda e: e.shape[1])
+    share = reference[rank * 30 // world_size : (rank + 1) * 30 // world_size]
+    batches = []
+    for start in range(0, len(share), 4):
+        ids, mask = padded(share[start : start + 4], left=start % 8 == 0)
+        batches.append((ids, None, mask))
+    insens = InactiveStateSensitivity(model, [model.fc1, model.head]).fit(batches)
+    explainer = LayeredInfluence(model, [model.fc1, model.fc2]).fit(batches, criterion="dispersion")
+    ids, mask = padded(sequences(count=4), 9)
+    return {
+        "frequencies": insens.activation_frequency,
+        "reference_size": insens.reference_size,
+        "layer_scores": explainer.layer_scores,
+        "influence": explainer.influence(ids, mask=mask),
+    }
+
+
 def run_rank(rank: int, world_size: int, directory: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world_size
     )
-    run_rank_then_exit(
-        lambda: torch.save(results_of(rank, world_size), f"{directory}/rank{rank}.pt")
-    )
+
+    def save() -> None:
+        torch.save(results_of(rank, world_size), f"{directory}/rank{rank}.pt")
+        torch.save(masked_results_of(rank, world_size), f"{directory}/masked{rank}.pt")
+
+    run_rank_then_exit(save)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -88,5 +113,14 @@ def test_two_gloo_ranks_give_the_one_process_results(tmp_path: Path) -> None:
         assert torch.equal(got["ablation"], expected["ablation"])
         # the reference set is the union of the shards, on every rank
         assert got["influence_reference_size"] == expected["influence_reference_size"] == 48
+        assert got["layer_scores"] == pytest.approx(expected["layer_scores"], abs=1e-12)
+        torch.testing.assert_close(got["influence"], expected["influence"])
+
+    expected = masked_results_of(0, 1)
+    for rank in range(WORLD_SIZE):
+        got = torch.load(tmp_path / f"masked{rank}.pt", weights_only=False)
+        assert got["reference_size"] == expected["reference_size"] == 30
+        for a, b in zip(got["frequencies"], expected["frequencies"]):
+            assert a.shape == b.shape and torch.equal(a, b)
         assert got["layer_scores"] == pytest.approx(expected["layer_scores"], abs=1e-12)
         torch.testing.assert_close(got["influence"], expected["influence"])

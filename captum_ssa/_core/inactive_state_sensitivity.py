@@ -18,7 +18,7 @@ from captum_ssa._utils._compat import (
     _is_tuple,
 )
 from captum_ssa._utils.batches import stream
-from captum_ssa._utils.distributed import all_reduce_sum, same_on_every_rank
+from captum_ssa._utils.distributed import all_reduce_sum, rows_on_every_rank, same_on_every_rank
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import (
     check_layers_in_model,
@@ -39,10 +39,23 @@ from captum_ssa._utils.model_state import (
     weights_fingerprint,
 )
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.sequence_mask import (
+    added_along_positions,
+    checked_mask,
+    forward_args_with_mask,
+    has_token_axis,
+    lengths,
+    padded_along_positions,
+    per_token,
+    summed_over_examples,
+    token_flags,
+    warn_if_mask_in_forward_args,
+)
 from captum_ssa._utils.validation import (
     IndexSelector,
     device_ids_checked,
     positive_int,
+    prepare_inputs,
     selected_units,
 )
 from captum_ssa._utils.warn import warn
@@ -100,6 +113,10 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
     interpretability*), eq. 8. Definitions, conventions and our choices:
     ``docs/inactive_state_sensitivity.md``.
     """
+
+    # set by fit: per layer, how many reference samples have each position of a
+    # token layer fitted with masks (None: every sample has every neuron)
+    _examples_per_position: Optional[list[Optional[Tensor]]] = None
 
     def __init__(
         self,
@@ -175,9 +192,18 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         without the batch dimension (a list for a list of layers). Available
         after :meth:`fit`.
         """
-        counts = self._fitted_counts()
-        frequencies = [c / self.reference_size for c in counts]
+        frequencies = self._frequencies()
         return frequencies if isinstance(self.layer, list) else frequencies[0]
+
+    def _frequencies(self) -> list[Tensor]:
+        """:math:`m_i / N_{ref}`, with :math:`N_{ref}` per position of a token layer
+        fitted with masks: the reference samples that have that position."""
+        counts = self._fitted_counts()
+        per_position = self._examples_per_position or [None] * len(counts)
+        return [
+            count / self.reference_size if examples is None else count / examples
+            for count, examples in zip(counts, per_position)
+        ]
 
     def _fitted_counts(self) -> list[Tensor]:
         if self._active_counts is None:
@@ -194,6 +220,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         reference: Any,
         additional_forward_args: Any = None,
         show_progress: bool = False,
+        mask: Optional[Tensor] = None,
     ) -> InactiveStateSensitivity:
         r"""
         Count on how many reference samples each neuron is active (:math:`m_i`).
@@ -212,6 +239,20 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                         ``forward_func`` after each batch. Default: None
             show_progress (bool, optional): Show a progress bar over the
                         batches. Default: False
+            mask (Tensor, optional): The mask of a tensor reference, shaped
+                        ``(N, T)`` like the token ids, e.g. the tokenizer's
+                        ``attention_mask`` (1 = real token, 0 = pad). A stream's
+                        batches carry their own, as ``(inputs, labels, mask)``
+                        or dicts ``{"input_ids", "attention_mask", "labels"}``,
+                        and may then differ in length. A layer output
+                        ``(N, T, ...)`` then counts only the real tokens:
+                        position ``t`` is each sample's ``t``-th real token
+                        (pads removed, so left and right padding agree), and
+                        its frequency is over the samples that have one.
+                        Layers without that token axis count every sample.
+                        The model receives the mask as its first additional
+                        forward argument, ``forward_func(*inputs, mask,
+                        *additional_forward_args)``. Default: None
 
         Returns:
             *InactiveStateSensitivity*: ``self``, with
@@ -221,28 +262,49 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
 
             >>> insens = InactiveStateSensitivity(net, net.fc1).fit(train_loader)
             >>> insens.activation_frequency.shape   # like net.fc1's output
+            >>> # padded token ids: batches (ids, labels, attention_mask) of any length
+            >>> insens.fit(token_loader)
         """
         counts: Optional[list[Tensor]] = None
+        # per layer: the samples that have each position of a token layer (masks), or None
+        examples: list[Optional[Tensor]] = []
         size = 0
         with untouched_model(self._forward):
             for number, batch in enumerate(
-                stream(reference, "reference", show_progress, "Reference batches")
+                stream(reference, "reference", show_progress, "Reference batches", mask)
             ):
+                if number == 0:
+                    warn_if_mask_in_forward_args(
+                        self, batch.inputs, additional_forward_args, batch.mask
+                    )
                 outputs = no_grad_capture(
-                    self._forward, batch.inputs, self._layers, additional_forward_args
+                    self._forward,
+                    batch.inputs,
+                    self._layers,
+                    forward_args_with_mask(batch.mask, additional_forward_args),
                 )
                 # a running count per neuron: memory does not grow with the data
-                batch_counts = [(output > 0).sum(0) for output in outputs]
-                if counts is not None:
-                    _check_same_layer_shapes(counts, batch_counts, batch.inputs, number)
-                counts = (
-                    batch_counts
-                    if counts is None
-                    else [c + b for c, b in zip(counts, batch_counts)]
-                )
+                summed = [summed_over_examples(output > 0, batch.mask) for output in outputs]
+                batch_counts = [count for count, _ in summed]
+                batch_examples = [positions for _, positions in summed]
+                if counts is None:
+                    counts, examples = batch_counts, batch_examples
+                else:
+                    _check_same_layer_shapes(
+                        counts, batch_counts, batch.inputs, number, examples, batch_examples
+                    )
+                    counts = [
+                        c + b if e is None else added_along_positions(c, b)
+                        for c, b, e in zip(counts, batch_counts, examples)
+                    ]
+                    examples = [
+                        None if e is None or b is None else added_along_positions(e, b)
+                        for e, b in zip(examples, batch_examples)
+                    ]
                 size += batch.size
-        counts, size = _summed_over_ranks(counts, size, len(self._layers))
+        counts, examples, size = _summed_over_ranks(counts, examples, size, len(self._layers))
         self._active_counts = counts
+        self._examples_per_position = examples
         self.reference_size = size
         self._fitted_weights = weights_fingerprint(self._forward)
         return self
@@ -260,6 +322,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         jacobian_vectors_per_chunk: Optional[int] = None,
         show_progress: bool = False,
         neuron_selector: Optional[IndexSelector] = None,
+        mask: Optional[Tensor] = None,
     ) -> Union[TensorOrTupleOfTensorsGeneric, list[TensorOrTupleOfTensorsGeneric]]:
         r"""
         Insens :math:`\Omega_l(x)` for every example.
@@ -315,6 +378,19 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                         positional argument stays ``target``. A callable is an
                         error (it returns a value, not a set of neurons), and
                         so is a list of layers. Default: None (every neuron)
+            mask (Tensor, optional): For padded token sequences: which
+                        positions are real tokens, shaped ``(N, T)`` like the
+                        token ids, e.g. the tokenizer's ``attention_mask`` (1 =
+                        real token, 0 = pad). The neurons of a layer output
+                        ``(N, T, ...)`` are then the (position, feature) pairs
+                        of the real tokens only: :math:`\Omega_l` sums over the
+                        inactive ones there (``"uniform"`` divides by their
+                        number), and each takes the frequency :meth:`fit` found
+                        for its position among the real tokens. A layer without
+                        that token axis is unaffected. The model receives the
+                        mask as its first additional forward argument,
+                        ``forward_func(*inputs, mask, *additional_forward_args)``.
+                        Default: None (every position is a token)
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -332,6 +408,8 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
             >>> insens = InactiveStateSensitivity(
             ...     model, model.block.fc1, embedding_layer=model.embedding)
             >>> omega = insens.fit(train_ids).attribute(input_ids)  # (N, T, D)
+            >>> # padded ids; the model is called as model(ids, attention_mask)
+            >>> omega = insens.attribute(input_ids, mask=attention_mask)
         """
         if jacobian_mode not in JACOBIAN_MODES:
             raise ValueError(
@@ -357,21 +435,21 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                 "neuron_selector selects neurons of one layer; construct "
                 "InactiveStateSensitivity with a single layer to use it"
             )
-        frequencies = (
-            [c / self.reference_size for c in self._fitted_counts()]
-            if weighting == "frequency"
-            else None
-        )
+        frequencies = self._frequencies() if weighting == "frequency" else None
+        if mask is not None:
+            mask = checked_mask(mask, prepare_inputs(inputs, integers_allowed=True))
+        forward_args = forward_args_with_mask(mask, additional_forward_args)
         with untouched_model(self._forward):
             attributed = attributed_inputs(
-                self._forward, self.embedding_layer, inputs, additional_forward_args
+                self._forward, self.embedding_layer, inputs, forward_args
             )
+            warn_if_mask_in_forward_args(self, attributed.given, additional_forward_args, mask)
             prepared = attributed.leaves
             _, outputs = run_and_capture(
                 attributed.forward_func,
                 prepared,
                 self._layers,
-                additional_forward_args,
+                forward_args,
             )
             coefficients = []
             for position, (layer, output) in enumerate(zip(self._layers, outputs)):
@@ -385,23 +463,31 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                     )
                 squared_norms = jacobian_row_norms(
                     output,
-                    layer_function(attributed.forward_func, layer, additional_forward_args),
+                    layer_function(attributed.forward_func, layer, forward_args),
                     prepared,
                     chunk_size=jacobian_vectors_per_chunk,
                     mode=jacobian_mode,
                     show_progress=show_progress,
                 ).reshape(output.shape)
-                frequency = None if frequencies is None else frequencies[position]
+                frequency = None
+                if frequencies is not None:
+                    by_position = self._examples_per_position or [None] * len(frequencies)
+                    frequency = _frequency_of_positions(
+                        frequencies[position], by_position[position] is not None, output, mask
+                    )
                 coefficient = _neuron_coefficients(
                     output.detach(), squared_norms, frequency, include_active
                 )
+                real_tokens = token_flags(output, mask)
+                if real_tokens is not None:  # pads are no neurons
+                    coefficient = coefficient * real_tokens
                 if neuron_selector is not None:
                     units = selected_units(output, neuron_selector, type(self).__name__)
                     coefficient = coefficient * units
                 coefficients.append(coefficient)
             if weighting == "uniform":
                 coefficients = _average_over_selected(
-                    coefficients, outputs, include_active, pool_layers
+                    coefficients, outputs, include_active, pool_layers, mask
                 )
             per_layer = [
                 vector_jacobian_product(output, prepared, coefficient)
@@ -432,14 +518,22 @@ def _warn_if_after_activation(output: Tensor, layer: str) -> bool:
 
 
 def _summed_over_ranks(
-    counts: Optional[list[Tensor]], size: int, layers: int
-) -> tuple[list[Tensor], int]:
-    """The counts and reference size over every rank's shard (this rank's alone
-    without ``torch.distributed``), or a clear error where there is no data."""
+    counts: Optional[list[Tensor]], examples: list[Optional[Tensor]], size: int, layers: int
+) -> tuple[list[Tensor], list[Optional[Tensor]], int]:
+    """The counts, the samples per position of the token layers and the reference
+    size over every rank's shard (this rank's alone without ``torch.distributed``),
+    or a clear error where there is no data. A token layer's counts cover the
+    positions some sample has (the longest sample, over all ranks)."""
     # the same on every rank, so that all ranks raise together rather than some
     # waiting in a collective that the others have left
     shapes = (
-        [0] * 2 * layers if counts is None else [x for c in counts for x in (c.numel(), c.dim())]
+        [0] * 3 * layers
+        if counts is None
+        else [
+            x
+            for c, e in zip(counts, examples)
+            for x in (c[0].numel() if e is not None else c.numel(), c.dim(), int(e is None))
+        ]
     )
     if not same_on_every_rank(shapes):
         raise ValueError(
@@ -448,22 +542,45 @@ def _summed_over_ranks(
         )
     if counts is None:
         raise ValueError("the reference data is empty: fit needs at least one sample")
-    for count in counts:
+    for position, per_position in enumerate(examples):
+        if per_position is not None:
+            longest = max(rows_on_every_rank(len(per_position)))
+            examples[position] = padded_along_positions(per_position, longest)
+            counts[position] = padded_along_positions(counts[position], longest)
+    for count in [*counts, *(e for e in examples if e is not None)]:
         all_reduce_sum(count)
-    return counts, int(all_reduce_sum(torch.tensor(size)))
+    for position, per_position in enumerate(examples):
+        if per_position is not None:  # positions no sample has: pads in every batch
+            seen = int((per_position > 0).sum())
+            counts[position] = counts[position][:seen]
+            shape = (seen, *([1] * (counts[position].dim() - 1)))
+            examples[position] = per_position[:seen].reshape(shape).to(counts[position].device)
+    return counts, examples, int(all_reduce_sum(torch.tensor(size)))
 
 
 def _check_same_layer_shapes(
-    counts: list[Tensor], batch_counts: list[Tensor], batch: tuple[Tensor, ...], number: int
+    counts: list[Tensor],
+    batch_counts: list[Tensor],
+    batch: tuple[Tensor, ...],
+    number: int,
+    examples: list[Optional[Tensor]],
+    batch_examples: list[Optional[Tensor]],
 ) -> None:
-    """A clear error when a reference batch gives layer outputs of another shape."""
-    for seen, new in zip(counts, batch_counts):
-        if seen.shape != new.shape:
+    """A clear error when a reference batch gives layer outputs of another shape; a
+    token layer's (with masks) may differ in length."""
+    for seen, new, per_position, batch_per_position in zip(
+        counts, batch_counts, examples, batch_examples
+    ):
+        same = seen.shape == new.shape and batch_per_position is None
+        if per_position is not None:
+            same = seen.shape[1:] == new.shape[1:] and batch_per_position is not None
+        if not same:
             raise ValueError(
                 f"reference batch {number} (inputs shaped "
                 f"{[tuple(t.shape[1:]) for t in batch]} per example) gives a layer "
                 f"output shaped {tuple(new.shape)} per example, but earlier batches "
-                f"gave {tuple(seen.shape)}; fit needs reference inputs of one shape"
+                f"gave {tuple(seen.shape)}; fit needs reference inputs of one shape "
+                "(token sequences of different lengths need masks)"
             )
 
 
@@ -478,7 +595,7 @@ def _neuron_coefficients(
     Zero for neurons outside the sum (active ones, unless included) and for
     neurons with ``w_i = 0``, whose centre is undefined.
     """
-    if frequency is not None and frequency.shape != activity.shape[1:]:
+    if frequency is not None and frequency.shape not in (activity.shape[1:], activity.shape):
         raise ValueError(
             f"the layer output is shaped {tuple(activity.shape[1:])} per example but "
             f"fit() saw {tuple(frequency.shape)}; fit on inputs shaped like these"
@@ -495,14 +612,17 @@ def _average_over_selected(
     outputs: list[Tensor],
     include_active: bool,
     pool_layers: bool,
+    mask: Optional[Tensor] = None,
 ) -> list[Tensor]:
-    """Divide by |I| per example: the neurons in the sum, per layer or pooled."""
-    counts = [
-        (torch.ones_like(o, dtype=torch.bool) if include_active else o <= 0)
-        .reshape(o.shape[0], -1)
-        .sum(1)
-        for o in outputs
-    ]
+    """Divide by |I| per example: the neurons in the sum (at the real tokens of a
+    mask), per layer or pooled."""
+    counts = []
+    for o in outputs:
+        selected = torch.ones_like(o, dtype=torch.bool) if include_active else o <= 0
+        real_tokens = token_flags(o, mask)
+        if real_tokens is not None:
+            selected = selected & real_tokens
+        counts.append(selected.reshape(o.shape[0], -1).sum(1))
     if pool_layers:
         total = torch.stack(counts).sum(0)
         counts = [total] * len(counts)
@@ -510,3 +630,29 @@ def _average_over_selected(
         c / n.clamp(min=1).reshape(-1, *([1] * (c.dim() - 1))).to(c)
         for c, n in zip(coefficients, counts)
     ]
+
+
+def _frequency_of_positions(
+    frequency: Tensor, by_position: bool, output: Tensor, mask: Optional[Tensor]
+) -> Tensor:
+    """The fitted frequency of every neuron of ``output``.
+
+    Position ``t`` of a token layer is the ``t``-th real token: with a mask, each
+    real token takes the frequency of its position among the real tokens
+    (``(N, T, ...)``, from a fit with or without masks); without one, a layer
+    fitted with masks (``by_position``) takes its first ``T`` positions. Else the
+    frequency as fitted (checked against the output by ``_neuron_coefficients``).
+    """
+    masked = mask is not None and has_token_axis(output, mask)
+    if not (by_position or masked) or output.dim() < 3 or frequency.shape[1:] != output.shape[2:]:
+        return frequency
+    longest = int(lengths(mask).max()) if mask is not None and masked else output.shape[1]
+    if longest > frequency.shape[0]:
+        raise ValueError(
+            f"an example has {longest} tokens but the longest reference sample fit() saw "
+            f"had {frequency.shape[0]}: positions beyond it have no frequency. Fit on "
+            "reference samples at least as long as the inputs"
+        )
+    if mask is not None and masked:
+        return per_token(frequency, mask)
+    return frequency[: output.shape[1]]

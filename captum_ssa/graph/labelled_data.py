@@ -34,6 +34,7 @@ def labelled_batches(inputs: Any, labels: Optional[Tensor], show_progress: bool)
         yield Batch(*check_inputs(inputs, labels))
         return
     for position, batch in enumerate(stream(inputs, "inputs", show_progress)):
+        check_no_mask(batch, position)
         if batch.labels is None:
             raise ValueError(
                 f"batch {position} of inputs has no labels: with labels=None, inputs must "
@@ -45,10 +46,23 @@ def labelled_batches(inputs: Any, labels: Optional[Tensor], show_progress: bool)
 def unlabelled_batches(inputs: Any, show_progress: bool) -> Iterator[Batch]:
     """The batches of tensor ``inputs`` (one) or of a stream; labels may be None."""
     if is_batch_stream(inputs):
-        yield from stream(inputs, "inputs", show_progress)
+        for position, batch in enumerate(stream(inputs, "inputs", show_progress)):
+            check_no_mask(batch, position)
+            yield batch
     else:
         checked, _ = check_inputs(inputs, None)
         yield Batch(checked, None)
+
+
+def check_no_mask(batch: Batch, position: int) -> None:
+    """The graph evaluations run the model without a mask: a batch with one is an error,
+    not a mask silently dropped."""
+    if batch.mask is not None:
+        raise ValueError(
+            f"batch {position} of inputs carries a mask, which the graph evaluations do not "
+            "pass to the model; give (inputs, labels) batches (a model that needs its mask "
+            "can take it among its inputs, as a tuple (ids, mask))"
+        )
 
 
 def check_inputs(inputs: Any, labels: Optional[Tensor]) -> tuple[tuple[Tensor, ...], Tensor]:

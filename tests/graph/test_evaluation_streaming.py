@@ -139,6 +139,10 @@ def test_stream_errors_name_the_problem() -> None:
         evaluate_graph(model, graph, [])
     with pytest.raises(ValueError, match="holds no batches"):
         ablation_importance(model, "fc1", [])
+    mask = torch.ones(x.shape, dtype=torch.long)  # not dropped silently: refused
+    labels = torch.zeros(len(x), dtype=torch.long)
+    with pytest.raises(ValueError, match="batch 0 of inputs carries a mask"):
+        evaluate_graph(model, graph, [(x, labels, mask)])
 
 
 def test_tensor_inputs_need_not_be_floating_point() -> None:

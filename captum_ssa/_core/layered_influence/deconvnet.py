@@ -24,7 +24,6 @@ module's own output is named by its class.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,22 +49,44 @@ _ACTIVATION_MODULES = tuple(
 
 
 def top_unit_seed(
-    activation: Tensor, influence: Tensor, top_fraction: float, top_k: Optional[int]
+    activation: Tensor,
+    influence: Tensor,
+    top_fraction: float,
+    top_k: Optional[int],
+    real_tokens: Optional[Tensor] = None,
 ) -> Tensor:
-    """The activation at each example's top units by |influence|, zero elsewhere."""
+    """The activation at each example's top units by |influence|, zero elsewhere.
+
+    ``real_tokens`` (booleans broadcast over ``activation``, for a token layer under
+    a mask) restricts every example's units to those of its real tokens: the
+    fraction is of their number, and no pad is kept.
+    """
     units = influence[0].numel()
+    if real_tokens is None:
+        per_example = torch.full((len(influence),), units, device=influence.device)
+    else:
+        real_tokens = real_tokens.expand(influence.shape).reshape(len(influence), -1)
+        per_example = real_tokens.sum(1)
     if top_k is None:
         if not isinstance(top_fraction, (int, float)) or not 0 < top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
         # the tiny margin keeps e.g. 0.025 * 1000 = 25.000000000000004 at 25
-        top_k = max(1, math.ceil(top_fraction * units - 1e-9))
-    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= units:
-        raise ValueError(
-            f"top_k must be an integer from 1 to the layer's {units} units, got {top_k!r}"
-        )
+        kept = (top_fraction * per_example.double() - 1e-9).ceil().clamp(min=1).long()
+    else:
+        fewest = int(per_example.min())
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= fewest:
+            where = "the layer's" if real_tokens is None else "the real tokens'"
+            raise ValueError(
+                f"top_k must be an integer from 1 to {where} {fewest} units, got {top_k!r}"
+            )
+        kept = torch.full_like(per_example, top_k)
     scores = influence.reshape(len(influence), -1).abs()
-    top = scores.topk(top_k, dim=1).indices
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+    if real_tokens is not None:  # below every real unit's |influence| >= 0
+        scores = torch.where(real_tokens, scores, torch.full_like(scores, -1.0))
+    top = scores.topk(int(kept.max()), dim=1).indices
+    ranks = torch.arange(top.shape[1], device=top.device)[None, :]
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep.scatter_(1, top, ranks < kept.to(top.device)[:, None])
     flat_activation = activation.detach().reshape(len(activation), -1)
     seed = torch.where(keep, flat_activation, torch.zeros_like(flat_activation))
     return seed.reshape(activation.shape)

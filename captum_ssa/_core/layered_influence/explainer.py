@@ -27,6 +27,12 @@ from captum_ssa._utils.hooks import model_of, no_grad_capture
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.sequence_mask import (
+    checked_mask,
+    forward_args_with_mask,
+    token_flags,
+    warn_if_mask_in_forward_args,
+)
 from captum_ssa._utils.validation import (
     IndexSelector,
     device_ids_checked,
@@ -203,6 +209,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         additional_forward_args: Any = None,
         show_progress: bool = False,
         dispersion_points: Optional[int] = None,
+        mask: Optional[Tensor] = None,
     ) -> LayeredInfluence:
         r"""
         Record the reference activations and labels, and choose the layer.
@@ -258,6 +265,20 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         candidate. Default: None (all points up to 2048, fewer
                         where the candidates' activations on them exceed the
                         memory budget)
+            mask (Tensor, optional): The mask of a tensor reference, shaped
+                        ``(N, T)`` like the token ids, e.g. the tokenizer's
+                        ``attention_mask`` (1 = real token, 0 = pad). A stream's
+                        batches carry their own, as ``(inputs, labels, mask)``
+                        or dicts ``{"input_ids", "attention_mask", "labels"}``,
+                        and may then differ in length. A candidate whose output
+                        is ``(N, T, ...)`` is then read as token sequences: its
+                        pads are no units, its probe features are the means
+                        over the real tokens, and the kept activations are each
+                        point's real tokens, compared with a query's on the
+                        positions both have (see :meth:`influence`). The model
+                        receives the mask as its first additional forward
+                        argument, ``forward_func(*inputs, mask,
+                        *additional_forward_args)``. Default: None
 
         Returns:
             *LayeredInfluence*: ``self``, with :attr:`chosen_layer`,
@@ -270,6 +291,8 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             >>> explainer.layer_scores   # {'conv1': 0.97, 'conv2': 0.99, ...}
             >>> explainer.chosen_layer_name
             'conv2'
+            >>> # padded token ids: batches (ids, labels, attention_mask) of any length
+            >>> LayeredInfluence(model, [model.block1, model.block2]).fit(token_loader)
         """
         check_choice_options(criterion, tolerance)
         batch_size = positive_int("batch_size", batch_size)
@@ -287,6 +310,8 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             tolerance=tolerance,
             given=given,
             sample_points=sample_points,
+            mask=mask,
+            owner=self,
         )
         return self
 
@@ -298,6 +323,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         layer: LayerChoice = None,
         alpha: Optional[Alpha] = None,
         points_per_chunk: Optional[int] = None,
+        mask: Optional[Tensor] = None,
     ) -> Tensor:
         r"""
         The influence :math:`\phi(x)` of every unit of the layer.
@@ -335,6 +361,21 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         memory grows with it, not with the reference set.
                         Default: None (1024, or fewer where a block would
                         exceed the memory budget)
+            mask (Tensor, optional): For padded token sequences: which
+                        positions are real tokens, shaped ``(N, T)`` like the
+                        token ids, e.g. the tokenizer's ``attention_mask`` (1 =
+                        real token, 0 = pad). For a layer output ``(N, T, ...)``
+                        the pads are then no units (their influence is 0), and
+                        the distance between a query and a reference point is
+                        taken over the positions both have, counted among the
+                        real tokens: the pads are removed and examples of
+                        different lengths are compared on their common prefix
+                        (so a left-padded and a right-padded example agree).
+                        A reference fitted with masks compares an unmasked
+                        query the same way, every position a real token. The
+                        model receives the mask as its first additional
+                        forward argument, ``forward_func(*inputs, mask,
+                        *additional_forward_args)``. Default: None
 
         Returns:
             *Tensor* of **influence** shaped like the layer's output,
@@ -347,12 +388,16 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
             >>> # against the points the model does not call class 3
             >>> phi = explainer.influence(test_x[:4], target=3)
             >>> phi = explainer.influence(test_x[:4], alpha=lambda r: torch.exp(-r))
+            >>> # padded token ids; the model is called as model(ids, attention_mask)
+            >>> phi = explainer.influence(input_ids, mask=attention_mask)
         """
         fit = self._current_fit(layer)
         check_alpha(alpha)
         points_per_chunk = positive_int("points_per_chunk", points_per_chunk)
         # no gradient is taken: token ids are read as they are
         prepared = prepare_inputs(inputs, integers_allowed=True)
+        mask = None if mask is None else checked_mask(mask, prepared)
+        warn_if_mask_in_forward_args(self, prepared, additional_forward_args, mask)
         with untouched_model(self._forward), torch.no_grad():
             return fit.influence(
                 self._forward,
@@ -361,6 +406,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                 additional_forward_args,
                 alpha,
                 points_per_chunk,
+                mask,
             )[1]
 
     @log_usage()
@@ -375,6 +421,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
         alpha: Optional[Alpha] = None,
         points_per_chunk: Optional[int] = None,
         neuron_selector: Optional[IndexSelector] = None,
+        mask: Optional[Tensor] = None,
     ) -> TensorOrTupleOfTensorsGeneric:
         r"""
         DeconvNet reconstruction of the input from the most influential units.
@@ -429,6 +476,14 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         ``points_per_chunk`` are unused. Not with ``top_k``.
                         A callable is an error (it returns a value, not a set
                         of units). Default: None (the top units)
+            mask (Tensor, optional): For padded token sequences: which
+                        positions are real tokens, ``(N, T)``, e.g. the
+                        tokenizer's ``attention_mask``. The influence is then
+                        taken as in :meth:`influence`, the top units are chosen
+                        among the real tokens' (``top_fraction`` of their
+                        number) and no pad's unit is projected, selected ones
+                        included. The model receives the mask as its first
+                        additional forward argument. Default: None
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -462,6 +517,9 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                 "method of one: DeconvNet overrides the model's nn.ReLU modules"
             )
         prepared = prepare_inputs(inputs, integers_allowed=self.embedding_layer is not None)
+        mask = None if mask is None else checked_mask(mask, prepared)
+        warn_if_mask_in_forward_args(self, prepared, additional_forward_args, mask)
+        forward_args = forward_args_with_mask(mask, additional_forward_args)
         with untouched_model(self._forward):
             if neuron_selector is None:
                 with torch.no_grad():
@@ -472,17 +530,20 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                         additional_forward_args,
                         alpha,
                         points_per_chunk,
+                        mask,
                     )
-                    seed = top_unit_seed(activation, influence, top_fraction, top_k)
+                    real_tokens = token_flags(activation, mask)
+                    seed = top_unit_seed(activation, influence, top_fraction, top_k, real_tokens)
             else:
-                (activation,) = no_grad_capture(
-                    self._forward, prepared, [fit.layer], additional_forward_args
-                )
+                (activation,) = no_grad_capture(self._forward, prepared, [fit.layer], forward_args)
                 units = selected_units(activation, neuron_selector, type(self).__name__)
                 seed = activation * units
+                real_tokens = token_flags(activation, mask)
+                if real_tokens is not None:  # a pad's units are no units
+                    seed = seed * real_tokens
             # DeconvNet runs back to the inputs, or to the embeddings of token ids
             attributed = attributed_inputs(
-                self._forward, self.embedding_layer, prepared, additional_forward_args
+                self._forward, self.embedding_layer, prepared, forward_args
             )
             reconstruction = deconvolve_from_layer(
                 model,
@@ -490,7 +551,7 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
                 attributed.leaves,
                 fit.layer,
                 seed,
-                additional_forward_args,
+                forward_args,
             )
         return _format_output(_is_tuple(inputs), reconstruction)
 

@@ -21,7 +21,11 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._core.layered_influence.influence import Alpha, monotone_influence
+from captum_ssa._core.layered_influence.influence import (
+    Alpha,
+    SequenceLengths,
+    monotone_influence,
+)
 from captum_ssa._core.layered_influence.labels import ClassTarget, class_targets
 from captum_ssa._core.layered_influence.layer_choice import (
     CandidateLayers,
@@ -37,6 +41,14 @@ from captum_ssa._utils.model_state import (
     untouched_model,
     weights_fingerprint,
 )
+from captum_ssa._utils.sequence_mask import (
+    compacted,
+    forward_args_with_mask,
+    has_token_axis,
+    padded_along_positions,
+    restored,
+)
+from captum_ssa._utils.sequence_mask import lengths as real_token_counts
 
 
 @dataclass(frozen=True)
@@ -59,14 +71,30 @@ class Fit:
         additional_forward_args: Any,
         alpha: Optional[Alpha],
         points_per_chunk: Optional[int],
+        mask: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
         """The layer's activation on ``inputs`` and the influence of its units against
-        the reference points labelled other than ``target``."""
+        the reference points labelled other than ``target``; ``mask`` is the inputs'
+        mask (passed to the model first among ``additional_forward_args``)."""
         output, (activation,) = run_and_capture(
-            forward_func, inputs, [self.layer], additional_forward_args
+            forward_func,
+            inputs,
+            [self.layer],
+            forward_args_with_mask(mask, additional_forward_args),
         )
         labels = class_targets(output, target)
         reference = self.reference
+        sequences = reference.lengths is not None or has_token_axis(activation, mask)
+        if sequences and activation.dim() >= 3:
+            if tuple(activation.shape[2:]) != reference.shape[1:]:
+                raise ValueError(
+                    f"layer {self.name} outputs {tuple(activation.shape[1:])} per example "
+                    f"here but {reference.shape} (positions, ...) in fit(); fit on token "
+                    "sequences of these features"
+                )
+            return activation, self._sequence_influence(
+                activation, mask, labels, alpha, points_per_chunk
+            )
         if tuple(activation.shape[1:]) != reference.shape:
             raise ValueError(
                 f"layer {self.name} outputs {tuple(activation.shape[1:])} "
@@ -86,6 +114,46 @@ class Fit:
         )
         return activation, influence.reshape(activation.shape)
 
+    def _sequence_influence(
+        self,
+        activation: Tensor,
+        mask: Optional[Tensor],
+        labels: Tensor,
+        alpha: Optional[Alpha],
+        points_per_chunk: Optional[int],
+    ) -> Tensor:
+        """The influence on token sequences: each query against each reference point
+        on the positions both have, counted among the real tokens (the pads removed;
+        without a mask every position of the query is a real token). Zero at the
+        pads."""
+        reference = self.reference
+        device = activation.device
+        if mask is None or not has_token_axis(activation, mask):
+            mask = torch.ones(activation.shape[:2], dtype=torch.bool, device=device)
+        positions, width = activation.shape[1], activation[0, 0].numel()
+        queries = compacted(activation.detach(), mask).reshape(len(activation), positions, width)
+        queries = queries.to(reference.mean.dtype)
+        mean = padded_along_positions(reference.mean.reshape(reference.shape[0], width), positions)
+        real = torch.arange(positions, device=device) < real_token_counts(mask)[:, None]
+        queries = (queries - mean[:positions].to(device) * real[:, :, None]).reshape(
+            len(activation), -1
+        )
+        reference_lengths = reference.lengths
+        if reference_lengths is None:  # fitted without masks: every position is a token
+            reference_lengths = torch.full((len(reference.labels),), reference.shape[0])
+        influence = monotone_influence(
+            queries,
+            labels.to(device),
+            [block.to(device) for block in reference.blocks],
+            reference.labels.to(device),
+            alpha=alpha,
+            points_per_chunk=points_per_chunk,
+            lengths=SequenceLengths(
+                real_token_counts(mask).to(device), reference_lengths.to(device), width
+            ),
+        )
+        return restored(influence.reshape(activation.shape), mask)
+
 
 def fit_reference(
     forward_func: Callable[..., Any],
@@ -99,6 +167,8 @@ def fit_reference(
     tolerance: float,
     given: Optional[int],
     sample_points: Optional[int],
+    mask: Optional[Tensor] = None,
+    owner: Any = None,
 ) -> Fit:
     """The fit of ``reference``: the given candidate, or the one ``criterion``
     chooses (no score table when ``given`` or a single candidate leaves no choice)."""
@@ -109,6 +179,8 @@ def fit_reference(
         additional_forward_args,
         batch_size,
         show_progress,
+        mask,
+        owner,
     )
     table: dict[str, float] = {}
     rows_per_rank: Optional[list[int]] = None

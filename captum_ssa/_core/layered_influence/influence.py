@@ -25,12 +25,21 @@ same. Such *near* pairs (rare: a differently-labelled point almost on top of
 the query) leave the matrix products and are summed from their own difference
 in float64 instead, so they are neither dropped nor mis-weighted; only exactly
 coincident points (:math:`r = 0`) are skipped.
+
+Token sequences of different lengths (a layer output ``(N, T, ...)`` with a
+mask) are compared on the positions both have: each row holds an example's
+real tokens first (pads removed), ``width`` units per position, zeros after,
+and the distance of a pair, and its difference, cover the first
+:math:`\min(L_x, L_y)` positions, their common prefix. The squared norms of
+that prefix come from each row's running sum of squared norms per position;
+the dot products need nothing more, since a row is zero beyond its length.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -99,6 +108,7 @@ def monotone_influence(
     reference_labels: Tensor,
     alpha: Optional[Alpha] = None,
     points_per_chunk: Optional[int] = None,
+    lengths: Optional[SequenceLengths] = None,
 ) -> Tensor:
     r"""The influence :math:`\phi(x)` of every unit for every query.
 
@@ -122,6 +132,11 @@ def monotone_influence(
             few ``points_per_chunk x points_per_chunk`` blocks. Default: 1024,
             or fewer where the memory budget
             (:func:`~captum_ssa._utils.memory_budget.get_memory_budget`) asks.
+        lengths: for token sequences (see the module docstring): the rows'
+            lengths in positions and the units per position. The rows then
+            need not share a width (a block of the reference, or the queries,
+            may be longer than another), and a pair is compared on its common
+            prefix; the influence is zero beyond each query's length.
 
     Returns:
         ``(B, U)`` influence, one row per query.
@@ -129,10 +144,27 @@ def monotone_influence(
     chunk = positive_int("points_per_chunk", points_per_chunk)
     chunk = default_points_per_chunk(queries.element_size()) if chunk is None else chunk
     influence = torch.empty_like(queries)
-    reference_blocks = _reference_blocks(reference, reference_labels, chunk)
     # nonzero() waits for a GPU, not for the CPU: on a GPU a query block is first
     # summed without gathering the (rare) near pairs, and again only if it has any
     gather_at_once = queries.device.type == "cpu"
+    if lengths is not None:
+        sequence_blocks = _sequence_blocks(reference, reference_labels, lengths, chunk)
+        for start in range(0, queries.shape[0], chunk):
+            block = slice(start, start + chunk)
+            sequence_arguments = (
+                influence[block],
+                queries[block],
+                query_labels[block],
+                lengths.queries[block],
+                sequence_blocks,
+                alpha,
+                chunk,
+                lengths.width,
+            )
+            if _influence_of_sequence_block(*sequence_arguments, gather_near=gather_at_once):
+                _influence_of_sequence_block(*sequence_arguments, gather_near=True)
+        return influence
+    reference_blocks = _reference_blocks(reference, reference_labels, chunk)
     for start in range(0, queries.shape[0], chunk):
         block = slice(start, start + chunk)
         arguments = (
@@ -149,6 +181,128 @@ def monotone_influence(
 
 
 _ReferenceBlock = tuple[Tensor, Tensor, Tensor]  # rows, their squared norms, their labels
+
+
+@dataclass(frozen=True)
+class SequenceLengths:
+    """The lengths, in positions, of the query and reference rows of token
+    sequences, and the units per position (see the module docstring)."""
+
+    queries: Tensor  # (B,)
+    reference: Tensor  # (M,), in the order of the reference labels
+    width: int
+
+
+# rows, their running squared norms per position (R, T + 1), their labels, their lengths
+_SequenceBlock = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def _running_squared_norms(rows: Tensor, width: int) -> Tensor:
+    """``(R, T + 1)``: entry ``[r, t]`` is the squared norm of row ``r``'s first ``t``
+    positions."""
+    per_position = torch.linalg.vector_norm(rows.reshape(len(rows), -1, width), dim=2).square()
+    return torch.cat([per_position.new_zeros(len(rows), 1), per_position.cumsum(1)], 1)
+
+
+def _sequence_blocks(
+    reference: Union[Tensor, Sequence[Tensor]],
+    labels: Tensor,
+    lengths: SequenceLengths,
+    chunk: int,
+) -> list[_SequenceBlock]:
+    """Views of at most ``chunk`` reference rows each, with their running squared
+    norms, labels and lengths."""
+    blocks = []
+    offset = 0
+    for part in [reference] if isinstance(reference, Tensor) else reference:
+        for start in range(0, part.shape[0], chunk):
+            rows = part[start : start + chunk]
+            span = slice(offset + start, offset + start + len(rows))
+            running = _running_squared_norms(rows, lengths.width)
+            blocks.append((rows, running, labels[span], lengths.reference[span].to(rows.device)))
+        offset += part.shape[0]
+    return blocks
+
+
+def _influence_of_sequence_block(
+    out: Tensor,
+    queries: Tensor,
+    query_labels: Tensor,
+    query_lengths: Tensor,
+    reference_blocks: list[_SequenceBlock],
+    alpha: Optional[Alpha],
+    points_per_chunk: int,
+    width: int,
+    gather_near: bool,
+) -> bool:
+    """:func:`_influence_of_query_block` for token sequences, each pair on its common
+    prefix: ``phi_t(x) = sum_y w_xy (x_t - y_t) [t < min(L_x, L_y)]``. The second
+    term is one product ``W R`` (a reference row is zero beyond its length); the
+    first needs, per query position, the weights of the reference points that
+    have it."""
+    positions = queries.shape[1] // width
+    query_lengths = query_lengths.to(queries.device)
+    query_running = _running_squared_norms(queries, width)
+    weight_totals = queries.new_zeros(len(queries), positions)
+    near_margin = _NEAR_EPS_FACTOR * torch.finfo(queries.dtype).eps
+    near_left_out = torch.zeros((), dtype=torch.bool, device=queries.device)
+    out.zero_()
+    for reference, reference_running, reference_labels, reference_lengths in reference_blocks:
+        common = min(positions, reference.shape[1] // width) * width
+        prefix = torch.minimum(query_lengths[:, None], reference_lengths[None, :])
+        squared_norms = query_running.gather(1, prefix) + reference_running.gather(1, prefix.T).T
+        squared_distances = squared_norms.addmm(
+            queries[:, :common], reference[:, :common].T, alpha=-2
+        )
+        counted = query_labels[:, None] != reference_labels[None, :]
+        near = squared_distances <= squared_norms.mul_(near_margin)
+        near &= counted
+        counted ^= near
+        if gather_near:
+            near_pairs = near.nonzero()
+        else:
+            near_left_out |= near.any()
+        del near
+        weights = _pair_weights(squared_distances, counted, alpha)
+        has_position = torch.arange(positions, device=queries.device) < reference_lengths[:, None]
+        weight_totals.addmm_(weights, has_position.to(weights.dtype))
+        out[:, :common].addmm_(weights, reference[:, :common], alpha=-1)
+        if gather_near and len(near_pairs):
+            _add_near_sequence_pairs(
+                out, queries, reference, near_pairs, prefix, alpha, points_per_chunk, width
+            )
+    by_position = out.view(len(out), positions, width)
+    by_position.addcmul_(queries.view(len(out), positions, width), weight_totals[:, :, None])
+    # a reference point longer than the query reaches beyond it in W R: not a position of x
+    beyond = torch.arange(positions, device=queries.device) >= query_lengths[:, None]
+    by_position.masked_fill_(beyond[:, :, None], 0)
+    return bool(near_left_out)
+
+
+def _add_near_sequence_pairs(
+    out: Tensor,
+    queries: Tensor,
+    reference: Tensor,
+    near_pairs: Tensor,
+    prefix: Tensor,
+    alpha: Optional[Alpha],
+    points_per_chunk: int,
+    width: int,
+) -> None:
+    """:func:`_add_near_pairs` for token sequences: each pair's difference over its
+    common prefix ``prefix[query row, reference row]`` positions."""
+    common = min(queries.shape[1], reference.shape[1])
+    position_of_unit = torch.arange(common, device=queries.device) // width
+    for piece in near_pairs.split(points_per_chunk):
+        query_rows, reference_rows = piece.unbind(1)
+        inside = position_of_unit[None, :] < prefix[query_rows, reference_rows][:, None]
+        difference = (
+            queries[query_rows, :common].double() - reference[reference_rows, :common].double()
+        ) * inside
+        squared_distances = difference.square().sum(1)
+        apart = squared_distances > 0
+        weights = _pair_weights(squared_distances, apart, alpha)
+        out[:, :common].index_add_(0, query_rows, difference.mul_(weights[:, None]).to(out.dtype))
 
 
 def _reference_blocks(

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 from torch.nn import Module
 
-from captum_ssa._core.layered_influence.influence import monotone_influence
+from captum_ssa._core.layered_influence.influence import SequenceLengths, monotone_influence
 from captum_ssa._core.layered_influence.reference import Probe
 from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
 from captum_ssa._utils.warn import warn
@@ -94,10 +94,28 @@ def dispersion_score(probe: Probe, position: int) -> float:
     """Gini coefficient of mean |phi| over the subsample ("dispersion")."""
     assert probe.sample_labels is not None
     sample = probe.samples[position]
-    sample = sample - sample.mean(0)  # centred, for accurate distances
-    # the subsample is both the queries and the reference set
-    influence = monotone_influence(sample, probe.sample_labels, sample, probe.sample_labels)
-    return gini_coefficient(influence.abs().mean(0))
+    sequences = probe.sample_lengths[position] if probe.sample_lengths else None
+    if sequences is None:
+        sample = sample - sample.mean(0)  # centred, for accurate distances
+        # the subsample is both the queries and the reference set
+        influence = monotone_influence(sample, probe.sample_labels, sample, probe.sample_labels)
+        return gini_coefficient(influence.abs().mean(0))
+    # token sequences: a unit is a (position, feature) of the real tokens, its mean
+    # |phi| over the points that have that position
+    lengths, width = sequences
+    lengths = lengths.to(sample.device)
+    influence = monotone_influence(
+        sample,
+        probe.sample_labels,
+        sample,
+        probe.sample_labels,
+        lengths=SequenceLengths(lengths, lengths, width),
+    )
+    positions = sample.shape[1] // width
+    points = (torch.arange(positions, device=sample.device) < lengths[:, None]).sum(0)
+    by_position = influence.abs().reshape(len(sample), positions, width).sum(0)
+    present = points > 0  # zero columns beyond every sample's length are no units
+    return gini_coefficient(by_position[present] / points[present][:, None])
 
 
 def linear_probe_accuracy(activities: Tensor, labels: Tensor) -> float:

@@ -16,12 +16,19 @@ chosen layer's activations on the whole reference set are kept. Nothing else is:
 
 Under ``torch.distributed`` every rank reads its own shard and ends with the union
 of all shards in rank order (:func:`~captum_ssa._utils.distributed.union_over_ranks`).
+
+With masks (token sequences, ``(inputs, labels, mask)`` batches or ``mask=``) a
+layer output ``(N, T, ...)`` is read as sequences (:class:`TokenRows`): each
+point's real tokens first (pads removed), its length kept beside it, so
+batches of different lengths make one reference set; its probe features are
+the means over the real tokens, and its mean (for centring) is taken per
+position over the points that have it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -40,6 +47,16 @@ from captum_ssa._utils.distributed import (
 )
 from captum_ssa._utils.hooks import observe_layer_calls, run_and_capture
 from captum_ssa._utils.memory_budget import rows_within_budget
+from captum_ssa._utils.sequence_mask import (
+    added_along_positions,
+    compacted,
+    forward_args_with_mask,
+    has_token_axis,
+    masked_mean,
+    padded_along_positions,
+    warn_if_mask_in_forward_args,
+)
+from captum_ssa._utils.sequence_mask import lengths as real_token_counts
 
 # frac(i * golden ratio) spreads the indices i evenly over [0, 1) (a Weyl sequence):
 # the points with the smallest keys are a sample spread over the whole stream, the
@@ -58,8 +75,10 @@ class LayerReference:
 
     blocks: list[Tensor]  # (rows, units) each: h(y) - mean, in stream order
     mean: Tensor  # (units,)
-    shape: tuple[int, ...]  # the layer output's shape per example
+    shape: tuple[int, ...]  # the layer output's shape per example (the longest, for sequences)
     labels: Tensor  # (M,) the model's label of every reference point, in stream order
+    # token sequences: each point's real tokens (its row holds them first, zeros after)
+    lengths: Optional[Tensor] = None
 
     @property
     def nbytes(self) -> int:
@@ -77,11 +96,37 @@ class Probe:
     features: list[Tensor]  # per candidate (M, neurons), for "linear"
     samples: list[Tensor]  # per candidate (S, units), for "dispersion"
     sample_labels: Optional[Tensor]  # (S,), for "dispersion"
+    # per candidate, for "dispersion": the samples' lengths and units per position
+    # where the candidate's rows are token sequences, else None
+    sample_lengths: list[Optional[tuple[Tensor, int]]] = field(default_factory=list)
+
+
+@dataclass
+class TokenRows:
+    """A piece's layer output as rows: flattened, or for a token layer under a mask
+    its points' real tokens first (zeros after, up to the piece's longest), with
+    their ``lengths`` in positions and ``width`` units per position."""
+
+    rows: Tensor  # (n, units)
+    lengths: Optional[Tensor] = None  # (n,)
+    width: int = 0
+
+    @classmethod
+    def of(cls, output: Tensor, mask: Optional[Tensor]) -> TokenRows:
+        if mask is None or not has_token_axis(output, mask):
+            return cls(output.reshape(len(output), -1))
+        point_lengths = real_token_counts(mask).to(output.device)
+        longest = int(point_lengths.max())
+        rows = compacted(output, mask)[:, :longest]
+        return cls(rows.reshape(len(output), -1), point_lengths, int(rows[0, 0].numel()))
 
 
 class ReferenceReader:
     """Reads a reference set through the model, a piece of at most ``batch_size``
-    points at a time, checking that every point has one input and layer shape."""
+    points at a time, checking that every point has one input and layer shape
+    (one per token, for token sequences with masks). ``mask`` is the mask of a
+    tensor reference; the model receives a piece's mask as its first additional
+    forward argument."""
 
     def __init__(
         self,
@@ -91,7 +136,12 @@ class ReferenceReader:
         additional_forward_args: Any,
         batch_size: Optional[int],
         show_progress: bool,
+        mask: Optional[Tensor] = None,
+        owner: Any = None,
     ) -> None:
+        self._mask = mask
+        # warned once (sequence_mask.warn_if_mask_in_forward_args): the explainer
+        self._owner = self if owner is None else owner
         self._forward_func = forward_func
         self._candidates = list(candidates)
         self._names = list(names)
@@ -106,18 +156,20 @@ class ReferenceReader:
         labels: list[Tensor] = []
         call_order: list[int] = []
         rows = 0
-        for piece_labels, outputs, order in self._read(reference, self._candidates):
+        for piece_labels, outputs, order, mask in self._read(reference, self._candidates):
             call_order = call_order or order
             if criterion == "linear":
                 for kept, output in zip(features, outputs):
-                    kept.append(neuron_activities(output))
+                    kept.append(neuron_activities(output, mask))
             else:
-                subsample.add(rows, [o.reshape(len(o), -1) for o in outputs], piece_labels)
+                subsample.add(rows, [TokenRows.of(o, mask) for o in outputs], piece_labels)
             labels.append(piece_labels)
             rows += len(piece_labels)
         widths = [int(parts[0][0].numel()) if parts else 0 for parts in features]
         _check_rows(rows, widths)
-        samples, sample_labels = subsample.result() if criterion != "linear" else ([], None)
+        samples, sample_labels, sample_lengths = (
+            subsample.result() if criterion != "linear" else ([], None, [])
+        )
         return Probe(
             labels=union_over_ranks(torch.cat(labels)),
             call_order=call_order,
@@ -125,6 +177,7 @@ class ReferenceReader:
             features=[union_over_ranks(torch.cat(parts)) for parts in features if parts],
             samples=samples,
             sample_labels=sample_labels,
+            sample_lengths=sample_lengths,
         )
 
     def keep(
@@ -133,8 +186,9 @@ class ReferenceReader:
         """The layer's centred activations on the reference set, with the labels.
 
         With ``rows_per_rank`` (or a tensor reference, whose length is known) the
-        rows go into one preallocated buffer; otherwise each piece's layer output
-        is kept as a block of its own.
+        rows go into one preallocated buffer; otherwise, and for token sequences
+        (whose pieces differ in length), each piece's layer output is kept as a
+        block of its own.
         """
         if rows_per_rank is None and not is_batch_stream(reference):
             first = reference if isinstance(reference, Tensor) else reference[0]
@@ -146,9 +200,23 @@ class ReferenceReader:
         labels: list[Tensor] = []
         total: Optional[Tensor] = None  # the running sum of the rows, for the mean
         shape: tuple[int, ...] = ()
-        for piece_labels, (output,), _ in self._read(reference, [self._candidates[position]]):
+        sequences = _Sequences()
+        layer = [self._candidates[position]]
+        for piece, (piece_labels, (output,), _, mask) in enumerate(self._read(reference, layer)):
             shape = tuple(output.shape[1:])
-            rows = output.reshape(len(output), -1)
+            token_rows = TokenRows.of(output, mask)
+            if piece and (token_rows.lengths is None) != (sequences.width == 0):
+                raise ValueError(
+                    "the reference batches give the layer's output with a token axis under "
+                    "their masks in some batches and without in others; give every batch "
+                    "a mask of its tokens, or none"
+                )
+            rows = token_rows.rows
+            if token_rows.lengths is not None:  # one block per piece: lengths differ
+                sequences.add(token_rows)
+                blocks.append(_owned(rows))
+                labels.append(piece_labels)
+                continue
             if total is None:
                 total = rows.new_zeros(rows.shape[1], dtype=torch.float64)
             total += rows.sum(0, dtype=torch.float64)
@@ -168,10 +236,13 @@ class ReferenceReader:
                 start = stop
             labels.append(piece_labels)
         local_rows = sum(len(part) for part in labels)
-        _check_rows(local_rows, [0 if total is None else len(total)])
-        assert total is not None
+        widths = [sequences.width] if sequences.width else [0 if total is None else len(total)]
+        _check_rows(local_rows, widths)
         if rows_per_rank is not None and local_rows != rows_per_rank[rank]:
             raise _changed_between_passes()
+        if sequences.width:
+            return sequences.reference(blocks, shape, union_over_ranks(torch.cat(labels)))
+        assert total is not None
         if buffer is not None:
             blocks = [all_reduce_sum(buffer)]
         elif is_distributed():
@@ -184,28 +255,39 @@ class ReferenceReader:
 
     def _read(
         self, reference: Any, layers: Sequence[Module]
-    ) -> Iterator[tuple[Tensor, list[Tensor], list[int]]]:
-        """Per piece: the model's labels, the layers' outputs and the call order."""
-        first_shapes: Optional[list[tuple[int, ...]]] = None
-        layer_shapes: dict[int, tuple[int, ...]] = {}
-        batches = stream(reference, "reference", self._show_progress, "Reference batches")
+    ) -> Iterator[tuple[Tensor, list[Tensor], list[int], Optional[Tensor]]]:
+        """Per piece: the model's labels, the layers' outputs, the call order and the
+        piece's mask (or None)."""
+        first_shapes: Optional[list[tuple[Any, ...]]] = None
+        layer_shapes: dict[int, tuple[Any, ...]] = {}
+        batches = stream(
+            reference, "reference", self._show_progress, "Reference batches", self._mask
+        )
         for index, batch in enumerate(batches):
-            batch_shapes = [tuple(t.shape[1:]) for t in batch.inputs]
+            if index == 0:
+                warn_if_mask_in_forward_args(
+                    self._owner, batch.inputs, self._additional_forward_args, batch.mask
+                )
+            batch_shapes = [_per_example_shape(t, batch.mask) for t in batch.inputs]
             first_shapes = first_shapes or batch_shapes
             if batch_shapes != first_shapes:
                 raise ValueError(
                     f"reference batch {index} holds inputs shaped {_shown(batch_shapes)} "
                     f"per example, batch 0 {_shown(first_shapes)}: every reference "
                     "point is compared with every other in the layer, so give "
-                    "reference inputs of one shape"
+                    "reference inputs of one shape (token sequences of different "
+                    "lengths with their masks)"
                 )
             for piece in pieces(batch, self._batch_size):
                 with observe_layer_calls(layers, [False] * len(layers)) as calls:
                     output, outputs = run_and_capture(
-                        self._forward_func, piece.inputs, layers, self._additional_forward_args
+                        self._forward_func,
+                        piece.inputs,
+                        layers,
+                        forward_args_with_mask(piece.mask, self._additional_forward_args),
                     )
                 for layer, layer_output in zip(layers, outputs):
-                    shape = tuple(layer_output.shape[1:])
+                    shape = _per_example_shape(layer_output, piece.mask)
                     seen = layer_shapes.setdefault(id(layer), shape)
                     if seen != shape:
                         raise ValueError(
@@ -213,15 +295,83 @@ class ReferenceReader:
                             f"{shape} per example in one reference batch and {seen} in "
                             "another; give reference inputs of one shape"
                         )
-                yield model_labels(output), [o.detach() for o in outputs], calls.order
+                yield model_labels(output), [o.detach() for o in outputs], calls.order, piece.mask
 
 
-def neuron_activities(layer_output: Tensor) -> Tensor:
+def _per_example_shape(tensor: Tensor, mask: Optional[Tensor]) -> tuple[Any, ...]:
+    """``tensor``'s shape per example, with ``"T"`` for the token axis of a mask
+    (:func:`~captum_ssa._utils.sequence_mask.has_token_axis`; an input may be
+    (N, T) itself), whose length may differ between batches."""
+    if mask is not None and tensor.dim() >= 2 and tensor.shape[:2] == mask.shape:
+        return ("T", *tensor.shape[2:])
+    return tuple(tensor.shape[1:])
+
+
+def neuron_activities(layer_output: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """The linear probe's features, ``(N, neurons)``: a unit's value, or a channel's
-    spatial mean (dim 1 is the neuron axis)."""
+    spatial mean (dim 1 is the neuron axis); for a token layer ``(N, T, ...)`` under
+    a mask each feature's mean over the real tokens."""
+    if mask is not None and has_token_axis(layer_output, mask):
+        return masked_mean(layer_output, mask).reshape(len(layer_output), -1)
     if layer_output.dim() == 1:
         return layer_output[:, None]
     return layer_output.reshape(*layer_output.shape[:2], -1).mean(2)
+
+
+class _Sequences:
+    """The reference's token sequences, read piece by piece: each piece's lengths,
+    and the running sum and count per position (of the points that have it) for
+    the mean."""
+
+    def __init__(self) -> None:
+        self.width = 0
+        self.lengths: list[Tensor] = []
+        self._totals: Optional[Tensor] = None  # (positions, width), float64
+        self._counts: Optional[Tensor] = None  # (positions,)
+
+    def add(self, piece: TokenRows) -> None:
+        assert piece.lengths is not None
+        self.width = piece.width
+        rows = piece.rows.reshape(len(piece.rows), -1, piece.width)
+        totals = rows.sum(0, dtype=torch.float64)  # rows are zero beyond their lengths
+        counts = (torch.arange(rows.shape[1], device=rows.device) < piece.lengths[:, None]).sum(0)
+        if self._totals is not None and self._counts is not None:
+            totals = added_along_positions(self._totals, totals)
+            counts = added_along_positions(self._counts, counts)
+        self._totals, self._counts = totals, counts
+        self.lengths.append(piece.lengths)
+
+    def reference(
+        self, blocks: list[Tensor], shape: tuple[int, ...], labels: Tensor
+    ) -> LayerReference:
+        """The reference of ``blocks`` (this rank's pieces, in order), centred in place
+        by the mean per position over every rank's points that have it."""
+        assert self._totals is not None and self._counts is not None
+        longest = max(rows_on_every_rank(len(self._totals)))
+        totals = all_reduce_sum(padded_along_positions(self._totals, longest))
+        counts = all_reduce_sum(padded_along_positions(self._counts, longest))
+        dtype = blocks[0].dtype
+        mean = (totals / counts.clamp(min=1)[:, None]).to(dtype)
+        lengths = self.lengths
+        if is_distributed():
+            width = longest * self.width
+            blocks = [_union_of_blocks([_widened(block, width) for block in blocks])]
+            lengths = [union_over_ranks(torch.cat(lengths))]
+        for block, block_lengths in zip(blocks, lengths):
+            rows = block.view(len(block), -1, self.width)
+            positions = rows.shape[1]
+            real = torch.arange(positions, device=block.device) < block_lengths[:, None]
+            rows.sub_(mean[:positions] * real[:, :, None])
+        return LayerReference(
+            blocks, mean.reshape(-1), (longest, *shape[1:]), labels, torch.cat(lengths)
+        )
+
+
+def _widened(rows: Tensor, width: int) -> Tensor:
+    """``rows`` with zero columns appended up to ``width``."""
+    if rows.shape[1] >= width:
+        return rows
+    return torch.cat([rows, rows.new_zeros(len(rows), width - rows.shape[1])], 1)
 
 
 class _Subsample:
@@ -237,33 +387,55 @@ class _Subsample:
         self._capacity = capacity
         self._indices = torch.zeros(0, dtype=torch.float64)
         self._rows: list[Optional[Tensor]] = [None] * layers
+        # token sequences: each kept point's length, and the units per position
+        self._lengths: list[Optional[Tensor]] = [None] * layers
+        self._widths = [0] * layers
         self._labels: Optional[Tensor] = None
 
-    def add(self, first: int, outputs: list[Tensor], labels: Tensor) -> None:
+    def add(self, first: int, outputs: list[TokenRows], labels: Tensor) -> None:
         if self._capacity is None:
             # every candidate's rows of the subsample together within the memory budget
-            row_bytes = sum(o[0].numel() * o.element_size() for o in outputs)
+            row_bytes = sum(o.rows[0].numel() * o.rows.element_size() for o in outputs)
             self._capacity = min(DEFAULT_DISPERSION_POINTS, rows_within_budget(row_bytes))
         rank, world = rank_and_world_size()
         new = torch.arange(first, first + len(labels), dtype=torch.float64) * world + rank
         indices = torch.cat([self._indices, new])
         keep = _smallest_keys(indices, self._capacity)
         self._indices = indices[keep]
-        self._rows = [
-            (o if kept is None else torch.cat([kept, o]))[keep.to(o.device)]
-            for kept, o in zip(self._rows, outputs)
-        ]
+        for position, output in enumerate(outputs):
+            kept, rows = self._rows[position], output.rows
+            if kept is not None:  # sequences of another length: zero columns make one width
+                width = max(kept.shape[1], rows.shape[1])
+                rows = torch.cat([_widened(kept, width), _widened(rows, width)])
+            self._rows[position] = rows[keep.to(rows.device)]
+            if output.lengths is not None:
+                kept_lengths = self._lengths[position]
+                lengths = output.lengths.cpu()
+                if kept_lengths is not None:
+                    lengths = torch.cat([kept_lengths, lengths])
+                self._lengths[position], self._widths[position] = lengths[keep], output.width
         labels = labels.cpu()
         self._labels = (labels if self._labels is None else torch.cat([self._labels, labels]))[keep]
 
-    def result(self) -> tuple[list[Tensor], Optional[Tensor]]:
-        """The rows per candidate and the labels, over all ranks, in index order."""
+    def result(
+        self,
+    ) -> tuple[list[Tensor], Optional[Tensor], list[Optional[tuple[Tensor, int]]]]:
+        """The rows per candidate, the labels and, per candidate of token sequences, the
+        lengths and units per position, over all ranks, in index order."""
         assert self._labels is not None and self._capacity is not None
         indices = union_over_ranks(self._indices)
         keep = _smallest_keys(indices, self._capacity)
         keep = keep[indices[keep].argsort()]  # stream order, as a full reference would be
-        rows = [union_over_ranks(r)[keep.to(r.device)] for r in self._rows if r is not None]
-        return rows, union_over_ranks(self._labels)[keep]
+        rows = []
+        for r in self._rows:
+            if r is not None:
+                width = max(rows_on_every_rank(r.shape[1]))
+                rows.append(union_over_ranks(_widened(r, width))[keep.to(r.device)])
+        lengths: list[Optional[tuple[Tensor, int]]] = [
+            None if kept is None else (union_over_ranks(kept)[keep], width)
+            for kept, width in zip(self._lengths, self._widths)
+        ]
+        return rows, union_over_ranks(self._labels)[keep], lengths
 
 
 def _smallest_keys(indices: Tensor, capacity: int) -> Tensor:

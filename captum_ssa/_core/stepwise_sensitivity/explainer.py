@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 from captum.attr import Attribution
 from captum.log import log_usage
+from torch import Tensor
 from torch.nn import Module
 
 from captum_ssa._core.stepwise_sensitivity.network import Network
@@ -33,6 +34,7 @@ from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_laye
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
+from captum_ssa._utils.sequence_mask import checked_mask, warn_if_mask_in_forward_args
 from captum_ssa._utils.validation import device_ids_checked, prepare_inputs
 from captum_ssa._utils.warn import warn
 from captum_ssa.graph import DependencyGraph
@@ -170,6 +172,7 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         upper_neurons_per_chunk: Optional[int] = None,
         show_progress: bool = False,
         passes: str = "auto",
+        mask: Optional[Tensor] = None,
     ) -> DependencyGraph:
         r"""
         The dependency graph of the starting neurons over ``inputs``.
@@ -284,6 +287,26 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
                         which can be read once. A single batch keeps its
                         forward pass between pairs either way.
                         Default: ``"auto"``
+            mask (Tensor, optional): For token sequences: which positions are
+                        real tokens, shaped ``(N, T)`` like the token ids,
+                        e.g. the tokenizer's ``attention_mask`` (1 = real
+                        token, 0 = pad; bool or integer). A neuron's activity
+                        is then its mean over the example's real tokens only,
+                        in the relevances and in the gradients between layers,
+                        so pads enter no mean and no Step II aggregate: a
+                        padded example with its mask gives the graph of the
+                        unpadded one. It applies to the layers whose own
+                        output is shaped ``(N, T, ...)`` (with ``neuron_dim``
+                        elsewhere, e.g. ``-1``); a layer without that token
+                        axis, such as the logits ``(N, C)`` or a pooled
+                        ``(N, F)``, is unaffected. The model receives the mask
+                        too, as its first additional forward argument:
+                        ``forward_func(*inputs, mask, *additional_forward_args)``.
+                        For a single batch only; a stream's batches carry
+                        their own masks, as ``(inputs, labels, mask)`` or as
+                        a dict ``{"input_ids": ..., "attention_mask": ...,
+                        "labels": ...}``, and may then have different lengths.
+                        Default: None (every position is a token)
 
         Returns:
             *DependencyGraph* of the kept neurons of every layer (the top
@@ -315,6 +338,9 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
             >>> ssa = StepwiseSensitivity(
             ...     model, [model.block1.fc1, model.block2.fc1, model.classifier], neuron_dim=-1)
             >>> graph = ssa.attribute(input_ids, target=1)
+            >>> # padded ids: the model takes the mask after the ids, forward(ids, mask)
+            >>> graph = ssa.attribute(batch["input_ids"], target=1,
+            ...                       mask=batch["attention_mask"])
         """
         options = Options.checked(
             relevance,
@@ -329,7 +355,7 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
             passes,
         )
         request = StartRequest(target=target, top_neurons=top_neurons)
-        (graph,) = self._graphs(inputs, additional_forward_args, options, request)
+        (graph,) = self._graphs(inputs, additional_forward_args, options, request, mask)
         return graph
 
     def class_graphs(
@@ -337,6 +363,7 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         inputs: Union[TensorOrTupleOfTensorsGeneric, Iterable[Any]],
         labels: Any = None,
         classes: Optional[Sequence[int]] = None,
+        mask: Optional[Tensor] = None,
         **attribute_kwargs: Any,
     ) -> dict[int, DependencyGraph]:
         r"""
@@ -361,6 +388,12 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
             classes (Sequence[int], optional): The classes to build graphs
                         for. Default: every class present in the labels,
                         sorted.
+            mask (Tensor, optional): The mask of tensor inputs, ``(N, T)``,
+                        e.g. the tokenizer's ``attention_mask``: pads are left
+                        out of every mean, and the model receives it as its
+                        first additional forward argument (see
+                        :meth:`attribute`). Over a stream the batches carry
+                        their masks. Default: None
             **attribute_kwargs: Any other :meth:`attribute` argument
                         (``relevance``, ``mode``, ``branching``, ...);
                         ``additional_forward_args`` are passed unchanged, so
@@ -378,13 +411,16 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         """
         wanted = check_class_arguments(attribute_kwargs, classes)
         if not is_batch_stream(inputs):
+            prepared = prepare_inputs(inputs, integers_allowed=True)
+            mask = None if mask is None else checked_mask(mask, prepared)
             return {
                 label: self.attribute(
-                    subset if _is_tuple(inputs) else subset[0], target=label, **attribute_kwargs
+                    subset if _is_tuple(inputs) else subset[0],
+                    target=label,
+                    mask=subset_mask,
+                    **attribute_kwargs,
                 )
-                for label, subset in class_subsets(
-                    prepare_inputs(inputs, integers_allowed=True), labels, wanted
-                )
+                for label, subset, subset_mask in class_subsets(prepared, labels, wanted, mask)
             }
         check_stream_labels(labels)
         additional_forward_args = attribute_kwargs.pop("additional_forward_args", None)
@@ -393,7 +429,7 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
             raise TypeError(f"class_graphs got unexpected keyword arguments {unknown}")
         options = Options.checked(**{**OPTION_DEFAULTS, **attribute_kwargs})
         request = StartRequest(classes=wanted, every_class=wanted is None)
-        graphs = self._graphs(inputs, additional_forward_args, options, request)
+        graphs = self._graphs(inputs, additional_forward_args, options, request, mask)
         return {int(graph.target): graph for graph in graphs}  # type: ignore[arg-type]
 
     def _graphs(
@@ -402,11 +438,15 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
         additional_forward_args: Any,
         options: Options,
         request: StartRequest,
+        mask: Optional[Tensor] = None,
     ) -> list[DependencyGraph]:
         """The graphs that ``request`` asks for over ``inputs``: the one path of every
         call, from the data to the finished graphs."""
         request.check(is_batch_stream(inputs))
-        data = BatchStream(inputs)
+        data = BatchStream(inputs, mask=mask)
+        warn_if_mask_in_forward_args(
+            self, data.first.inputs, additional_forward_args, data.first.mask
+        )
         network = Network(
             self._forward,
             self.layers,
@@ -448,5 +488,5 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
 OPTION_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(StepwiseSensitivity.attribute).parameters.items()
-    if name not in ("self", "inputs", "target", "additional_forward_args", "top_neurons")
+    if name not in ("self", "inputs", "target", "additional_forward_args", "top_neurons", "mask")
 }

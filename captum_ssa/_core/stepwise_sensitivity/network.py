@@ -21,9 +21,14 @@ from torch import Tensor, nn
 from torch.nn import Module
 
 from captum_ssa._core.stepwise_sensitivity.relevance import LayerPair
-from captum_ssa._core.stepwise_sensitivity.segment import depends_on, is_weighted_layer
+from captum_ssa._core.stepwise_sensitivity.segment import (
+    depends_on,
+    is_weighted_layer,
+    layer_position_weights,
+)
 from captum_ssa._core.stepwise_sensitivity.weighted_connection import record_weighted_calls
 from captum_ssa._utils.hooks import model_of, neuron_axis, observe_layer_calls, run_and_capture
+from captum_ssa._utils.sequence_mask import forward_args_with_mask
 from captum_ssa._utils.warn import warn
 
 # Modules whose 3-D outputs are (N, channels, length): dim 1 holds their neurons.
@@ -49,6 +54,7 @@ class Capture:
     order: list[int]
     upper_inputs: dict[int, Tensor]
     weighted_calls: dict[int, Any]
+    mask: Optional[Tensor] = None
 
 
 @dataclass
@@ -77,8 +83,12 @@ class Network:
             for position, layer in enumerate(self.layers)
         ]
 
-    def capture(self, inputs: tuple[Tensor, ...], depth: Optional[int] = None) -> Capture:
-        """Run the model on ``inputs``; with ``depth``, only up to layer ``depth - 1``."""
+    def capture(
+        self, inputs: tuple[Tensor, ...], mask: Optional[Tensor] = None, depth: Optional[int] = None
+    ) -> Capture:
+        """Run the model on ``inputs`` (with their ``mask``, passed to the model first
+        among the additional forward arguments); with ``depth``, only up to layer
+        ``depth - 1``."""
         layers = self.layers if depth is None else self.layers[:depth]
         # the weighted calls' hooks first, so that they see each module's own output
         with (
@@ -89,13 +99,15 @@ class Network:
                 self.forward_func,
                 inputs,
                 layers,
-                self.additional_forward_args,
+                forward_args_with_mask(mask, self.additional_forward_args),
                 stop_after_last=depth is not None,
                 neuron_dim=self.neuron_dim,
                 # token ids into a frozen model leave the layer outputs outside autograd
                 in_autograd=True,
             )
-        return Capture(inputs, model_output, outputs, calls.order, calls.inputs, weighted_calls)
+        return Capture(
+            inputs, model_output, outputs, calls.order, calls.inputs, weighted_calls, mask
+        )
 
     def check_first_pass(self, capture: Capture) -> tuple[int, ...]:
         """Check the layers on the first forward pass, fix their neuron axes, sizes and
@@ -118,10 +130,19 @@ class Network:
                     "dim 1 and silence this warning."
                 )
         check_dependencies(capture.outputs, self.layer_names)
+        for output, name in zip(capture.outputs, self.layer_names):
+            # a layer whose neurons lie along the mask's token axis is an error
+            layer_position_weights(output, self.neuron_dim, capture.mask, name)
         return tuple(capture.outputs[-1].movedim(1, self.axes[-1]).shape)
 
     def pair(self, capture: Capture, upper: int) -> LayerPair:
         """Layers ``upper - 1`` and ``upper`` as Step I sees them on ``capture``."""
+        lower_weights, upper_weights = (
+            layer_position_weights(
+                capture.outputs[position], self.neuron_dim, capture.mask, self.layer_names[position]
+            )
+            for position in (upper - 1, upper)
+        )
         return LayerPair(
             lower_name=self.layer_names[upper - 1],
             upper_name=self.layer_names[upper],
@@ -133,9 +154,14 @@ class Network:
             upper_input=capture.upper_inputs.get(upper) if self.axes[upper] == 1 else None,
             forward_func=self.forward_func,
             inputs=capture.inputs,
-            additional_forward_args=self.additional_forward_args,
+            additional_forward_args=forward_args_with_mask(
+                capture.mask, self.additional_forward_args
+            ),
             neuron_dim=self.neuron_dim,
             weighted_calls=capture.weighted_calls,
+            mask=capture.mask,
+            lower_weights=lower_weights,
+            upper_weights=upper_weights,
         )
 
 

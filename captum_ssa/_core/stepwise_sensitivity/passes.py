@@ -86,7 +86,7 @@ def build_graphs(
 ) -> list[GraphState]:
     """Read ``data`` in as many passes as ``options`` take and build every graph."""
     first = data.first
-    first_capture = network.capture(first.inputs)
+    first_capture = network.capture(first.inputs, first.mask)
     top_shape = network.check_first_pass(first_capture)
     starts, labels = request.starts(
         first_capture.outputs[-1],
@@ -97,7 +97,7 @@ def build_graphs(
         data.is_stream,
     )
     if labels is not None:
-        first = Batch(first.inputs, labels)
+        first = Batch(first.inputs, labels, first.mask)
     states = [GraphState(start) for start in starts]
     rows = examples_within_budget(first_capture.outputs)
     structure = options.pass_structure(data.one_shot, len(network.layers))
@@ -136,7 +136,7 @@ def build_graphs(
                         capture = kept.get(id(state)) if part == 0 and position == 0 else None
                         if capture is None:
                             depth = None if structure == "single" else uppers[0] + 1
-                            capture = network.capture(unit.inputs, depth)
+                            capture = network.capture(unit.inputs, unit.mask, depth)
                             if not data.is_stream and rows >= first.size:
                                 kept[id(state)] = capture
                         if pass_index == 0:
@@ -285,8 +285,8 @@ def examples_within_budget(outputs: Sequence[Tensor]) -> int:
 
 def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]:
     """The examples of ``batch`` (of class ``label`` only, if given), ``rows`` at a time,
-    as fresh leaf inputs (the floating-point ones require grad)."""
-    inputs, labels = batch.inputs, batch.labels
+    as fresh leaf inputs (the floating-point ones require grad), with their mask."""
+    inputs, labels, mask = batch.inputs, batch.labels, batch.mask
     if label is not None:
         if labels is None:
             raise ValueError(
@@ -299,9 +299,10 @@ def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]
         if len(members) < len(labels):
             inputs = tuple(fresh_leaf(t[members.to(t.device)]) for t in inputs)
             labels = labels[members]
-    whole = Batch(inputs, labels)
+            mask = None if mask is None else mask[members.to(mask.device)]
+    whole = Batch(inputs, labels, mask)
     if rows >= whole.size:
         yield whole
         return
     for piece in pieces(whole, rows):
-        yield Batch(tuple(fresh_leaf(t) for t in piece.inputs), piece.labels)
+        yield Batch(tuple(fresh_leaf(t) for t in piece.inputs), piece.labels, piece.mask)

@@ -64,6 +64,13 @@ class LayerPair:
     Linear/Conv modules seen in that pass (see
     ``weighted_connection.record_weighted_calls``), where the weight relevances look for
     the layer that connects the two.
+
+    ``mask`` is the examples' mask (``mask=`` of the call, or the batches'), or
+    None; it is then also the first of ``additional_forward_args``, as the model
+    receives it. ``lower_weights`` and ``upper_weights`` are the layers' position
+    weights ``(N, P)`` under it, None for a layer whose positions all count (no
+    mask, or no token axis): a relevance function reduces positions with
+    :meth:`position_mean`, which leaves the pads out.
     """
 
     lower_name: str
@@ -78,6 +85,15 @@ class LayerPair:
     additional_forward_args: Any = None
     neuron_dim: Optional[int] = None
     weighted_calls: dict[int, WeightedCall] = field(default_factory=dict)
+    mask: Optional[Tensor] = None
+    lower_weights: Optional[Tensor] = None
+    upper_weights: Optional[Tensor] = None
+
+    def position_mean(self, values: Tensor, leading_dims: int = 1) -> Tensor:
+        """The mean of ``values`` ``(..., N, K, *P)``, shaped like the lower output
+        after ``leading_dims - 1`` leading dims, over the lower layer's positions
+        ``P``: ``(..., N, K)``, over the valid positions only under a mask."""
+        return spatial_mean(values, leading_dims, self.lower_weights)
 
     @property
     def axes_moved(self) -> bool:
@@ -121,7 +137,7 @@ class Relevance:
         ...     needs_gradients = False
         ...     absolute_applies = False
         ...     def __call__(self, pair, upper_neurons, absolute):
-        ...         values = pair.lower_output.detach().flatten(2).mean(2) ** 2
+        ...         values = pair.position_mean(pair.lower_output.detach()) ** 2
         ...         return values.expand(len(upper_neurons), *values.shape)
         >>> graph = ssa.attribute(loader, target=3, relevance="squared_activation")
     """
@@ -200,6 +216,8 @@ class Gradient(Relevance):
             upper_neurons,
             absolute,
             factor=self.factor(pair),
+            lower_weights=pair.lower_weights,
+            upper_weights=pair.upper_weights,
         )
 
 
@@ -218,7 +236,7 @@ class Activation(Relevance):
     needs_gradients = False
 
     def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
-        values = _absolute_if(absolute, spatial_mean(pair.lower_output.detach()))
+        values = _absolute_if(absolute, pair.position_mean(pair.lower_output.detach()))
         return values.expand(len(upper_neurons), *values.shape)
 
 
@@ -247,7 +265,7 @@ class WeightActivation(Relevance):
         rows = weight_matrix(pair, absolute, self.__name__)[
             upper_neurons.to(pair.lower_output.device)
         ]
-        values = _absolute_if(absolute, spatial_mean(pair.lower_output.detach()))
+        values = _absolute_if(absolute, pair.position_mean(pair.lower_output.detach()))
         return rows[:, None, :] * values[None]
 
 
@@ -329,7 +347,7 @@ class ActivationsAbs(Relevance):
     absolute_applies = False
 
     def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
-        values = spatial_mean(pair.lower_output.detach())
+        values = pair.position_mean(pair.lower_output.detach())
         return values.expand(len(upper_neurons), *values.shape)
 
 
@@ -344,7 +362,7 @@ class WeightActAbs(Relevance):
     absolute_applies = False
 
     def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
-        values = spatial_mean(pair.lower_output.detach())
+        values = pair.position_mean(pair.lower_output.detach())
         rows = weight_matrix(pair, True, self.__name__)[upper_neurons.to(values.device)]
         return rows[:, None, :] * values[None]
 
@@ -426,7 +444,11 @@ class CaptumRelevance(Relevance):
 
     def __call__(self, pair: LayerPair, upper_neurons: Tensor, absolute: bool) -> Tensor:
         forward = activity_function(
-            pair.forward_func, pair.upper_layer, len(pair.inputs), pair.neuron_dim
+            pair.forward_func,
+            pair.upper_layer,
+            len(pair.inputs),
+            pair.neuron_dim,
+            masked=pair.mask is not None,
         )
         method = self.method_class(forward, pair.lower_layer, **self.constructor_kwargs)
         inputs = tuple(t.detach() for t in pair.inputs)
@@ -446,7 +468,7 @@ class CaptumRelevance(Relevance):
             if pair.neuron_dim is not None:  # shaped like the lower layer's own output
                 axis = neuron_axis(pair.neuron_dim, attribution.dim(), pair.lower_name)
                 attribution = attribution.movedim(axis, 1)
-            rows.append(mean_magnitude(attribution.detach(), absolute))
+            rows.append(mean_magnitude(attribution.detach(), absolute, weights=pair.lower_weights))
         if not rows:
             return pair.lower_output.new_zeros(0, *pair.lower_output.shape[:2])
         return torch.stack(rows)

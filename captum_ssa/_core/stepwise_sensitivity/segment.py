@@ -44,8 +44,9 @@ from captum_ssa._utils.autograd_graph import (
     op_name,
     walk,
 )
-from captum_ssa._utils.hooks import run_and_capture
+from captum_ssa._utils.hooks import neuron_axis, run_and_capture
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
+from captum_ssa._utils.sequence_mask import has_token_axis, position_weights
 
 # Modules whose output is exactly an affine map of their single input with
 # their own weights; subclasses may override ``forward``, so the types are exact.
@@ -65,20 +66,54 @@ def is_weighted_layer(layer: Module) -> bool:
     return type(layer) is nn.Linear or type(layer) in _CONVOLUTIONS
 
 
-def spatial_mean(tensor: Tensor, leading_dims: int = 1) -> Tensor:
-    """Mean over every dim after the neuron axis: (..., K, *P) -> (..., K)."""
+def spatial_mean(tensor: Tensor, leading_dims: int = 1, weights: Optional[Tensor] = None) -> Tensor:
+    """Mean over every dim after the neuron axis: (..., K, *P) -> (..., K).
+
+    With ``weights`` ``(N, P)`` (:func:`layer_position_weights`, for a layer with a
+    mask) the mean over each example's valid positions only: the weighted sum.
+    """
     keep = leading_dims + 1
-    return tensor.reshape(*tensor.shape[:keep], -1).mean(-1)
+    flat = tensor.reshape(*tensor.shape[:keep], -1)
+    if weights is None:
+        return flat.mean(-1)
+    return (flat * weights[:, None, :].to(flat)).sum(-1)
 
 
-def _seeds_at_output(output: Tensor, neurons: Tensor) -> Tensor:
+def layer_position_weights(
+    output: Tensor, neuron_dim: Optional[int], mask: Optional[Tensor], layer: str
+) -> Optional[Tensor]:
+    """The weights ``(N, P)`` of the mean over the positions of ``output`` (a layer's
+    output with its neurons moved to dim 1) that leaves a mask's pads out, or None
+    where every position counts: without a mask, and for a layer whose own output
+    has no token axis where the mask says (see ``sequence_mask.has_token_axis``).
+
+    Raises a ValueError for a layer whose neurons lie along the token axis: its
+    pads would be neurons.
+    """
+    if mask is None:
+        return None
+    axis = neuron_axis(neuron_dim, output.dim(), layer)
+    if not has_token_axis(output.movedim(1, axis), mask):
+        return None
+    if axis == 1:
+        raise ValueError(
+            f"layer {layer!r} outputs {tuple(output.shape)}, whose dim 1 is the token axis "
+            f"of the mask {tuple(mask.shape)}, and SSA takes dim 1 as its neuron axis: "
+            "the pads would be neurons. Pass neuron_dim=-1 to StepwiseSensitivity for the "
+            "features of a token sequence (N, T, F)"
+        )
+    return position_weights(mask, tuple(output.shape[2:]), output.dtype).to(output.device)
+
+
+def _seeds_at_output(output: Tensor, neurons: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     """``d activity_n / d output`` per neuron: (len(neurons), *output.shape), 1/positions
-    in channel n of every example (the activity is the spatial mean)."""
+    in channel n of every example (the activity is the spatial mean), or with
+    ``weights`` the example's weight of each position."""
     seeds = output.new_zeros(len(neurons), *output.shape)
-    positions = output[0, 0].numel()
-    seeds[torch.arange(len(neurons), device=output.device), :, neurons.to(output.device)] = (
-        1.0 / positions
-    )
+    value: Any = 1.0 / output[0, 0].numel()
+    if weights is not None:
+        value = weights.reshape(output.shape[0], *output.shape[2:]).to(output)
+    seeds[torch.arange(len(neurons), device=output.device), :, neurons.to(output.device)] = value
     return seeds
 
 
@@ -128,6 +163,7 @@ def activity_gradients(
     upper_input: Optional[Tensor],
     neurons: Tensor,
     reduce: Callable[[Tensor], Tensor],
+    upper_weights: Optional[Tensor] = None,
 ) -> Tensor:
     """``reduce(d activity_n / d lower_output)`` for every upper neuron ``n``.
 
@@ -141,6 +177,9 @@ def activity_gradients(
         reduce: maps gradients stacked over some upper neurons (S, N, K, *P) to
             what is kept of them, e.g. the spatial mean of their absolute value
             (S, N, K); applied at once, so the full gradients never pile up.
+        upper_weights: the upper layer's position weights under a mask (see
+            :func:`layer_position_weights`): its activity is then the mean over
+            the valid positions. Default: None (every position).
 
     Returns:
         The reduced gradients of all ``neurons``: (len(neurons), ...).
@@ -154,7 +193,8 @@ def activity_gradients(
     """
     output = upper_output
     seeds_below = None
-    if upper_input is not None and upper_input.requires_grad:
+    # a seed below the layer is the same for every example: not with a mask
+    if upper_weights is None and upper_input is not None and upper_input.requires_grad:
         seeds_below = seeds_at_layer_input(upper_layer, upper_input, upper_output, neurons)
     if seeds_below is not None and upper_input is not None:
         output = upper_input
@@ -168,7 +208,7 @@ def activity_gradients(
     for start in range(0, len(neurons), chunk):
         part = neurons[start : start + chunk]
         if seeds_below is None:
-            seeds = _seeds_at_output(upper_output, part)
+            seeds = _seeds_at_output(upper_output, part, upper_weights)
         else:
             below = seeds_below[start : start + chunk].to(output.dtype)
             seeds = below[:, None].expand(len(part), *output.shape)
@@ -252,9 +292,13 @@ def elementwise_derivative(upper_input: Optional[Tensor], lower_output: Tensor) 
     return derivative
 
 
-def mean_magnitude(values: Tensor, absolute: bool, leading_dims: int = 1) -> Tensor:
+def mean_magnitude(
+    values: Tensor, absolute: bool, leading_dims: int = 1, weights: Optional[Tensor] = None
+) -> Tensor:
     """:func:`spatial_mean` of ``|values|`` (of ``values`` when not ``absolute``),
-    without materialising the absolute values."""
+    without materialising the absolute values where every position counts."""
+    if weights is not None:
+        return spatial_mean(values.abs() if absolute else values, leading_dims, weights)
     if not absolute:
         return spatial_mean(values, leading_dims)
     flat = values.reshape(*values.shape[: leading_dims + 1], -1)
@@ -269,6 +313,8 @@ def mean_gradient_magnitudes(
     neurons: Tensor,
     absolute: bool,
     factor: Optional[Tensor] = None,
+    lower_weights: Optional[Tensor] = None,
+    upper_weights: Optional[Tensor] = None,
 ) -> Tensor:
     r"""``mean_p |d a_n / d a_{k,p} * factor_{k,p}|`` for every upper neuron n: (M, N, K).
 
@@ -279,10 +325,12 @@ def mean_gradient_magnitudes(
     example) times the path's derivative (one backward pass for all neurons),
     so the whole tensor is one batched product over positions. Otherwise one
     backward pass per neuron (or per chunk of small ones), as
-    :func:`activity_gradients`.
+    :func:`activity_gradients`. ``lower_weights`` and ``upper_weights`` are the
+    layers' position weights under a mask (:func:`layer_position_weights`): the
+    means are then over the valid positions only.
     """
     seeds = None
-    if upper_input is not None and upper_input.requires_grad:
+    if upper_weights is None and upper_input is not None and upper_input.requires_grad:
         seeds = seeds_at_layer_input(upper_layer, upper_input, upper_output, neurons)
     derivative = None if seeds is None else elementwise_derivative(upper_input, lower_output)
     if seeds is not None and derivative is not None:
@@ -292,14 +340,21 @@ def mean_gradient_magnitudes(
         per_neuron = seeds.to(local.dtype).reshape(len(neurons), size, -1)
         if absolute:
             local, per_neuron = local.abs(), per_neuron.abs()
-        return torch.einsum("mkp,nkp->mnk", per_neuron, local) / local.shape[-1]
+        if lower_weights is None:
+            return torch.einsum("mkp,nkp->mnk", per_neuron, local) / local.shape[-1]
+        return torch.einsum("mkp,nkp,np->mnk", per_neuron, local, lower_weights.to(local))
 
     def reduce(gradients: Tensor) -> Tensor:
         return mean_magnitude(
-            gradients if factor is None else gradients * factor, absolute, leading_dims=2
+            gradients if factor is None else gradients * factor,
+            absolute,
+            leading_dims=2,
+            weights=lower_weights,
         )
 
-    return activity_gradients(lower_output, upper_layer, upper_output, upper_input, neurons, reduce)
+    return activity_gradients(
+        lower_output, upper_layer, upper_output, upper_input, neurons, reduce, upper_weights
+    )
 
 
 def activity_function(
@@ -307,12 +362,17 @@ def activity_function(
     layer: Module,
     num_inputs: int,
     neuron_dim: Optional[int] = None,
+    masked: bool = False,
 ) -> Callable[..., Tensor]:
     """``(*inputs, *extra) -> activity of layer's neurons`` (N, C), spatial means.
 
     The forward function handed to a Captum attribution used between two
     hidden layers: its outputs are the upper layer's neurons (along
     ``neuron_dim``, dim 1 when None), so ``target=n`` picks neuron ``n``.
+    With ``masked`` the first of ``extra`` is the mask (as the model receives
+    it), and the means are over its valid positions: the mask travels with
+    the inputs, so a method that expands the batch (integrated gradients'
+    steps) expands it alike.
     """
 
     def activity(*arguments: Any) -> Tensor:
@@ -325,6 +385,8 @@ def activity_function(
             stop_after_last=True,
             neuron_dim=neuron_dim,
         )
-        return spatial_mean(output)
+        mask = extra[0] if masked else None
+        weights = layer_position_weights(output, neuron_dim, mask, type(layer).__name__)
+        return spatial_mean(output, weights=weights)
 
     return activity

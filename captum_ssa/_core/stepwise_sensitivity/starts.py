@@ -258,11 +258,14 @@ def check_stream_labels(labels: Any) -> None:
 
 
 def class_subsets(
-    formatted: tuple[Tensor, ...], labels: Any, wanted: Optional[list[int]]
-) -> Iterator[tuple[int, tuple[Tensor, ...]]]:
+    formatted: tuple[Tensor, ...],
+    labels: Any,
+    wanted: Optional[list[int]],
+    mask: Optional[Tensor] = None,
+) -> Iterator[tuple[int, tuple[Tensor, ...], Optional[Tensor]]]:
     """Each wanted class (default: every class present, sorted) with its examples
-    of ``formatted``, one class at a time, so that only one class's copy of the
-    inputs exists at once."""
+    of ``formatted`` and their rows of ``mask``, one class at a time, so that only
+    one class's copy of the inputs exists at once."""
     labels = torch.as_tensor(labels).reshape(-1)
     if labels.is_floating_point() or len(labels) != formatted[0].shape[0]:
         raise ValueError(
@@ -276,4 +279,5 @@ def class_subsets(
         members = (labels == int(label)).nonzero().flatten()
         if len(members) == 0:
             raise ValueError(f"class {label} has no examples among the labels")
-        yield int(label), tuple(t.detach()[members.to(t.device)] for t in formatted)
+        subset = tuple(t.detach()[members.to(t.device)] for t in formatted)
+        yield int(label), subset, None if mask is None else mask[members.to(mask.device)]
