@@ -274,6 +274,11 @@ def test_bert_padded_with_its_mask_equals_bert_unpadded_in_every_method():
     assert result.shape == (4, 8, 32)
     torch.testing.assert_close(result[:, :5], expected, **TOLERANCE)
 
+    # SLP takes no mean over positions: the mask only has to reach the model
+    slp = SwitchedLinearProjection(model, head, embedding_layer=embedding)
+    result = quiet(slp.attribute, long_ids, target=target, additional_forward_args=(mask,))
+    torch.testing.assert_close(result[:, :5], quiet(slp.attribute, ids, target=target), **TOLERANCE)
+
     explainer = LayeredInfluence(model, blocks, embedding_layer=embedding)
     expected_influence = explainer.fit(reference_ids).influence(ids, target=1)
     expected_map = quiet(explainer.attribute, ids, top_k=5)
