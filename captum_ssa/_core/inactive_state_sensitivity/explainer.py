@@ -5,31 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
-import torch
 from captum.attr import GradientAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
+from captum_ssa._core.inactive_state_sensitivity.frequency import count_active, frequencies
+from captum_ssa._core.inactive_state_sensitivity.omega import WEIGHTINGS, WarnedOnce, omega
 from captum_ssa._utils._compat import (
     TargetType,
     TensorOrTupleOfTensorsGeneric,
     _format_output,
     _is_tuple,
 )
-from captum_ssa._utils.batches import stream
-from captum_ssa._utils.distributed import all_reduce_sum, rows_on_every_rank, same_on_every_rank
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
-from captum_ssa._utils.hooks import (
-    check_layers_in_model,
-    layer_function,
-    layer_name,
-    model_of,
-    no_grad_capture,
-    run_and_capture,
-)
-from captum_ssa._utils.jacobian import JACOBIAN_MODES, jacobian_row_norms, vector_jacobian_product
-from captum_ssa._utils.linearity import warn_if_not_piecewise_linear
+from captum_ssa._utils.hooks import check_layers_in_model, model_of
+from captum_ssa._utils.jacobian import JACOBIAN_MODES
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
@@ -40,15 +31,8 @@ from captum_ssa._utils.model_state import (
 )
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
 from captum_ssa._utils.sequence_mask import (
-    added_along_positions,
     checked_mask,
     forward_args_with_mask,
-    has_token_axis,
-    lengths,
-    padded_along_positions,
-    per_token,
-    summed_over_examples,
-    token_flags,
     warn_if_mask_in_forward_args,
 )
 from captum_ssa._utils.validation import (
@@ -56,11 +40,7 @@ from captum_ssa._utils.validation import (
     device_ids_checked,
     positive_int,
     prepare_inputs,
-    selected_units,
 )
-from captum_ssa._utils.warn import warn
-
-_WEIGHTINGS = ("frequency", "uniform")
 
 
 class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAttribution):
@@ -171,8 +151,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         self._active_counts: Optional[list[Tensor]] = None
         self._fitted_weights: Optional[WeightsFingerprint] = None
         self.reference_size = 0
-        self._warned_not_piecewise_linear = False
-        self._warned_no_negative_outputs = False
+        self._warned = WarnedOnce()
         self.output = checked_output(output)
 
     @property
@@ -192,18 +171,13 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         without the batch dimension (a list for a list of layers). Available
         after :meth:`fit`.
         """
-        frequencies = self._frequencies()
-        return frequencies if isinstance(self.layer, list) else frequencies[0]
+        fitted = self._frequencies()
+        return fitted if isinstance(self.layer, list) else fitted[0]
 
     def _frequencies(self) -> list[Tensor]:
         """:math:`m_i / N_{ref}`, with :math:`N_{ref}` per position of a token layer
         fitted with masks: the reference samples that have that position."""
-        counts = self._fitted_counts()
-        per_position = self._examples_per_position or [None] * len(counts)
-        return [
-            count / self.reference_size if examples is None else count / examples
-            for count, examples in zip(counts, per_position)
-        ]
+        return frequencies(self._fitted_counts(), self._examples_per_position, self.reference_size)
 
     def _fitted_counts(self) -> list[Tensor]:
         if self._active_counts is None:
@@ -265,44 +239,15 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
             >>> # padded token ids: batches (ids, labels, attention_mask) of any length
             >>> insens.fit(token_loader)
         """
-        counts: Optional[list[Tensor]] = None
-        # per layer: the samples that have each position of a token layer (masks), or None
-        examples: list[Optional[Tensor]] = []
-        size = 0
-        with untouched_model(self._forward):
-            for number, batch in enumerate(
-                stream(reference, "reference", show_progress, "Reference batches", mask)
-            ):
-                if number == 0:
-                    warn_if_mask_in_forward_args(
-                        self, batch.inputs, additional_forward_args, batch.mask
-                    )
-                outputs = no_grad_capture(
-                    self._forward,
-                    batch.inputs,
-                    self._layers,
-                    forward_args_with_mask(batch.mask, additional_forward_args),
-                )
-                # a running count per neuron: memory does not grow with the data
-                summed = [summed_over_examples(output > 0, batch.mask) for output in outputs]
-                batch_counts = [count for count, _ in summed]
-                batch_examples = [positions for _, positions in summed]
-                if counts is None:
-                    counts, examples = batch_counts, batch_examples
-                else:
-                    _check_same_layer_shapes(
-                        counts, batch_counts, batch.inputs, number, examples, batch_examples
-                    )
-                    counts = [
-                        c + b if e is None else added_along_positions(c, b)
-                        for c, b, e in zip(counts, batch_counts, examples)
-                    ]
-                    examples = [
-                        None if e is None or b is None else added_along_positions(e, b)
-                        for e, b in zip(examples, batch_examples)
-                    ]
-                size += batch.size
-        counts, examples, size = _summed_over_ranks(counts, examples, size, len(self._layers))
+        counts, examples, size = count_active(
+            self._forward,
+            self._layers,
+            reference,
+            additional_forward_args,
+            show_progress,
+            mask,
+            owner=self,
+        )
         self._active_counts = counts
         self._examples_per_position = examples
         self.reference_size = size
@@ -428,14 +373,14 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                 "masks on every re-evaluation), so per-example switched weights are "
                 "not defined. Call model.eval() first."
             )
-        if weighting not in _WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if neuron_selector is not None and isinstance(self.layer, list):
             raise ValueError(
                 "neuron_selector selects neurons of one layer; construct "
                 "InactiveStateSensitivity with a single layer to use it"
             )
-        frequencies = self._frequencies() if weighting == "frequency" else None
+        fitted = self._frequencies() if weighting == "frequency" else None
         if mask is not None:
             mask = checked_mask(mask, prepare_inputs(inputs, integers_allowed=True))
         forward_args = forward_args_with_mask(mask, additional_forward_args)
@@ -444,215 +389,24 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                 self._forward, self.embedding_layer, inputs, forward_args
             )
             warn_if_mask_in_forward_args(self, attributed.given, additional_forward_args, mask)
-            prepared = attributed.leaves
-            _, outputs = run_and_capture(
-                attributed.forward_func,
-                prepared,
+            per_layer = omega(
+                attributed,
                 self._layers,
                 forward_args,
+                model_of(self._forward),
+                fitted,
+                self._examples_per_position,
+                weighting=weighting,
+                include_active=include_active,
+                pool_layers=pool_layers,
+                jacobian_mode=jacobian_mode,
+                jacobian_vectors_per_chunk=jacobian_vectors_per_chunk,
+                show_progress=show_progress,
+                neuron_selector=neuron_selector,
+                mask=mask,
+                warned=self._warned,
+                method=type(self).__name__,
             )
-            coefficients = []
-            for position, (layer, output) in enumerate(zip(self._layers, outputs)):
-                if not self._warned_not_piecewise_linear:
-                    self._warned_not_piecewise_linear = warn_if_not_piecewise_linear(
-                        type(self).__name__, output, prepared
-                    )
-                if not self._warned_no_negative_outputs:
-                    self._warned_no_negative_outputs = _warn_if_after_activation(
-                        output, layer_name(model_of(self._forward), layer)
-                    )
-                squared_norms = jacobian_row_norms(
-                    output,
-                    layer_function(attributed.forward_func, layer, forward_args),
-                    prepared,
-                    chunk_size=jacobian_vectors_per_chunk,
-                    mode=jacobian_mode,
-                    show_progress=show_progress,
-                ).reshape(output.shape)
-                frequency = None
-                if frequencies is not None:
-                    by_position = self._examples_per_position or [None] * len(frequencies)
-                    frequency = _frequency_of_positions(
-                        frequencies[position], by_position[position] is not None, output, mask
-                    )
-                coefficient = _neuron_coefficients(
-                    output.detach(), squared_norms, frequency, include_active
-                )
-                real_tokens = token_flags(output, mask)
-                if real_tokens is not None:  # pads are no neurons
-                    coefficient = coefficient * real_tokens
-                if neuron_selector is not None:
-                    units = selected_units(output, neuron_selector, type(self).__name__)
-                    coefficient = coefficient * units
-                coefficients.append(coefficient)
-            if weighting == "uniform":
-                coefficients = _average_over_selected(
-                    coefficients, outputs, include_active, pool_layers, mask
-                )
-            per_layer = [
-                vector_jacobian_product(output, prepared, coefficient)
-                for output, coefficient in zip(outputs, coefficients)
-            ]
         is_tuple = _is_tuple(inputs)
-        if pool_layers:
-            pooled = tuple(torch.stack(parts).sum(0) for parts in zip(*per_layer))
-            per_layer = [pooled]
         results = [_format_output(is_tuple, tuple(t.detach() for t in r)) for r in per_layer]
         return results if isinstance(self.layer, list) and not pool_layers else results[0]
-
-
-def _warn_if_after_activation(output: Tensor, layer: str) -> bool:
-    """Warn, and say so, when ``output`` looks taken after a ReLU-like activation:
-    exact zeros and no negative value, so every inactive unit (v <= 0) is 0 and
-    contributes nothing to Omega."""
-    if bool((output < 0).any()) or not bool((output == 0).any()):
-        return False
-    warn(
-        f"the output of layer {layer} has exact zeros and no negative value, as after "
-        "a ReLU: its inactive units are exactly 0, so their omega_i = (v_i / ||w_i||^2) "
-        "w_i vanish and Insens is zero (only active units count, with "
-        "include_active=True). Insens needs the pre-activations: pass the layer before "
-        "the activation (the Linear or Conv whose output the ReLU takes)."
-    )
-    return True
-
-
-def _summed_over_ranks(
-    counts: Optional[list[Tensor]], examples: list[Optional[Tensor]], size: int, layers: int
-) -> tuple[list[Tensor], list[Optional[Tensor]], int]:
-    """The counts, the samples per position of the token layers and the reference
-    size over every rank's shard (this rank's alone without ``torch.distributed``),
-    or a clear error where there is no data. A token layer's counts cover the
-    positions some sample has (the longest sample, over all ranks)."""
-    # the same on every rank, so that all ranks raise together rather than some
-    # waiting in a collective that the others have left
-    shapes = (
-        [0] * 3 * layers
-        if counts is None
-        else [
-            x
-            for c, e in zip(counts, examples)
-            for x in (c[0].numel() if e is not None else c.numel(), c.dim(), int(e is None))
-        ]
-    )
-    if not same_on_every_rank(shapes):
-        raise ValueError(
-            "the ranks' reference shards give layer outputs of different shapes, or one "
-            "rank has no reference batches: every rank needs reference inputs of one shape"
-        )
-    if counts is None:
-        raise ValueError("the reference data is empty: fit needs at least one sample")
-    for position, per_position in enumerate(examples):
-        if per_position is not None:
-            longest = max(rows_on_every_rank(len(per_position)))
-            examples[position] = padded_along_positions(per_position, longest)
-            counts[position] = padded_along_positions(counts[position], longest)
-    for count in [*counts, *(e for e in examples if e is not None)]:
-        all_reduce_sum(count)
-    for position, per_position in enumerate(examples):
-        if per_position is not None:  # positions no sample has: pads in every batch
-            seen = int((per_position > 0).sum())
-            counts[position] = counts[position][:seen]
-            shape = (seen, *([1] * (counts[position].dim() - 1)))
-            examples[position] = per_position[:seen].reshape(shape).to(counts[position].device)
-    return counts, examples, int(all_reduce_sum(torch.tensor(size)))
-
-
-def _check_same_layer_shapes(
-    counts: list[Tensor],
-    batch_counts: list[Tensor],
-    batch: tuple[Tensor, ...],
-    number: int,
-    examples: list[Optional[Tensor]],
-    batch_examples: list[Optional[Tensor]],
-) -> None:
-    """A clear error when a reference batch gives layer outputs of another shape; a
-    token layer's (with masks) may differ in length."""
-    for seen, new, per_position, batch_per_position in zip(
-        counts, batch_counts, examples, batch_examples
-    ):
-        same = seen.shape == new.shape and batch_per_position is None
-        if per_position is not None:
-            same = seen.shape[1:] == new.shape[1:] and batch_per_position is not None
-        if not same:
-            raise ValueError(
-                f"reference batch {number} (inputs shaped "
-                f"{[tuple(t.shape[1:]) for t in batch]} per example) gives a layer "
-                f"output shaped {tuple(new.shape)} per example, but earlier batches "
-                f"gave {tuple(seen.shape)}; fit needs reference inputs of one shape "
-                "(token sequences of different lengths need masks)"
-            )
-
-
-def _neuron_coefficients(
-    activity: Tensor,
-    squared_norms: Tensor,
-    frequency: Optional[Tensor],
-    include_active: bool,
-) -> Tensor:
-    """Per neuron, the factor of ``w_i`` in Omega: weight * v_i / ||w_i||^2.
-
-    Zero for neurons outside the sum (active ones, unless included) and for
-    neurons with ``w_i = 0``, whose centre is undefined.
-    """
-    if frequency is not None and frequency.shape not in (activity.shape[1:], activity.shape):
-        raise ValueError(
-            f"the layer output is shaped {tuple(activity.shape[1:])} per example but "
-            f"fit() saw {tuple(frequency.shape)}; fit on inputs shaped like these"
-        )
-    selected = torch.ones_like(activity, dtype=torch.bool) if include_active else activity <= 0
-    selected = selected & (squared_norms > 0)
-    safe_norms = torch.where(squared_norms > 0, squared_norms, torch.ones_like(squared_norms))
-    weight = 1.0 if frequency is None else frequency.to(activity)
-    return torch.where(selected, weight * activity / safe_norms, torch.zeros_like(activity))
-
-
-def _average_over_selected(
-    coefficients: list[Tensor],
-    outputs: list[Tensor],
-    include_active: bool,
-    pool_layers: bool,
-    mask: Optional[Tensor] = None,
-) -> list[Tensor]:
-    """Divide by |I| per example: the neurons in the sum (at the real tokens of a
-    mask), per layer or pooled."""
-    counts = []
-    for o in outputs:
-        selected = torch.ones_like(o, dtype=torch.bool) if include_active else o <= 0
-        real_tokens = token_flags(o, mask)
-        if real_tokens is not None:
-            selected = selected & real_tokens
-        counts.append(selected.reshape(o.shape[0], -1).sum(1))
-    if pool_layers:
-        total = torch.stack(counts).sum(0)
-        counts = [total] * len(counts)
-    return [
-        c / n.clamp(min=1).reshape(-1, *([1] * (c.dim() - 1))).to(c)
-        for c, n in zip(coefficients, counts)
-    ]
-
-
-def _frequency_of_positions(
-    frequency: Tensor, by_position: bool, output: Tensor, mask: Optional[Tensor]
-) -> Tensor:
-    """The fitted frequency of every neuron of ``output``.
-
-    Position ``t`` of a token layer is the ``t``-th real token: with a mask, each
-    real token takes the frequency of its position among the real tokens
-    (``(N, T, ...)``, from a fit with or without masks); without one, a layer
-    fitted with masks (``by_position``) takes its first ``T`` positions. Else the
-    frequency as fitted (checked against the output by ``_neuron_coefficients``).
-    """
-    masked = mask is not None and has_token_axis(output, mask)
-    if not (by_position or masked) or output.dim() < 3 or frequency.shape[1:] != output.shape[2:]:
-        return frequency
-    longest = int(lengths(mask).max()) if mask is not None and masked else output.shape[1]
-    if longest > frequency.shape[0]:
-        raise ValueError(
-            f"an example has {longest} tokens but the longest reference sample fit() saw "
-            f"had {frequency.shape[0]}: positions beyond it have no frequency. Fit on "
-            "reference samples at least as long as the inputs"
-        )
-    if mask is not None and masked:
-        return per_token(frequency, mask)
-    return frequency[: output.shape[1]]
