@@ -18,10 +18,11 @@ interleaved in one run (medians):
 
 Then the check :class:`~captum_ssa.graph.DependencyGraph` makes on its edges
 (no (lower, upper) pair twice): ``unique(dim=0)`` as before against
-``unique_pairs`` (one int64 key per pair), on random edge sets. Run from the
-repository root::
+``unique_pairs`` (one int64 key per pair), on random edge sets, on the CPU where
+a graph keeps its edges. Run from the repository root::
 
     python benchmarks/bench_switched_linear_projection.py --threads 1
+    python benchmarks/bench_switched_linear_projection.py --device cuda   # on a GPU
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class TwoConv(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a time covers what it launched."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_times(functions: list[Callable[[], object]], repeats: list[int]) -> list[float]:
     """Median of ``repeats[i]`` runs of function i, interleaved so that all of them see
     the same load on a shared machine."""
@@ -66,8 +73,10 @@ def median_times(functions: list[Callable[[], object]], repeats: list[int]) -> l
     for round_ in range(max(repeats)):
         for position, function in enumerate(functions):
             if round_ < repeats[position]:
+                synchronize()
                 started = time.perf_counter()
                 function()
+                synchronize()
                 times[position].append(time.perf_counter() - started)
     return [statistics.median(t) for t in times]
 
@@ -89,6 +98,7 @@ def floor(model: nn.Module, layer: nn.Module, x: Tensor, units: list) -> Tensor:
         handle.remove()
     (output,) = captured
     flat = torch.tensor(units) @ torch.tensor(output.contiguous().stride()[1:])
+    flat = flat.to(output.device)
     selected = output.reshape(len(x), -1).gather(1, flat[:, None])
     return torch.autograd.grad(selected.sum(), inputs)[0]
 
@@ -111,7 +121,7 @@ def layer_shape(model: nn.Module, layer: nn.Module) -> tuple[int, ...]:
     captured: list[Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, output: captured.append(output))
     with torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28))
+        model(torch.zeros(1, 1, 28, 28, device=next(model.parameters()).device))
     handle.remove()
     return tuple(captured[0].shape[1:])
 
@@ -122,6 +132,7 @@ def time_batch(
     """Median seconds of the floor, the gathered selection and the old one."""
     slp = SwitchedLinearProjection(model, layer)
     x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+    x = x.to(args.device)
     units = random_units(layer_shape(model, layer), batch, seed=batch)
     new = partial(slp.attribute, x, target=units)
     old = old_selection(new)
@@ -133,7 +144,7 @@ def time_batch(
 
 def per_example_targets(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    model = TwoConv().eval()
+    model = TwoConv().eval().to(args.device)
     print(
         f"{'layer':6} {'batch':>5} {'floor ms':>9} {'SLP ms':>9} {'old ms':>9} "
         f"{'SLP/floor':>9} {'old/floor':>9} {'old/SLP':>8}"
@@ -192,11 +203,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--old-repeats", type=int, default=3)
     parser.add_argument("--edges", nargs="+", type=int, default=[1_000, 15_900, 100_000])
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (absolute times there)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.device}")
     per_example_targets(args)
     edge_check(args)
 
