@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import NoiseTunnel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
 from captum_ssa import SwitchedLinearProjection
@@ -79,6 +81,22 @@ def test_the_gather_selects_what_captum_selects_with_the_same_gradient(make_outp
     assert selected.shape == expected.shape
     assert torch.equal(selected, expected)
     assert torch.equal(gradient, expected_gradient)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_random_per_example_tuples_select_what_captum_selects(data):
+    """Any shape, any index Python's indexing takes (negative included), any batch."""
+    neuron_shape = data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4), label="shape")
+    batch = data.draw(st.integers(1, 6), label="batch")
+    target = [
+        tuple(data.draw(st.integers(-size, size - 1)) for size in neuron_shape)
+        for _ in range(batch)
+    ]
+    output = torch.randn(batch, *neuron_shape, dtype=torch.float64, requires_grad=True)
+    expected = selection_and_gradient(_select_targets, output, target)
+    selected = selection_and_gradient(_select_targets_by_gather, output, target)
+    assert torch.equal(selected[0], expected[0]) and torch.equal(selected[1], expected[1])
 
 
 def test_a_layer_with_one_value_per_example_takes_empty_tuples_as_captum_does():
