@@ -56,7 +56,7 @@ def check_parts(
                 f"{layer_names[lower]}) must be shaped {shape}, got "
                 f"{tuple(matrix.shape)}"
             )
-        if len(edges[lower].unique(dim=0)) != len(edges[lower]):
+        if len(unique_pairs(edges[lower])) != len(edges[lower]):
             raise ValueError(f"edges[{lower}] lists a (lower, upper) pair twice")
         for end, layer in ((0, lower), (1, lower + 1)):
             stray = ~torch.isin(edges[lower][:, end], neurons[layer])
@@ -66,6 +66,30 @@ def check_parts(
                     f"that are not in the graph: "
                     f"{edges[lower][stray, end].unique().tolist()}"
                 )
+
+
+def unique_pairs(pairs: Tensor) -> Tensor:
+    """``pairs.unique(dim=0)`` for (E, 2) integer pairs: each pair once, sorted by
+    the first column, then the second.
+
+    ``unique(dim=0)`` compares rows one by one on the CPU (tens of thousands of
+    ``select`` calls for one graph's edges). One int64 key per pair, ordered as
+    the pairs are, makes it one 1-D ``unique``; pairs whose key would not fit in
+    int64 (spans whose product passes 2**63) keep the row-wise one.
+    """
+    if pairs.shape[0] == 0:
+        return pairs.unique(dim=0)
+    low, high = (bound.tolist() for bound in torch.aminmax(pairs, dim=0))
+    first_span, second_span = high[0] - low[0] + 1, high[1] - low[1] + 1
+    if first_span * second_span > 2**63:
+        return pairs.unique(dim=0)
+    # the differences fit in int64 once the product does; int64 arithmetic wraps, so
+    # an intermediate out of range still ends at the right key
+    as_int64 = pairs.long()
+    keys = ((as_int64[:, 0] - low[0]) * second_span + (as_int64[:, 1] - low[1])).unique()
+    first = torch.div(keys, second_span, rounding_mode="floor") + low[0]
+    second = keys.remainder(second_span) + low[1]
+    return torch.stack([first, second], 1).to(pairs.dtype)
 
 
 def as_index_vector(indices: Any) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from captum_ssa.graph import DependencyGraph
+from captum_ssa.graph._parts import unique_pairs
 from tests.graph_helpers import (
     KEPT,
     assert_same_networkx,
@@ -100,6 +101,10 @@ def test_constructor_stores_detached_cpu_copies(cnn: Any) -> None:
         ({"matrix_rows": 2}, "must be shaped"),
         ({"edges": [[1, 1]]}, "not in the graph"),
         ({"edges": [[0, 0]]}, "not in the graph"),
+        (
+            {"edges": [[0, 1], [2, 3], [0, 4], [2, 3]]},
+            r"edges\[0\] lists a \(lower, upper\) pair twice",
+        ),
         ({"drop_relevance": True}, "relevances has"),
         ({"names": ["conv1", "conv1", "fc1", "fc2"]}, "unique"),
     ],
@@ -172,3 +177,50 @@ def test_copies_are_equal_dependency_graphs(cnn: Any, duplicate: Any) -> None:
     assert len(twin.layers) == len(layers)
     with pytest.raises(TypeError, match="unhashable"):
         hash(twin)
+
+
+# ---------------------------------------------------------------- edge deduplication
+
+
+def random_pairs(
+    generator: torch.Generator, count: int, first: tuple, second: tuple
+) -> torch.Tensor:
+    """``count`` pairs drawn from two ranges, a third of them repeated."""
+    pairs = torch.stack(
+        [
+            torch.randint(*first, (count,), generator=generator),
+            torch.randint(*second, (count,), generator=generator),
+        ],
+        1,
+    )
+    return torch.cat([pairs, pairs[: count // 3]])[
+        torch.randperm(count + count // 3, generator=generator)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((0, 3), (0, 3)),
+        ((0, 1000), (0, 300)),
+        ((-50, 50), (-7, 0)),
+        ((2**62, 2**62 + 1000), (-(2**62) - 5, -(2**62) + 5)),  # large, with small spans
+        ((0, 2**32), (-(2**30), 2**30)),  # a key span of exactly 2**63
+        ((-(2**63), -(2**63) + 3), (2**63 - 4, 2**63 - 1)),  # at int64's ends
+        ((0, 2**40), (0, 2**40)),  # spans whose product passes int64: row-wise unique
+        ((-(2**63), 2**63 - 1), (-(2**63), 2**63 - 1)),
+    ],
+)
+def test_unique_pairs_equals_unique_over_rows(first: tuple, second: tuple) -> None:
+    generator = torch.Generator().manual_seed(first[0] % 1000 + second[1] % 1000)
+    for count in (1, 2, 7, 300):
+        pairs = random_pairs(generator, count, first, second)
+        assert torch.equal(unique_pairs(pairs), pairs.unique(dim=0))
+
+
+def test_unique_pairs_keeps_the_dtype_and_empty_edges() -> None:
+    empty = torch.zeros(0, 2, dtype=torch.long)
+    assert torch.equal(unique_pairs(empty), empty.unique(dim=0))
+    small = torch.tensor([[3, 1], [0, 2], [3, 1]], dtype=torch.int32)
+    assert unique_pairs(small).dtype == torch.int32
+    assert torch.equal(unique_pairs(small), small.unique(dim=0))

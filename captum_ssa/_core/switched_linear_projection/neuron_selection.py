@@ -61,6 +61,63 @@ def _what_selects_one_neuron(neuron_shape: tuple[int, ...]) -> str:
     )
 
 
+def _out_of_range(target: list[Any], example: int, neuron_shape: tuple[int, ...]) -> IndexError:
+    """The error for an entry of a per-example list that indexes outside the values."""
+    return IndexError(
+        f"example {example}'s index {target[example]} is out of range for one "
+        f"example's values shaped {neuron_shape}"
+    )
+
+
+def _flat_indices(target: list[Any], neuron_shape: tuple[int, ...]) -> Optional[Tensor]:
+    """A list of per-example index tuples as one flat index per example into the
+    example's flattened values (N,), or None where an entry is not a tuple of one
+    int per dimension (Captum's own selection then decides what it selects)."""
+    if not all(
+        isinstance(entry, tuple)
+        and len(entry) == len(neuron_shape)
+        and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in entry)
+        for entry in target
+    ):
+        return None
+    try:
+        indices = torch.tensor(target, dtype=torch.long).reshape(len(target), len(neuron_shape))
+    except (OverflowError, RuntimeError, ValueError):  # an index beyond int64
+        beyond = [any(abs(int(i)) >= 2**63 for i in entry) for entry in target]
+        if any(beyond):
+            raise _out_of_range(target, beyond.index(True), neuron_shape) from None
+        return None
+    sizes = torch.tensor(neuron_shape, dtype=torch.long)
+    outside = ((indices < -sizes) | (indices >= sizes)).any(1)
+    if outside.any():
+        raise _out_of_range(target, int(outside.nonzero()[0]), neuron_shape)
+    strides = torch.ones(len(neuron_shape), dtype=torch.long)
+    for dim in range(len(neuron_shape) - 2, -1, -1):
+        strides[dim] = strides[dim + 1] * neuron_shape[dim + 1]
+    # negative indices count from the end, as Python's indexing (and Captum's) reads them
+    return (indices.remainder(sizes) * strides).sum(1)
+
+
+def _select_targets_by_gather(layer_output: Tensor, target: TargetType) -> Tensor:
+    """Captum's ``_select_targets``, with a list of per-example index tuples read
+    by one gather.
+
+    Captum stacks one indexing per example for that list, and the backward of
+    each indexing writes a gradient the size of the whole layer output: N
+    examples cost N times the output. One gather of the flattened values costs
+    one output's size whatever N, with the same values.
+    """
+    if isinstance(target, list):
+        batch_size = layer_output.shape[0]
+        if len(target) != batch_size:
+            raise IndexError(f"it lists {len(target)} entries for {batch_size} examples")
+        flat = _flat_indices(target, tuple(layer_output.shape[1:]))
+        if flat is not None:
+            values = layer_output.reshape(batch_size, -1)
+            return values.gather(1, flat.to(layer_output.device)[:, None]).squeeze(1)
+    return _select_targets(layer_output, target)
+
+
 def _select_target(layer_output: Tensor, target: TargetType) -> Tensor:
     """Captum's ``target`` applied to the layer output, with errors naming ``target``."""
     shape = tuple(layer_output.shape)
@@ -70,7 +127,7 @@ def _select_target(layer_output: Tensor, target: TargetType) -> Tensor:
     if isinstance(target, numbers.Integral):
         target = int(target)  # NumPy integers, which Captum's helper does not accept
     try:
-        selected = _select_targets(layer_output, target)
+        selected = _select_targets_by_gather(layer_output, target)
     except (AssertionError, IndexError, RuntimeError, TypeError) as error:
         raise ValueError(
             f"target {target!r} does not select a neuron of the layer output shaped "
@@ -105,10 +162,15 @@ def _read_as_captum_positional(
 
 def _per_example(layer_output: Tensor, selector: Callable[[Tensor], Tensor]) -> Tensor:
     """A callable selector that reduces the batch to one element (Captum's
-    ``lambda out: torch.sum(out)``) applied to each example on its own, (N,)."""
+    ``lambda out: torch.sum(out)``) applied to each example on its own, (N,).
+
+    The examples come from one ``split``, whose backward joins their gradients
+    once; a slice per example would write a gradient the size of the whole
+    layer output for each example.
+    """
     values = []
-    for example in range(layer_output.shape[0]):
-        value = selector(layer_output[example : example + 1])
+    for example in layer_output.split(1):
+        value = selector(example)
         if value.numel() != 1:
             raise ValueError(
                 "neuron_selector returns one element for the whole batch but "
