@@ -4,6 +4,8 @@ notebook measures with agree with plain loops and with the package's graph evalu
 
 from __future__ import annotations
 
+import copy
+import math
 import sys
 from pathlib import Path
 
@@ -169,3 +171,111 @@ def test_random_neurons_are_distinct_sorted_and_seeded():
     assert torch.equal(first, again)
     assert len(set(first.tolist())) == 8 and first.tolist() == sorted(first.tolist())
     assert first.min() >= 0 and first.max() < 32
+
+
+def forward_before_masks(model: token_task.TokenTransformer, ids: torch.Tensor) -> torch.Tensor:
+    """``TokenTransformer.forward`` as it was before it took a mask, written out from its
+    modules: the notebook's models were trained with it, and ``mask=None`` must compute it."""
+    positions = torch.arange(ids.shape[1])
+    x = model.token_embedding(ids) + model.position_embedding(positions)
+    for block in model.blocks:
+        attention, normed = block.attention, block.attention_norm(x)
+        batch, length, width = normed.shape
+        per_head = width // attention.heads
+        query, key, value = (
+            part.reshape(batch, length, attention.heads, per_head).transpose(1, 2)
+            for part in attention.query_key_value(normed).chunk(3, dim=-1)
+        )
+        weights = (query @ key.transpose(-2, -1) / math.sqrt(per_head)).softmax(-1)
+        mixed = (weights @ value).transpose(1, 2).reshape(batch, length, width)
+        x = x + attention.out(mixed)
+        x = x + block.mlp.fc2(block.mlp.relu(block.mlp.fc1(block.mlp_norm(x))))
+    return model.head(model.norm(x).mean(1))
+
+
+def test_without_a_mask_the_model_computes_what_it_was_trained_as(trained):
+    # bit for bit, the logits and the gradients of the training loss: the notebook's models
+    # and every number of its sections before the mask are those of the model before masks
+    model, data = trained
+    torch.manual_seed(5)
+    untrained = token_task.TokenTransformer(TASK)
+    for network in (model, untrained):
+        ids, labels = data.train.ids[:64], data.train.labels[:64]
+        gradients = []
+        for forward in (network, lambda ids, network=network: forward_before_masks(network, ids)):
+            logits = forward(ids)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            gradients.append((logits, torch.autograd.grad(loss, list(network.parameters()))))
+        (logits, grads), (expected_logits, expected_grads) = gradients
+        assert torch.equal(logits, expected_logits)
+        assert all(torch.equal(g, e) for g, e in zip(grads, expected_grads))
+
+
+def padded_examples(
+    examples: list[torch.Tensor], length: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences ``(L,)`` padded with the blank token to ``length`` on the right (or the
+    left), and their mask (1 = real token)."""
+    ids = torch.full((len(examples), length), token_task.BLANK, dtype=torch.long)
+    mask = torch.zeros(len(examples), length, dtype=torch.long)
+    for row, example in enumerate(examples):
+        place = slice(length - len(example), length) if left else slice(0, len(example))
+        ids[row, place], mask[row, place] = example, 1
+    return ids, mask
+
+
+def mlp_outputs(model: token_task.TokenTransformer, ids: torch.Tensor, mask=None) -> list:
+    """Every block's MLP ReLU output ``(N, T, hidden)``: the neurons the methods read."""
+    outputs: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_hook(lambda _m, _i, output: outputs.append(output))
+        for layer in model.mlp_layers()
+    ]
+    try:
+        with torch.no_grad():
+            logits = model(ids) if mask is None else model(ids, mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [logits, *outputs]
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right_padded", "left_padded"])
+def test_padded_sequences_with_their_mask_give_the_unpadded_logits_and_neurons(trained, left):
+    # float64, so equal means to rounding; sequences of 3 to 10 tokens, each against itself
+    # unpadded, run alone: its logits and every MLP neuron at its real tokens
+    model, data = trained
+    model = copy.deepcopy(model).double()
+    generator = torch.Generator().manual_seed(4)
+    sizes = [10, 3, 7, 10, 5, 9]
+    examples = [
+        data.test.ids[row, torch.randperm(10, generator=generator)[:size].sort().values]
+        for row, size in enumerate(sizes)
+    ]
+    ids, mask = padded_examples(examples, 14, left=left)
+    padded_results = mlp_outputs(model, ids, mask)
+    for row, example in enumerate(examples):
+        real = mask[row].bool()
+        expected = mlp_outputs(model, example[None])
+        torch.testing.assert_close(padded_results[0][row], expected[0][0], rtol=0, atol=1e-9)
+        for output, wanted in zip(padded_results[1:], expected[1:]):
+            torch.testing.assert_close(output[row][real], wanted[0], rtol=0, atol=1e-9)
+    # the pads are invisible: other tokens, or the mask as booleans, change nothing
+    others = torch.where(mask.bool(), ids, torch.randint_like(ids, 1, TASK.vocabulary))
+    with torch.no_grad():
+        torch.testing.assert_close(model(others, mask.bool()), padded_results[0], rtol=0, atol=1e-9)
+        # without the mask they leak in: the model reads them as tokens
+        assert (model(ids) - padded_results[0]).abs().max() > 0.1
+
+
+def test_the_float32_model_with_a_mask_meets_the_specs_tolerance(trained):
+    # the notebook's models run in float32: padded with the mask, 1e-6 of the logits' size
+    model, data = trained
+    examples = data.test.ids[:50]
+    ids, mask = padded_examples(list(examples), 14)
+    with torch.no_grad():
+        expected = model(examples)
+        padded_logits = model(ids, mask)
+    assert (padded_logits - expected).abs().max() <= 1e-6 * expected.abs().max()
+    with torch.no_grad():  # a mask of ones is no mask
+        torch.testing.assert_close(model(examples, torch.ones_like(examples)), expected)

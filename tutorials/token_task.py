@@ -24,7 +24,10 @@ The model (:class:`TokenTransformer`) is a pre-norm transformer: token and
 positional embeddings, blocks of self-attention and a ReLU MLP, each added to
 the residual stream, a final layer norm, the mean over the tokens and a linear
 head. It takes token ids ``(N, T)`` and returns logits ``(N, classes)``. It
-trains in seconds on a CPU.
+trains in seconds on a CPU. ``forward(ids, mask)`` takes ids padded with the
+blank token and their mask (1 = real token), and leaves the pads out: the
+logits are those of the unpadded sequence, as with a tokenizer's
+``attention_mask``.
 
 Nothing is downloaded: the notebook generates the data.
 """
@@ -35,7 +38,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -146,14 +149,20 @@ class SelfAttention(nn.Module):
         self.query_key_value = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``(N, T, width)``; ``mask`` ``(N, T)``, 1 at a real token: a pad is no key."""
         batch, length, width = x.shape
         per_head = width // self.heads
         query, key, value = (
             part.reshape(batch, length, self.heads, per_head).transpose(1, 2)
             for part in self.query_key_value(x).chunk(3, dim=-1)
         )
-        weights = (query @ key.transpose(-2, -1) / math.sqrt(per_head)).softmax(-1)
+        scores = query @ key.transpose(-2, -1) / math.sqrt(per_head)
+        if mask is not None:
+            # -inf: a pad's softmax weight is exactly 0, so the real tokens attend as unpadded
+            keys = mask.bool()[:, None, None, :]
+            scores = scores.masked_fill(~keys, float("-inf"))
+        weights = scores.softmax(-1)
         mixed = (weights @ value).transpose(1, 2).reshape(batch, length, width)
         return self.out(mixed)
 
@@ -182,14 +191,17 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = MLP(width, hidden)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x))
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class TokenTransformer(nn.Module):
     """Token ids ``(N, T)`` -> token + positional embeddings -> blocks -> layer norm ->
-    mean over the tokens -> linear head -> logits ``(N, classes)``."""
+    mean over the tokens -> linear head -> logits ``(N, classes)``.
+
+    ``forward(ids, mask=None)``: with a mask of padded ids the logits equal the
+    unpadded sequence's; without one it computes what it was trained as."""
 
     def __init__(
         self,
@@ -206,12 +218,33 @@ class TokenTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, task.classes)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        positions = torch.arange(ids.shape[1], device=ids.device)
+    def forward(self, ids: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Logits ``(N, classes)`` of token ids ``(N, T)``.
+
+        ``mask`` ``(N, T)`` (a tokenizer's ``attention_mask``: 1 at a real token,
+        0 at a pad) makes the pads invisible: a real token's position counts the
+        real tokens before it (left and right padding agree), attention gives a pad
+        no weight, and the mean pools the real tokens only; the logits are those of
+        the unpadded sequence. Without a mask every token is real: the model is the
+        one trained, and a pad is an ordinary token; positions past the ``length``
+        it was trained on (only a padded sequence without its mask is longer) reuse
+        the last position's embedding.
+        """
+        if mask is None:
+            last = self.position_embedding.num_embeddings - 1
+            positions = torch.arange(ids.shape[1], device=ids.device).clamp(max=last)
+        else:
+            real = mask.bool()
+            # a pad takes position 0 or the last real token's: it is masked everywhere below
+            positions = (real.long().cumsum(1) - 1).clamp(min=0)
         x = self.token_embedding(ids) + self.position_embedding(positions)
         for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x).mean(1))
+            x = block(x, mask)
+        x = self.norm(x)
+        if mask is None:
+            return self.head(x.mean(1))
+        weights = real[:, :, None].to(x.dtype)
+        return self.head((x * weights).sum(1) / weights.sum(1))
 
     def mlp_layers(self) -> list[nn.Module]:
         """Each block's MLP ReLU, lowest first: the neurons SSA's graph is made of."""
