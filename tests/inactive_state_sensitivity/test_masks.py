@@ -1,6 +1,6 @@
 """InactiveStateSensitivity with masks: the neurons of a token layer are the (position,
 feature) pairs of the real tokens, position t being an example's t-th real token, so
-padded examples with their mask give the results of the unpadded ones (METHODS.md §8).
+padded examples with their mask give the results of the unpadded ones.
 References: the unpadded examples, and plain loops over examples and neurons."""
 
 from __future__ import annotations

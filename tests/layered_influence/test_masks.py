@@ -1,7 +1,7 @@
 """LayeredInfluence with masks: a token layer's units are those of the real tokens, and
 two examples are compared on the positions both have, counted among the real tokens
 (their common prefix once the pads are removed), so padded examples with their mask
-give the results of the unpadded ones (METHODS.md §8). References: the unpadded
+give the results of the unpadded ones. References: the unpadded
 examples, and a plain loop over pairs on their common prefixes."""
 
 from __future__ import annotations

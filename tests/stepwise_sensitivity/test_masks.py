@@ -1,6 +1,6 @@
 """StepwiseSensitivity with masks: a neuron's activity is its mean over the real tokens,
-so padded examples with their mask give the graph of the unpadded examples (METHODS.md
-§8). References: the same examples unpadded, one per batch, and a plain loop over
+so padded examples with their mask give the graph of the unpadded examples.
+References: the same examples unpadded, one per batch, and a plain loop over
 examples and upper neurons with one backward pass each."""
 
 from __future__ import annotations
