@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -66,7 +66,7 @@ class SavedTensorBytes:
     them (torch applies only the innermost hooks, so one pair serves them all).
     """
 
-    _active: list[SavedTensorBytes] = []
+    _active: ClassVar[list[SavedTensorBytes]] = []
 
     def __init__(self) -> None:
         self.total = 0

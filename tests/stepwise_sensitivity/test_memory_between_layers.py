@@ -59,7 +59,9 @@ def test_the_graph_of_a_forward_pass_stays_within_the_budget_and_the_graph_is_un
     assert len(saved_per_capture) > 3 and max(saved_per_capture) <= budget
     for name in whole.layer_names:
         assert torch.equal(pieces.neurons(name), whole.neurons(name))
-        torch.testing.assert_close(pieces.relevance(name), whole.relevance(name), atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            pieces.relevance(name), whole.relevance(name), atol=1e-12, rtol=0
+        )
     names = whole.layer_names
     for upper, lower in zip(names[1:], names[:-1]):
         assert torch.equal(pieces.edges(upper, lower), whole.edges(upper, lower))
