@@ -1,3 +1,4 @@
+# ruff: noqa: B023, E501  (lambdas called within their iteration; wide table rows)
 """Issue 19, items 4 and 5, in one run.
 
 (a) Insens against a plain per-neuron autograd loop and the best full Jacobian
