@@ -4,7 +4,10 @@ A layer with U units over an input of D features (per example) has a U x D
 Jacobian per example. We never need it whole: the methods need its rows'
 squared norms (||w_i||^2) and products of it with a vector. The rows come
 from reverse mode over neuron chunks, the columns from forward mode over
-input-feature chunks; the cheaper direction is the one with fewer passes.
+input-feature chunks, or from one plain backward pass per neuron (the loop a
+user would write, faster where ``vmap``'s batched backward is slow). Which is
+fastest depends on the model, so ``"auto"`` times one chunk of each and lets the
+fastest finish (a caller may keep the choice for later calls of the same shapes).
 Examples are independent in eval mode, so one seed serves the whole batch.
 A chunk is sized by the widest tensor it creates on the way between the input
 and the layer, measured on a first chunk of one row or column.
@@ -12,7 +15,9 @@ and the layer, measured on a first chunk of one row or column.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
@@ -36,7 +41,7 @@ DEFAULT_JACOBIAN_ELEMENTS = 2**24
 FORWARD_CHUNK_BYTES = 2**24
 REVERSE_CHUNK_BYTES = 2**22
 
-JACOBIAN_MODES = ("auto", "forward", "reverse")
+JACOBIAN_MODES = ("auto", "forward", "reverse", "loop")
 
 
 def _features_per_example(inputs: tuple[Tensor, ...]) -> int:
@@ -110,124 +115,255 @@ class _WidestGradient:
             handle.remove()
 
 
-def _in_chunks(
-    total: int,
-    chunk_size: Optional[int],
-    mode: str,
-    batch_size: int,
-    known_width: int,
-    element_size: int,
-    probe: Union[_WidestTensor, _WidestGradient],
-    work: Callable[[int, int], None],
-    show_progress: bool,
-) -> None:
-    """Call ``work(start, stop)`` over ``range(total)`` in chunks. With no
-    ``chunk_size``, the first chunk is one row or column, run under ``probe``: the
-    widest tensor it creates sizes the other chunks."""
-    done = 0
-    if chunk_size is None:
-        done = 1
-        with probe:
-            work(0, done)
-        widest = -(-max(probe.elements, batch_size * known_width) // batch_size)
-        chunk_size = default_chunk_size(batch_size, widest, element_size, mode)
-    description = "Jacobian rows" if mode == "reverse" else "Jacobian columns"
-    chunks = [(start, min(start + chunk_size, total)) for start in range(done, total, chunk_size)]
-    for start, stop in progress(chunks, desc=description, disable=not show_progress):
-        work(start, stop)
+class _RowNorms:
+    """One way of computing the squared row norms of a layer's Jacobian, a chunk of
+    ``total`` rows or columns at a time, resumable: :meth:`advance` goes on from
+    where the last call stopped, so the chunks timed to choose a strategy count."""
+
+    mode = ""
+    total = 0
+
+    def __init__(self, batch_size: int, known_width: int, element_size: int) -> None:
+        self.done = 0
+        self._batch_size = batch_size
+        self._known_width = known_width
+        self._element_size = element_size
+
+    def _work(self, start: int, stop: int) -> None:
+        raise NotImplementedError
+
+    def _probe(self) -> Union[_WidestTensor, _WidestGradient]:
+        raise NotImplementedError
+
+    @property
+    def _probe_elements(self) -> int:
+        raise NotImplementedError
+
+    def result(self) -> Tensor:
+        raise NotImplementedError
+
+    def advance(self, stop: int) -> None:
+        """Compute rows or columns ``done..stop``."""
+        self._work(self.done, stop)
+        self.done = stop
+
+    def first_chunk(self) -> int:
+        """Compute the first row or column under the probe and return the chunk size
+        the widest tensor it created allows within the budget."""
+        with self._probe():
+            self.advance(1)
+        batch = self._batch_size
+        widest = -(-max(self._probe_elements, batch * self._known_width) // batch)
+        return default_chunk_size(batch, widest, self._element_size, self.mode)
+
+    def finish(self, chunk_size: int, show_progress: bool) -> Tensor:
+        """Compute the rest, ``chunk_size`` at a time, and return the norms."""
+        description = "Jacobian rows" if self.mode != "forward" else "Jacobian columns"
+        stops = list(range(self.done + chunk_size, self.total, chunk_size))
+        if self.done < self.total:
+            stops.append(self.total)
+        for stop in progress(stops, desc=description, disable=not show_progress):
+            self.advance(stop)
+        return self.result()
 
 
-def _reverse_row_norms(
-    layer_output: Tensor,
-    inputs: tuple[Tensor, ...],
-    chunk_size: Optional[int],
-    show_progress: bool,
-) -> Tensor:
-    batch_size = layer_output.shape[0]
-    flat = layer_output.reshape(batch_size, -1)
-    num_neurons = flat.shape[1]
-    norms = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device)
+class _ReverseRowNorms(_RowNorms):
+    """Rows from reverse mode, a chunk of one-hot seeds per ``vmap``ped backward pass."""
 
-    def rows(seed: Tensor) -> tuple[Tensor, ...]:
+    mode = "reverse"
+
+    def __init__(self, layer_output: Tensor, inputs: tuple[Tensor, ...]) -> None:
+        batch_size = layer_output.shape[0]
+        self._flat = layer_output.reshape(batch_size, -1)
+        self.total = self._flat.shape[1]
+        super().__init__(
+            batch_size, max(self.total, _features_per_example(inputs)), self._flat.element_size()
+        )
+        self._inputs = inputs
+        self._norms = torch.empty_like(self._flat)
+        # torch.func.vmap rather than autograd.grad(is_grads_batched=True), whose older
+        # vmap runs convolution backward once per row instead of once per chunk.
+        self._batched_rows = torch.func.vmap(self._rows)
+        self._gradient_probe: Optional[_WidestGradient] = None
+
+    def _rows(self, seed: Tensor) -> tuple[Tensor, ...]:
         return torch.autograd.grad(
-            flat,
-            inputs,
+            self._flat,
+            self._inputs,
             grad_outputs=seed,
             retain_graph=True,
             allow_unused=True,
             materialize_grads=True,
         )
 
-    # torch.func.vmap rather than autograd.grad(is_grads_batched=True), whose older
-    # vmap runs convolution backward once per row instead of once per chunk.
-    batched_rows = torch.func.vmap(rows)
+    def _probe(self) -> _WidestGradient:
+        # made when needed: it walks the whole graph, which the loop never asks for
+        if self._gradient_probe is None:
+            self._gradient_probe = _WidestGradient(self._flat)
+        return self._gradient_probe
 
-    def row_norms(start: int, stop: int) -> None:
-        seeds = _one_hot_rows(start, stop, num_neurons, flat)[:, None, :].expand(
+    @property
+    def _probe_elements(self) -> int:
+        return self._probe().elements
+
+    def _work(self, start: int, stop: int) -> None:
+        batch_size, num_neurons = self._flat.shape
+        seeds = _one_hot_rows(start, stop, num_neurons, self._flat)[:, None, :].expand(
             stop - start, batch_size, num_neurons
         )
-        chunk = batched_rows(seeds)
+        chunk = self._batched_rows(seeds)
         squared = sum(r.reshape(stop - start, batch_size, -1).square().sum(2) for r in chunk)
-        norms[:, start:stop] = torch.as_tensor(squared).T
+        self._norms[:, start:stop] = torch.as_tensor(squared).T
 
-    known_width = max(num_neurons, _features_per_example(inputs))
-    _in_chunks(
-        num_neurons,
-        chunk_size,
-        "reverse",
-        batch_size,
-        known_width,
-        flat.element_size(),
-        _WidestGradient(flat),
-        row_norms,
-        show_progress,
-    )
-    return norms
+    def result(self) -> Tensor:
+        return self._norms
 
 
-def _forward_row_norms(
-    layer_output: Tensor,
-    layer_function: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    chunk_size: Optional[int],
-    show_progress: bool,
-) -> Tensor:
-    primals = tuple(t.detach() for t in inputs)
-    batch_size = primals[0].shape[0]
-    sizes = [t[0].numel() for t in primals]
-    num_features = sum(sizes)
-    norms = torch.zeros(
-        batch_size, layer_output[0].numel(), dtype=layer_output.dtype, device=layer_output.device
-    )
+class _LoopRowNorms(_ReverseRowNorms):
+    """Rows from reverse mode, one plain backward pass per neuron (for the whole
+    batch: examples are independent), as a user's loop would: no ``vmap``, whose
+    batching rules some models' backward passes lack or run slower than a loop."""
 
-    def column_block(*tangents: Tensor) -> Tensor:
-        return torch.func.jvp(layer_function, primals, tangents)[1]
+    mode = "loop"
 
-    def add_column_norms(start: int, stop: int) -> None:
-        basis = _one_hot_rows(start, stop, num_features, primals[0])
+    def first_chunk(self) -> int:
+        self.advance(1)
+        return 1
+
+    def _work(self, start: int, stop: int) -> None:
+        seed = torch.zeros_like(self._flat)
+        for neuron in range(start, stop):
+            seed[:, neuron] = 1
+            rows = self._rows(seed)
+            seed[:, neuron] = 0
+            squared = sum(r.reshape(len(seed), -1).square().sum(1) for r in rows)
+            self._norms[:, neuron] = torch.as_tensor(squared)
+
+
+class _ForwardRowNorms(_RowNorms):
+    """Columns from forward mode (``torch.func.jvp``), a chunk of one-hot tangents per
+    ``vmap``ped pass; each column chunk adds its squares to every row's norm."""
+
+    mode = "forward"
+
+    def __init__(
+        self,
+        layer_output: Tensor,
+        layer_function: Callable[..., Tensor],
+        inputs: tuple[Tensor, ...],
+    ) -> None:
+        self._primals = tuple(t.detach() for t in inputs)
+        batch_size = self._primals[0].shape[0]
+        self._sizes = [t[0].numel() for t in self._primals]
+        self.total = sum(self._sizes)
+        self._norms = torch.zeros(
+            batch_size,
+            layer_output[0].numel(),
+            dtype=layer_output.dtype,
+            device=layer_output.device,
+        )
+        super().__init__(
+            batch_size, max(self._norms.shape[1], self.total), self._norms.element_size()
+        )
+        self._layer_function = layer_function
+        self._tensor_probe = _WidestTensor()
+
+    def _probe(self) -> _WidestTensor:
+        return self._tensor_probe
+
+    @property
+    def _probe_elements(self) -> int:
+        return self._tensor_probe.elements
+
+    def _column_block(self, *tangents: Tensor) -> Tensor:
+        return torch.func.jvp(self._layer_function, self._primals, tangents)[1]
+
+    def _work(self, start: int, stop: int) -> None:
+        batch_size = self._norms.shape[0]
+        basis = _one_hot_rows(start, stop, self.total, self._primals[0])
         tangents = tuple(
             part[:, None, :].expand(stop - start, batch_size, size).reshape(stop - start, *t.shape)
-            for part, size, t in zip(basis.split(sizes, dim=1), sizes, primals)
+            for part, size, t in zip(basis.split(self._sizes, dim=1), self._sizes, self._primals)
         )
         # Forward mode ignores no_grad; without it the model's parameters would make
         # every chunk record a reverse-mode graph, alive as long as its result.
         with torch.no_grad():
-            columns = torch.func.vmap(column_block)(*tangents)
-            norms.add_(columns.reshape(stop - start, batch_size, -1).square().sum(0))
+            columns = torch.func.vmap(self._column_block)(*tangents)
+            self._norms.add_(columns.reshape(stop - start, batch_size, -1).square().sum(0))
 
-    known_width = max(norms.shape[1], num_features)
-    _in_chunks(
-        num_features,
-        chunk_size,
-        "forward",
-        batch_size,
-        known_width,
-        norms.element_size(),
-        _WidestTensor(),
-        add_column_norms,
-        show_progress,
-    )
-    return norms
+    def result(self) -> Tensor:
+        return self._norms
+
+
+@dataclass(frozen=True)
+class JacobianPlan:
+    """The strategy a measurement chose for one layer and input shape, and its
+    chunk size: what a later call with the same shapes reuses."""
+
+    mode: str
+    chunk_size: int
+
+
+# Single-row backward passes timed for the per-neuron loop's estimate: one is too
+# noisy to compare with a whole chunk of the other strategies.
+LOOP_ROWS_TIMED = 4
+
+# The clock the strategies are timed with (tests replace it to inject timings).
+_clock: Callable[[], float] = time.perf_counter
+
+
+def fastest(estimates: dict[str, float]) -> str:
+    """The strategy with the smallest estimated time; on a tie, the first one
+    measured (the insertion order), so that the choice depends only on the times."""
+    return min(estimates, key=lambda mode: estimates[mode])
+
+
+def estimated_time(elapsed: float, timed: int, chunk_size: int, total: int) -> float:
+    """The time of a whole job of ``total`` rows or columns, done ``chunk_size`` at a
+    time, from ``elapsed`` seconds for ``timed`` of them."""
+    per_chunk = elapsed * chunk_size / max(1, timed)
+    return per_chunk * -(-total // chunk_size)
+
+
+def _measured(
+    candidates: list[Callable[[], _RowNorms]],
+    chunk_size: Optional[int],
+    allow_failure: bool,
+) -> tuple[_RowNorms, int]:
+    """Time one chunk of each candidate strategy (after a first chunk that sizes its
+    chunks and warms it up) and return the fastest, resumed where it stopped, with
+    its chunk size. A candidate that finishes the job while measured is taken as it
+    is; with ``allow_failure`` one that raises (no forward-mode derivative, a layer
+    in a worker thread) is left out."""
+    estimates: dict[str, float] = {}
+    measured: dict[str, tuple[_RowNorms, int]] = {}
+    for make in candidates:
+        try:
+            strategy = make()
+            size = strategy.first_chunk() if chunk_size is None else chunk_size
+            if strategy.mode == "loop":
+                size = 1
+            if strategy.done == 0:  # an explicit chunk size: no sizing chunk, warm up
+                strategy.advance(min(strategy.total, size))
+            if strategy.done >= strategy.total:
+                return strategy, size
+            timed = min(
+                strategy.total - strategy.done, LOOP_ROWS_TIMED if strategy.mode == "loop" else size
+            )
+            started = _clock()
+            strategy.advance(strategy.done + timed)
+            elapsed = _clock() - started
+        except (LayerInOtherThreadError, NotImplementedError) as error:
+            if not allow_failure or (
+                isinstance(error, NotImplementedError) and "forward AD" not in str(error)
+            ):
+                raise
+            continue
+        estimates[strategy.mode] = estimated_time(elapsed, timed, size, strategy.total)
+        measured[strategy.mode] = (strategy, size)
+        if strategy.done >= strategy.total:
+            return strategy, size
+    return measured[fastest(estimates)]
 
 
 def jacobian_row_norms(
@@ -237,56 +373,83 @@ def jacobian_row_norms(
     chunk_size: Optional[int] = None,
     mode: str = "auto",
     show_progress: bool = False,
+    plans: Optional[dict[Hashable, JacobianPlan]] = None,
+    plan_key: Hashable = None,
 ) -> Tensor:
     """Squared norms ``||d v_i / d x||^2`` of every unit of a layer, per example.
 
     Args:
         layer_output: the layer's output (N, ...) computed from ``inputs`` with
-            its autograd graph (used by reverse mode).
+            its autograd graph (used by reverse mode and the loop).
         layer_function: ``*inputs -> layer output``, re-evaluated by forward mode
             under ``torch.func.jvp``.
         inputs: leaf tensors that require grad, each (N, ...).
         chunk_size: Jacobian rows (reverse) or columns (forward) per chunk; the
             default keeps the widest tensor a chunk creates between the inputs and
             the layer within ``REVERSE_CHUNK_BYTES`` or ``FORWARD_CHUNK_BYTES``.
-        mode: ``"reverse"``, ``"forward"``, or ``"auto"``: the direction with
-            fewer passes, and reverse mode where the model has an operation
-            without a forward-mode derivative or runs the layer in a worker
-            thread (``torch.func.jvp`` does not follow it there).
+        mode: ``"reverse"``, ``"forward"``, ``"loop"`` (one backward pass per
+            neuron), or ``"auto"``: each of them timed on one chunk, and the
+            fastest finishes the job (the chunks measured count towards it).
+            Forward mode is left out where the model has an operation without a
+            forward-mode derivative or runs the layer in a worker thread
+            (``torch.func.jvp`` does not follow it there).
         show_progress: show a progress bar over the chunks.
+        plans: where ``"auto"`` keeps its choice, under ``plan_key`` and the
+            shapes, dtype and device: a later call that finds one there uses it
+            without measuring (the caller, e.g. an explainer, owns the dict).
+        plan_key: what, besides the shapes, tells the calls apart (e.g. which
+            layer).
 
     Returns:
-        Tensor (N, U) of squared row norms, U = units per example.
+        Tensor (N, U) of squared row norms, U = units per example. Every mode
+        gives the same norms up to rounding.
     """
     num_neurons = layer_output[0].numel()
     num_features = _features_per_example(inputs)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    chosen = choose_mode(num_neurons, num_features) if mode == "auto" else mode
-    if chosen == "forward":
+    makers: dict[str, Callable[[], _RowNorms]] = {
+        "forward": lambda: _ForwardRowNorms(layer_output, layer_function, inputs),
+        "reverse": lambda: _ReverseRowNorms(layer_output, inputs),
+        "loop": lambda: _LoopRowNorms(layer_output, inputs),
+    }
+    if mode != "auto":
         try:
-            return _forward_row_norms(
-                layer_output, layer_function, inputs, chunk_size, show_progress
-            )
+            strategy = makers[mode]()
+            size = chunk_size or strategy.first_chunk()
+            return strategy.finish(1 if mode == "loop" else size, show_progress)
         except LayerInOtherThreadError as error:
-            if mode == "forward":
-                raise RuntimeError(
-                    f"jacobian_mode='forward' cannot be used here: {error}. Use "
-                    "jacobian_mode='reverse' or 'auto'."
-                ) from error
-            # "auto": reverse mode differentiates the graph the worker thread built
+            raise RuntimeError(
+                f"jacobian_mode='forward' cannot be used here: {error}. Use "
+                "jacobian_mode='reverse' or 'auto'."
+            ) from error
         except NotImplementedError as error:
-            if "forward AD" not in str(error):
+            if mode != "forward" or "forward AD" not in str(error):
                 raise
-            if mode == "forward":
-                raise NotImplementedError(
-                    "jacobian_mode='forward' needs forward-mode derivatives of every "
-                    f"operation between the inputs and the layer, but: {error} Use "
-                    "jacobian_mode='reverse' or 'auto'."
-                ) from error
-            # "auto": an operation without a forward-mode derivative (LSTM, CPU
-            # flash attention); reverse mode gives the same rows with more passes.
-    return _reverse_row_norms(layer_output, inputs, chunk_size, show_progress)
+            raise NotImplementedError(
+                "jacobian_mode='forward' needs forward-mode derivatives of every "
+                f"operation between the inputs and the layer, but: {error} Use "
+                "jacobian_mode='reverse' or 'auto'."
+            ) from error
+    key = (
+        plan_key,
+        chunk_size,
+        tuple(layer_output.shape),
+        tuple(tuple(t.shape) for t in inputs),
+        layer_output.dtype,
+        layer_output.device,
+    )
+    plan = None if plans is None else plans.get(key)
+    if plan is not None:
+        return makers[plan.mode]().finish(plan.chunk_size, show_progress)
+    # the cost model's favourite first: it is the one kept if it finishes the job
+    # while measured, and wins ties
+    first = choose_mode(num_neurons, num_features)
+    order = [first, "reverse" if first == "forward" else "forward", "loop"]
+    strategy, size = _measured([makers[m] for m in order], chunk_size, allow_failure=True)
+    if plans is not None:
+        plans[key] = JacobianPlan(strategy.mode, size)
+    return strategy.finish(size, show_progress)
 
 
 def vector_jacobian_product(

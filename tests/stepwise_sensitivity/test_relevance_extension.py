@@ -147,11 +147,12 @@ def test_a_relevance_declaring_no_gradients_streams_the_data_once(registry):
         return signed_mean_activation(pair, upper_neurons).abs()
 
     examples = 12
+    measured = 1 + 2  # the memory budget's cost of an example, on one and on two
     # the first batch is read once to set up, then the data once for every pair ...
-    assert forward_examples(ActivationNoGradients(), False, registry) == examples
+    assert forward_examples(ActivationNoGradients(), False, registry) == examples + measured
     # ... or once per layer pair (three pairs) when gradients are declared or unknown
-    assert forward_examples(ActivationWithGradients(), True, registry) == 3 * examples
-    assert forward_examples(plain_function, True, registry) == 3 * examples
+    assert forward_examples(ActivationWithGradients(), True, registry) == 3 * examples + measured
+    assert forward_examples(plain_function, True, registry) == 3 * examples + measured
 
 
 def test_absolute_after_aggregation_takes_the_absolute_value_of_the_mean(registry):

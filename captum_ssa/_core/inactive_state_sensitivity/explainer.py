@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Optional, Union
 
 from captum.attr import GradientAttribution, NeuronAttribution
@@ -20,7 +20,7 @@ from captum_ssa._utils._compat import (
 )
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import check_layers_in_model, model_of
-from captum_ssa._utils.jacobian import JACOBIAN_MODES
+from captum_ssa._utils.jacobian import JACOBIAN_MODES, JacobianPlan
 from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
@@ -153,6 +153,8 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
         self.reference_size = 0
         self._warned = WarnedOnce()
         self.output = checked_output(output)
+        # per layer and input shape, the Jacobian strategy "auto" measured fastest
+        self._jacobian_plans: dict[Hashable, JacobianPlan] = {}
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -299,14 +301,20 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
             jacobian_mode (str, optional): How the rows :math:`w_i` of the
                         layer's Jacobian are computed: ``"reverse"`` (over
                         chunks of neurons), ``"forward"`` (over chunks of input
-                        features, ``torch.func.jvp``), or ``"auto"``: the one
-                        with fewer passes, and reverse mode where an operation
-                        of the model has no forward-mode derivative (e.g.
-                        LSTM, CPU flash attention). Default: ``"auto"``
+                        features, ``torch.func.jvp``), ``"loop"`` (one backward
+                        pass per neuron), or ``"auto"``: on the first call for a
+                        layer and input shape, one chunk of each is timed and
+                        the fastest finishes the job (the choice is kept for
+                        later calls of this explainer with the same shapes);
+                        forward mode is left out where an operation of the
+                        model has no forward-mode derivative (e.g. LSTM, CPU
+                        flash attention). Every mode gives the same result up
+                        to rounding. Default: ``"auto"``
             jacobian_vectors_per_chunk (int, optional): How many Jacobian rows
                         (reverse mode) or columns (forward mode) exist at
-                        once. Default: sized so that the widest tensor a chunk
-                        creates between the inputs and the layer takes at most
+                        once (the loop computes one at a time). Default: sized
+                        so that the widest tensor a chunk creates between the
+                        inputs and the layer takes at most
                         16 MiB (forward mode) or 4 MiB (reverse mode), measured
                         on a first chunk of one.
             show_progress (bool, optional): Show a progress bar over the
@@ -406,6 +414,7 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
                 mask=mask,
                 warned=self._warned,
                 method=type(self).__name__,
+                jacobian_plans=self._jacobian_plans,
             )
         is_tuple = _is_tuple(inputs)
         results = [_format_output(is_tuple, tuple(t.detach() for t in r)) for r in per_layer]

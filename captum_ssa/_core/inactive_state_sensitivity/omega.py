@@ -12,6 +12,7 @@ product per layer. It warns where a layer looks taken after its activation.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,7 +23,7 @@ from torch.nn import Module
 from captum_ssa._core.inactive_state_sensitivity.frequency import frequency_of_positions
 from captum_ssa._utils.embedding_layer import AttributedInputs
 from captum_ssa._utils.hooks import layer_function, layer_name, run_and_capture
-from captum_ssa._utils.jacobian import jacobian_row_norms, vector_jacobian_product
+from captum_ssa._utils.jacobian import JacobianPlan, jacobian_row_norms, vector_jacobian_product
 from captum_ssa._utils.linearity import warn_if_not_piecewise_linear
 from captum_ssa._utils.sequence_mask import token_flags
 from captum_ssa._utils.validation import IndexSelector, selected_units
@@ -59,12 +60,14 @@ def omega(
     mask: Optional[Tensor],
     warned: WarnedOnce,
     method: str,
+    jacobian_plans: Optional[dict[Hashable, JacobianPlan]] = None,
 ) -> list[tuple[Tensor, ...]]:
     r""":math:`\Omega_l` of each of ``layers`` (``model``'s modules) with respect to
     ``attributed.leaves``, not yet detached, or one pooled over the layers; weighted
     by the fitted ``frequencies`` (None for ``"uniform"``). Call it where the model
     is held, inside ``untouched_model``. ``warned`` records the once-only warnings,
-    ``method`` names the explainer in them."""
+    ``method`` names the explainer in them; ``jacobian_plans`` keeps, per layer
+    and shape, which Jacobian strategy ``"auto"`` measured fastest."""
     prepared = attributed.leaves
     _, outputs = run_and_capture(
         attributed.forward_func,
@@ -85,6 +88,8 @@ def omega(
             chunk_size=jacobian_vectors_per_chunk,
             mode=jacobian_mode,
             show_progress=show_progress,
+            plans=jacobian_plans,
+            plan_key=position,
         ).reshape(output.shape)
         frequency = None
         if frequencies is not None:

@@ -50,7 +50,7 @@ from captum_ssa._core.stepwise_sensitivity.steps import (
 from captum_ssa._utils._compat import progress
 from captum_ssa._utils.batches import Batch, BatchStream, pieces
 from captum_ssa._utils.distributed import all_reduce_sum
-from captum_ssa._utils.memory_budget import rows_within_budget
+from captum_ssa._utils.memory_budget import SavedTensorBytes, rows_within_budget
 from captum_ssa._utils.validation import fresh_leaf
 
 # Copies, per upper neuron and example, of Step I's (M, N, K) rows alive at
@@ -86,7 +86,15 @@ def build_graphs(
 ) -> list[GraphState]:
     """Read ``data`` in as many passes as ``options`` take and build every graph."""
     first = data.first
-    first_capture = network.capture(first.inputs, first.mask)
+    measured = bytes_per_example(network, first)
+    if measured is not None and rows_within_budget(measured) < first.size:
+        # the whole batch's graph would outgrow the budget: this pass only checks the
+        # layers and finds the starting neurons, the batch is then read in pieces
+        with torch.no_grad():
+            first_capture = network.capture(first.inputs, first.mask)
+    else:
+        first_capture = network.capture(first.inputs, first.mask)
+    rows = examples_within_budget(first_capture.outputs, measured or 0)
     top_shape = network.check_first_pass(first_capture)
     starts, labels = request.starts(
         first_capture.outputs[-1],
@@ -99,7 +107,6 @@ def build_graphs(
     if labels is not None:
         first = Batch(first.inputs, labels, first.mask)
     states = [GraphState(start) for start in starts]
-    rows = examples_within_budget(first_capture.outputs)
     structure = options.pass_structure(data.one_shot, len(network.layers))
     # The first batch's forward pass serves the first pass too; a single batch is
     # the same data in every pass, so its forward passes are kept between passes.
@@ -274,13 +281,40 @@ def upper_neurons_within_budget(pair: LayerPair) -> int:
     return rows_within_budget(per_neuron)
 
 
-def examples_within_budget(outputs: Sequence[Tensor]) -> int:
+def examples_within_budget(outputs: Sequence[Tensor], measured: int = 0) -> int:
     """How many examples one forward pass may hold so that a single upper neuron's
-    gradient temporaries, on the widest listed lower layer, fit in the budget."""
+    gradient temporaries, on the widest listed lower layer, fit in the budget, and
+    so that the ``measured`` bytes per example (:func:`bytes_per_example`) do."""
     per_example = max(
-        output[0].numel() * output.element_size() * GRADIENT_COPIES for output in outputs[:-1]
+        [measured]
+        + [output[0].numel() * output.element_size() * GRADIENT_COPIES for output in outputs[:-1]]
     )
     return rows_within_budget(per_example)
+
+
+def bytes_per_example(network: Network, batch: Batch) -> Optional[int]:
+    """What one example of a forward pass costs, measured on forward passes of one
+    and of two examples of ``batch``: the bytes the recorded graph saves for
+    backward and, for a single upper neuron's gradients, ``GRADIENT_COPIES`` times
+    the widest tensor it saves; what lies between the layers (hidden layers much
+    wider than the listed ones) included. None for a batch of one, or a model that
+    cannot run on part of its batch (batch-shaped additional arguments)."""
+    if batch.size < 2:
+        return None
+    saved = []
+    try:
+        for count in (1, 2):
+            piece = next(pieces(batch, count))
+            with SavedTensorBytes() as counter:
+                capture = network.capture(tuple(fresh_leaf(t) for t in piece.inputs), piece.mask)
+            saved.append(counter)
+            del capture
+    except Exception:
+        return None
+    # the difference leaves out what does not grow with the examples (the weights)
+    graph = max(0, saved[1].total - saved[0].total)
+    widest = max(0, saved[1].widest - saved[0].widest)
+    return graph + GRADIENT_COPIES * widest
 
 
 def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]:

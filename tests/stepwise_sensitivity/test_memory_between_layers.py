@@ -1,0 +1,82 @@
+"""The memory budget bounds what lies between the listed layers: a hidden layer much
+wider than the listed ones is what one forward pass's graph holds, and SSA reads
+the examples in pieces small enough for it (measured by the tensors autograd saves,
+not by process memory), with the same graph as when it reads them whole."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from captum_ssa import StepwiseSensitivity, memory_budget
+from captum_ssa._core.stepwise_sensitivity.network import Network
+from captum_ssa._utils.memory_budget import SavedTensorBytes
+
+
+class WideBetween(nn.Module):
+    """Narrow listed layers (2 channels) with a 128-channel conv between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.narrow_in = nn.Conv2d(1, 2, 3, padding=1)
+        self.wide = nn.Conv2d(2, 128, 3, padding=1)
+        self.narrow_out = nn.Conv2d(128, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.relu(self.wide(torch.relu(self.narrow_in(x))))
+        return self.fc(torch.relu(self.narrow_out(hidden)).flatten(1))
+
+
+def graph_of(model: WideBetween, x: Tensor, **kwargs):
+    layers = [model.narrow_in, model.narrow_out, model.fc]
+    return StepwiseSensitivity(model, layers).attribute(x, target=1, percentile=50, **kwargs)
+
+
+def test_the_graph_of_a_forward_pass_stays_within_the_budget_and_the_graph_is_unchanged(
+    monkeypatch,
+):
+    torch.manual_seed(0)
+    model = WideBetween().double().eval()
+    x = torch.randn(32, 1, 8, 8, dtype=torch.float64)
+    whole = graph_of(model, x)
+
+    budget = 2**20
+    saved_per_capture: list[int] = []
+    capture = Network.capture
+
+    def counted(self, inputs, mask=None, depth=None):
+        with SavedTensorBytes() as saved:
+            result = capture(self, inputs, mask, depth)
+        if torch.is_grad_enabled():
+            saved_per_capture.append(saved.total)
+        return result
+
+    monkeypatch.setattr(Network, "capture", counted)
+    with memory_budget(budget):
+        pieces = graph_of(model, x)
+    # the whole batch's graph would not fit: 32 x 2 x 64 KiB of hidden activations
+    assert len(saved_per_capture) > 3 and max(saved_per_capture) <= budget
+    for name in whole.layer_names:
+        assert torch.equal(pieces.neurons(name), whole.neurons(name))
+        torch.testing.assert_close(
+            pieces.relevance(name), whole.relevance(name), atol=1e-12, rtol=0
+        )
+    names = whole.layer_names
+    for upper, lower in zip(names[1:], names[:-1]):
+        assert torch.equal(pieces.edges(upper, lower), whole.edges(upper, lower))
+        torch.testing.assert_close(
+            pieces.relevance_matrix(upper, lower),
+            whole.relevance_matrix(upper, lower),
+            atol=1e-12,
+            rtol=0,
+        )
+
+
+def test_saved_tensor_bytes_count_each_storage_once_and_leave_gradients_alone():
+    x = torch.randn(100, dtype=torch.float64, requires_grad=True)
+    with SavedTensorBytes() as saved:
+        y = (x * x).sum()  # x saved twice, one storage
+    assert saved.total == saved.widest == 800
+    (gradient,) = torch.autograd.grad(y, x)
+    torch.testing.assert_close(gradient, 2 * x.detach())
