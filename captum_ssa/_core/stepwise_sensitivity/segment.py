@@ -184,6 +184,7 @@ def activity_gradients(
         reduce: maps gradients stacked over some upper neurons (S, N, K, *P) to
             what is kept of them, e.g. the spatial mean of their absolute value
             (S, N, K); applied at once, so the full gradients never pile up.
+            It owns the tensor it is given, and may overwrite it.
         upper_weights: the upper layer's position weights under a mask (see
             :func:`layer_position_weights`): its activity is then the mean over
             the valid positions. Default: None (every position).
@@ -235,6 +236,10 @@ def activity_gradients(
             )
         if gradient is None:  # the upper layer does not depend on the lower one
             gradient = lower_output.new_zeros(len(part), *lower_output.shape)
+        elif gradient.untyped_storage().data_ptr() == seeds.untyped_storage().data_ptr():
+            # through views alone autograd hands back the seed itself: reduce may
+            # overwrite what it gets, and the seeds may be expanded or reused
+            gradient = gradient.clone()
         rows = reduce(gradient)
         del gradient
         if reduced is None:
@@ -452,16 +457,28 @@ def pooled_derivative(
 
 
 def mean_magnitude(
-    values: Tensor, absolute: bool, leading_dims: int = 1, weights: Optional[Tensor] = None
+    values: Tensor,
+    absolute: bool,
+    leading_dims: int = 1,
+    weights: Optional[Tensor] = None,
+    temporary: bool = False,
 ) -> Tensor:
-    """:func:`spatial_mean` of ``|values|`` (of ``values`` when not ``absolute``),
-    without materialising the absolute values where every position counts."""
-    if weights is not None:
-        return spatial_mean(values.abs() if absolute else values, leading_dims, weights)
-    if not absolute:
-        return spatial_mean(values, leading_dims)
-    flat = values.reshape(*values.shape[: leading_dims + 1], -1)
-    return torch.linalg.vector_norm(flat, ord=1, dim=-1) / flat.shape[-1]
+    """:func:`spatial_mean` of ``|values|`` (of ``values`` when not ``absolute``).
+
+    With ``temporary`` (``values`` is a scratch tensor nobody else reads) the
+    absolute values overwrite it: ``abs_().sum()`` was measured 2-4x faster than
+    ``vector_norm(ord=1)``, and a fresh ``abs()`` slower than either on large
+    tensors (the new buffer's pages are faulted in afresh).
+    """
+    if absolute:
+        if temporary and values.is_contiguous():
+            values = values.abs_()
+        elif weights is not None:
+            values = values.abs()
+        else:
+            flat = values.reshape(*values.shape[: leading_dims + 1], -1)
+            return torch.linalg.vector_norm(flat, ord=1, dim=-1) / flat.shape[-1]
+    return spatial_mean(values, leading_dims, weights)
 
 
 def mean_gradient_magnitudes(
@@ -533,6 +550,7 @@ def mean_gradient_magnitudes(
             absolute,
             leading_dims=2,
             weights=lower_weights,
+            temporary=True,  # activity_gradients hands over gradients of its own
         )
 
     return activity_gradients(
