@@ -94,6 +94,13 @@ CASES: dict[str, tuple[Any, Any, Any, tuple[int, ...], bool]] = {
         (2, 6, 5, 7),
         True,
     ),
+    "max3d_ceil": (
+        lambda: nn.Conv3d(2, 4, 2),
+        lambda t: F.max_pool3d(F.elu(t), (2, 3, 2), ceil_mode=True),
+        lambda: nn.Conv3d(4, 3, 1),
+        (2, 6, 7, 5),
+        True,
+    ),
     "overlapping_falls_back": (
         lambda: nn.Conv2d(2, 4, 3),
         lambda t: F.max_pool2d(torch.relu(t), 3, stride=2),
