@@ -146,6 +146,25 @@ def seeds_at_layer_input(
         return None  # padding applied outside the convolution: seed at the output instead
     neurons = neurons.to(weight.device)
     spatial = layer_output.shape[2:]
+    if layer.groups == 1:
+        # every neuron's kernel as one output channel's, all spread by a single
+        # transposed convolution of one constant map: the maps of the other
+        # channels below would be zeros, which cost as much as the one
+        kernels = weight.detach()[neurons]
+        spread = convolution_input(
+            (1, kernels.shape[0] * kernels.shape[1], *layer_input.shape[2:]),
+            kernels.reshape(1, -1, *kernels.shape[2:]),
+            torch.full(
+                (1, 1, *spatial),
+                1.0 / layer_output[0, 0].numel(),
+                dtype=weight.dtype,
+                device=weight.device,
+            ),
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+        )
+        return spread.reshape(len(neurons), *layer_input.shape[1:])
     constant_maps = torch.zeros(
         len(neurons), layer_output.shape[1], *spatial, dtype=weight.dtype, device=weight.device
     )
@@ -354,9 +373,9 @@ class PoolWindows:
         if pool is not None and not (rank == 3 and values.dtype in _HALF and values.is_cpu):
             # a pool whose windows tile the padded values, dividing by 1: 4x faster
             # than the sums of a reshape, which reduce over strided dims
-            kernel = self.kernel if rank > 1 else (1, *self.kernel)
+            tiles = self.kernel if rank > 1 else (1, *self.kernel)
             flat = values if rank > 1 else values.unsqueeze(2)
-            summed = pool(flat, kernel, kernel, divisor_override=1)
+            summed = pool(flat, tiles, tiles, divisor_override=1)
             return summed.reshape(*self.shape[:2], -1)
         split: list[int] = list(values.shape[:2])
         for output, kernel in zip(self.output, self.kernel):
