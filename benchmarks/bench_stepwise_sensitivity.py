@@ -16,7 +16,15 @@ script times:
 and, each in a fresh subprocess, the peak memory above the model and data.
 Run from the repository root::
 
-    python benchmarks/bench_stepwise_sensitivity.py [--threads 1]
+    PYTHONPATH=. python benchmarks/bench_stepwise_sensitivity.py [--threads 1]
+
+(``PYTHONPATH=.``: the script's own folder comes first on ``sys.path``, so an
+installed ``captum_ssa`` would be imported rather than this checkout's.) With
+``--ratios`` it prints only the interleaved medians and SSA's ratios to its
+floor (one forward pass plus, per layer pair, one backward pass of the summed
+upper activity) and to one forward+backward, skipping the naive loop and memory::
+
+    PYTHONPATH=. python benchmarks/bench_stepwise_sensitivity.py --ratios --threads 1 --repeats 7
 
 With ``--before PATH`` (another checkout of the repository) it times instead
 SSA's local and global graphs of this checkout against that one's, in
@@ -84,8 +92,26 @@ def tasks(model: CifarNet, x: Tensor, target: int) -> dict[str, Callable[[], obj
         model.zero_grad(set_to_none=True)
         return None
 
+    def floor() -> object:
+        """SSA global's floor: one forward pass, and per layer pair one backward
+        pass of the summed upper activity to the lower layer's output."""
+        outputs: list[Tensor] = []
+        handles = [
+            layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+            for layer in model.layers()
+        ]
+        try:
+            model(x.clone().requires_grad_())
+        finally:
+            for handle in handles:
+                handle.remove()
+        for lower, upper in zip(outputs[:-1], outputs[1:]):
+            torch.autograd.grad(upper.sum(), lower, retain_graph=True)
+        return None
+
     return {
         "forward+backward": input_gradient,
+        "floor (forward + one backward per pair)": floor,
         "forward+backward (with parameter gradients)": all_gradients,
         "SSA local (branching=8, max_neurons=8)": lambda: ssa.attribute(
             x, target=target, mode="local", branching=8, max_neurons=8
@@ -190,6 +216,22 @@ def compare_with(before: str, args: argparse.Namespace) -> None:
         )
 
 
+def print_ratios(times: dict[str, list[float]], repeats: int) -> None:
+    """Median of each interleaved task, and SSA's ratios to its floor and to one
+    forward+backward (issue 19's targets: global <= 2x floor, local <= 1.6x)."""
+    median = {name: statistics.median(runs) for name, runs in times.items()}
+    print(f"\n{'':46} {'median s':>9} {'best s':>8}  ({repeats} interleaved runs)")
+    for name, runs in times.items():
+        print(f"{name:46} {median[name]:9.4f} {min(runs):8.4f}")
+    step = median["forward+backward"]
+    floor = median["floor (forward + one backward per pair)"]
+    global_ = median["SSA global (percentile=50)"]
+    local = median["SSA local (branching=8, max_neurons=8)"]
+    print(f"\nglobal / floor:            {global_ / floor:6.2f}x  (target <= 2, goal 1.5)")
+    print(f"global / forward+backward: {global_ / step:6.2f}x")
+    print(f"local / forward+backward:  {local / step:6.2f}x  (target <= 1.6, goal 1.5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=100)
@@ -198,6 +240,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--before", help="another checkout to time SSA against")
     parser.add_argument("--rounds", type=int, default=6, help="with --before")
+    parser.add_argument(
+        "--ratios", action="store_true", help="only the interleaved times and ratios (no memory)"
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--time-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,6 +267,9 @@ def main() -> None:
     for function in named.values():
         function()  # warm-up
     times = dict(zip(named, best_times(list(named.values()), args.repeats)))
+    if args.ratios:
+        print_ratios(times, args.repeats)
+        return
 
     graph = named["SSA global (percentile=50)"]()
     sizes = [len(graph.neurons(name)) for name in graph.layer_names]  # type: ignore[attr-defined]

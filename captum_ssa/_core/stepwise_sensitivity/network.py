@@ -27,7 +27,13 @@ from captum_ssa._core.stepwise_sensitivity.segment import (
     layer_position_weights,
 )
 from captum_ssa._core.stepwise_sensitivity.weighted_connection import record_weighted_calls
-from captum_ssa._utils.hooks import model_of, neuron_axis, observe_layer_calls, run_and_capture
+from captum_ssa._utils.hooks import (
+    claimed_modules,
+    model_of,
+    neuron_axis,
+    observe_layer_calls,
+    run_and_capture,
+)
 from captum_ssa._utils.sequence_mask import forward_args_with_mask
 from captum_ssa._utils.warn import warn
 
@@ -75,13 +81,17 @@ class Network:
         model = model_of(self.forward_func)
         self.modules = list(model.modules()) if model is not None else self.layers
         # The seed below a layer stands for the layer's own weights: only valid
-        # when no hook of the user's changes what the layer outputs.
-        self.keep_input = [
-            position > 0
-            and is_weighted_layer(layer)
-            and not (layer._forward_hooks or layer._forward_pre_hooks)
-            for position, layer in enumerate(self.layers)
-        ]
+        # when no hook of the user's changes what the layer outputs. Read under the
+        # layers' claim: another thread's capture holds hooks of ours on them only
+        # while it holds the claim, and would otherwise change this call's path
+        # (the seeded and the unseeded gradients differ in the last bits).
+        with claimed_modules(self.layers):
+            self.keep_input = [
+                position > 0
+                and is_weighted_layer(layer)
+                and not (layer._forward_hooks or layer._forward_pre_hooks)
+                for position, layer in enumerate(self.layers)
+            ]
 
     def capture(
         self, inputs: tuple[Tensor, ...], mask: Optional[Tensor] = None, depth: Optional[int] = None
