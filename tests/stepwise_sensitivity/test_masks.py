@@ -183,7 +183,7 @@ def test_the_model_receives_the_mask_before_the_additional_arguments():
     graph = StepwiseSensitivity(forward, layers, neuron_dim=-1).attribute(
         ids, target=1, mask=mask, additional_forward_args=(1.0,)
     )
-    # every call (the memory budget's measurement on the first one and two examples
+    # every call (the memory budget's measurement on the first two and three examples
     # included) receives the mask of its own examples before the arguments
     assert calls and all(call == (call[0], call[0], 1.0) for call in calls)
     assert all(call[0][1:] == ids.shape[1:] for call in calls) and calls[2][0] == ids.shape
@@ -212,8 +212,8 @@ def test_a_batch_split_by_the_memory_budget_splits_its_mask_with_it():
         graph = StepwiseSensitivity(forward, layers, neuron_dim=-1).attribute(
             ids, target=1, mask=mask, mode="local", branching=2
         )
-    # the budget's measurement on one and two examples, then the first pass checks
-    assert pieces[:3] == [1, 2, len(examples)] and max(pieces[3:]) <= 2
+    # the budget's measurement on two and three examples, then the first pass checks
+    assert pieces[:3] == [2, 3, len(examples)] and max(pieces[3:]) <= 2
     for layer in layers:
         assert torch.equal(graph.neurons(layer), expected.neurons(layer))
         torch.testing.assert_close(graph.relevance(layer), expected.relevance(layer), **TOLERANCE)

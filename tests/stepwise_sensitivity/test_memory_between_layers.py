@@ -80,3 +80,33 @@ def test_saved_tensor_bytes_count_each_storage_once_and_leave_gradients_alone():
     assert saved.total == saved.widest == 800
     (gradient,) = torch.autograd.grad(y, x)
     torch.testing.assert_close(gradient, 2 * x.detach())
+
+
+class ScaledPerExample(WideBetween):
+    """WideBetween whose inputs are scaled by a per-example additional argument."""
+
+    def forward(self, x: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(x * scale[:, None, None, None])
+
+
+def test_batch_shaped_additional_arguments_and_training_mode_batch_norm_still_work():
+    # the budget's measurement runs two and three examples: it is left out where an
+    # additional argument is shaped like the batch, and a batch norm in training mode
+    # (which refuses one example) takes two
+    torch.manual_seed(0)
+    model = ScaledPerExample().double().eval()
+    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    scale = torch.rand(6, dtype=torch.float64) + 0.5
+    graph = graph_of(model, x, additional_forward_args=(scale,))
+    plain = WideBetween().double().eval()
+    plain.load_state_dict(model.state_dict())
+    expected = graph_of(plain, x * scale[:, None, None, None])
+    for name in graph.layer_names:
+        assert torch.equal(graph.neurons(name), expected.neurons(name))
+        torch.testing.assert_close(graph.relevance(name), expected.relevance(name))
+
+    norm = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).double()
+    layers = [norm[0], norm[3]]
+    inputs = torch.randn(5, 4, dtype=torch.float64)
+    graph = StepwiseSensitivity(norm, layers).attribute(inputs, target=0)
+    assert graph.neurons(graph.layer_names[-1]).tolist() == [0]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -293,28 +293,36 @@ def examples_within_budget(outputs: Sequence[Tensor], measured: int = 0) -> int:
 
 
 def bytes_per_example(network: Network, batch: Batch) -> Optional[int]:
-    """What one example of a forward pass costs, measured on forward passes of one
-    and of two examples of ``batch``: the bytes the recorded graph saves for
+    """What one example of a forward pass costs, measured on forward passes of two
+    and of three examples of ``batch``: the bytes the recorded graph saves for
     backward and, for a single upper neuron's gradients, ``GRADIENT_COPIES`` times
     the widest tensor it saves; what lies between the layers (hidden layers much
-    wider than the listed ones) included. None for a batch of one, or a model that
-    cannot run on part of its batch (batch-shaped additional arguments)."""
-    if batch.size < 2:
+    wider than the listed ones) included. None for a batch of fewer than three,
+    or when an additional forward argument is shaped like the batch (a piece of
+    the inputs would not match it)."""
+    # two and three, not one and two: a batch norm in training mode refuses one example
+    if batch.size < 3 or _batch_shaped(network.additional_forward_args, batch.size):
         return None
     saved = []
-    try:
-        for count in (1, 2):
-            piece = next(pieces(batch, count))
-            with SavedTensorBytes() as counter:
-                capture = network.capture(tuple(fresh_leaf(t) for t in piece.inputs), piece.mask)
-            saved.append(counter)
-            del capture
-    except Exception:
-        return None
+    for count in (2, 3):
+        piece = next(pieces(batch, count))
+        with SavedTensorBytes() as counter:
+            capture = network.capture(tuple(fresh_leaf(t) for t in piece.inputs), piece.mask)
+        saved.append(counter)
+        del capture
     # the difference leaves out what does not grow with the examples (the weights)
     graph = max(0, saved[1].total - saved[0].total)
     widest = max(0, saved[1].widest - saved[0].widest)
     return graph + GRADIENT_COPIES * widest
+
+
+def _batch_shaped(arguments: Any, size: int) -> bool:
+    """Whether any tensor among ``arguments`` has ``size`` rows."""
+    if arguments is None:
+        return False
+    if not isinstance(arguments, (tuple, list)):
+        arguments = (arguments,)
+    return any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == size for a in arguments)
 
 
 def row_slices(batch: Batch, label: Optional[int], rows: int) -> Iterator[Batch]:
