@@ -485,7 +485,9 @@ def compare_architecture(
         f" {times['first'] / min(times['plain loop'], best):>7.2f} {error:>8.1e}",
         flush=True,
     )
-    return error < 1e-6 and bool(scale > 0)
+    if scale == 0:
+        print(f"{'':<31} (Omega is zero: no neuron inactive here is active on the reference)")
+    return error < 1e-6
 
 
 def architecture_table(args: argparse.Namespace) -> bool:
