@@ -16,6 +16,16 @@ each in a fresh subprocess, the peak memory of ``attribute`` for several ``chunk
 settings. Run from the repository root::
 
     python benchmarks/bench_inactive_state_sensitivity.py
+
+``--architectures`` prints instead the same comparison on a ResNet-18-style, a
+VGG-11-bn-style and a ViT-style model (benchmark-local, narrowed to run on a laptop
+CPU; random weights, float64, eval mode), two layers each: Insens on its first call
+(a fitted explainer that has not yet measured its strategies: the measurement is
+timed), Insens warm (its strategy kept), Insens with each strategy forced, the
+per-neuron loop and the best full Jacobian; also which strategy ``"auto"`` chose and
+its estimates of each::
+
+    python benchmarks/bench_inactive_state_sensitivity.py --architectures --threads 1
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_ssa._core.inactive_state_sensitivity import InactiveStateSensitivity
+from captum_ssa._utils import jacobian
 from captum_ssa._utils.jacobian import choose_mode, default_chunk_size
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
@@ -284,6 +295,230 @@ def memory(args: argparse.Namespace) -> None:
     print("('Jacobian': the whole batch's Jacobian in MB; in brackets: the chunk size)")
 
 
+# --- --architectures: real architectures, narrowed --------------------------------
+
+
+def vgg11_bn(width: int = 8) -> nn.Sequential:
+    """torchvision's vgg11_bn features at ``width``/64 of its channels; the last
+    max-pool is a global average pool, so that 16x16 inputs fit."""
+    config: list[object] = [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8]
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in config:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            assert isinstance(item, int)
+            layers += [
+                nn.Conv2d(channels, item * width, 3, padding=1),
+                nn.BatchNorm2d(item * width),
+                nn.ReLU(),
+            ]
+            channels = item * width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm1(x)
+        x = x + self.attention(y, y, y, need_weights=False)[0]
+        return x + self.fc2(torch.relu(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """Patch embedding, learned positions, pre-norm blocks, mean pooling, head."""
+
+    def __init__(self, size: int, dim: int = 32, depth: int = 2, patch: int = 4) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, dim, patch, patch)
+        self.position = nn.Parameter(torch.randn(1, (size // patch) ** 2, dim) * 0.1)
+        self.blocks = nn.Sequential(*[ViTBlock(dim) for _ in range(depth)])
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patches(x).flatten(2).transpose(1, 2) + self.position
+        return self.head(self.blocks(x).mean(1))
+
+
+def architectures(size: int, width: int) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(row name, model, layer): an early, wide layer and a late, narrow one each."""
+    sys.path.append(".")
+    from tests.models import ResNet, randomise_batch_norm
+
+    torch.manual_seed(0)
+    resnet = randomise_batch_norm(ResNet(width=width)).double().eval()
+    vgg = randomise_batch_norm(vgg11_bn(width)).double().eval()
+    vit = ViT(size, dim=4 * width).double().eval()
+    return [
+        ("resnet18 layer1[1].conv2", resnet, resnet.layer1[1].conv2),
+        ("resnet18 layer4[1].conv2", resnet, resnet.layer4[1].conv2),
+        ("vgg11_bn conv 2 (features[4])", vgg, vgg[4]),
+        ("vgg11_bn conv 8 (features[25])", vgg, vgg[25]),
+        ("vit blocks[0].fc1", vit, vit.blocks[0].fc1),
+        ("vit head", vit, vit.head),
+    ]
+
+
+def layer_output(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer``'s output in a forward pass of ``model`` (the rest is run too)."""
+    captured: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def loop_on(model: nn.Module, layer: nn.Module, x: Tensor, frequency: Tensor) -> Tensor:
+    """The per-neuron loop of :func:`per_neuron_loop` on any model."""
+    x = x.detach().requires_grad_()
+    flat = layer_output(model, layer, x).flatten(1)
+    values, weights = flat.detach(), frequency.flatten()
+    omega = torch.zeros_like(x).flatten(1)
+    for neuron in range(flat.shape[1]):
+        (row,) = torch.autograd.grad(flat[:, neuron].sum(), x, retain_graph=True)
+        row = row.flatten(1)
+        omega += (
+            coefficients(values[:, neuron], row.square().sum(1), weights[neuron])[:, None] * row
+        )
+    return omega.view_as(x)
+
+
+def full_jacobian_on(
+    transform: Callable[..., Callable[..., Tensor]],
+    model: nn.Module,
+    layer: nn.Module,
+    x: Tensor,
+    frequency: Tensor,
+) -> Tensor:
+    """Omega from every example's whole Jacobian, as :func:`full_jacobian`."""
+
+    def single(example: Tensor) -> Tensor:
+        return layer_output(model, layer, example[None])[0]
+
+    x = x.detach()
+    whole = torch.func.vmap(transform(single))(x).reshape(len(x), frequency.numel(), -1)
+    with torch.no_grad():
+        values = layer_output(model, layer, x).flatten(1)
+    factors = coefficients(values, whole.square().sum(2), frequency.flatten())
+    return torch.einsum("nu,nud->nd", factors, whole).view_as(x)
+
+
+class RecordedEstimates:
+    """Keeps the estimates ``"auto"`` compares (wraps ``jacobian.fastest``)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self._fastest = jacobian.fastest
+
+    def __enter__(self) -> RecordedEstimates:
+        def record(estimates: dict[str, float]) -> str:
+            self.last = dict(estimates)
+            return self._fastest(estimates)
+
+        jacobian.fastest = record
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        jacobian.fastest = self._fastest
+
+
+def compare_architecture(
+    args: argparse.Namespace, name: str, model: nn.Module, layer: nn.Module
+) -> bool:
+    """One table row: times of every way on one layer; True if all agree."""
+    columns = ["first", "warm", "forward", "reverse", "loop", "plain loop", "jacrev", "jacfwd"]
+    x = torch.randn(args.batch_size, 3, args.size, args.size, dtype=torch.float64)
+    reference = torch.randn(args.reference, 3, args.size, args.size, dtype=torch.float64)
+    insens = InactiveStateSensitivity(model, layer).fit(reference)
+    frequency = insens.activation_frequency
+    assert isinstance(frequency, Tensor)
+    chosen: list[str] = []
+    estimates: list[dict[str, float]] = []
+
+    def first_call() -> Tensor:
+        insens._jacobian_plans.clear()  # as a freshly fitted explainer
+        with RecordedEstimates() as recorded:
+            omega = insens.attribute(x)
+        (plan,) = insens._jacobian_plans.values()
+        chosen.append(plan.mode)
+        estimates.append(recorded.last)
+        return omega
+
+    methods: dict[str, Callable[[], Tensor]] = {
+        "first": first_call,
+        "warm": lambda: insens.attribute(x),
+        **{
+            mode: (lambda mode=mode: insens.attribute(x, jacobian_mode=mode))
+            for mode in ("forward", "reverse", "loop")
+        },
+        "plain loop": lambda: loop_on(model, layer, x, frequency),
+        "jacrev": lambda: full_jacobian_on(torch.func.jacrev, model, layer, x, frequency),
+        "jacfwd": lambda: full_jacobian_on(torch.func.jacfwd, model, layer, x, frequency),
+    }
+    results = {}
+    for key, method in list(methods.items()):  # also warms up
+        try:
+            results[key] = method().detach()
+        except NotImplementedError:  # forward mode where an operation has no jvp
+            del methods[key]
+    plain = results["plain loop"]
+    scale = plain.abs().max()
+    error = max(float((r - plain).abs().max() / scale.clamp(min=1e-30)) for r in results.values())
+    keys = list(methods)
+    times = dict(zip(keys, median_times([methods[k] for k in keys], [args.repeats] * len(keys))))
+    best = min(times.get("jacrev", float("inf")), times.get("jacfwd", float("inf")))
+    cells = " ".join(f"{1000 * times[k]:>8.0f}" if k in times else f"{'n/a':>8}" for k in columns)
+    # the last measurement's estimates, scaled to the job (what "auto" compared)
+    guess = " ".join(f"{m[0]}{1000 * t:.0f}" for m, t in estimates[-1].items())
+    print(
+        f"{name:<31} {frequency.numel():>6} {'/'.join(sorted(set(chosen))):>8} {guess:>18} "
+        + cells
+        + f" {times['warm'] / times['plain loop']:>7.2f} {times['warm'] / best:>7.2f}"
+        f" {times['first'] / min(times['plain loop'], best):>7.2f} {error:>8.1e}",
+        flush=True,
+    )
+    if scale == 0:
+        print(f"{'':<31} (Omega is zero: no neuron inactive here is active on the reference)")
+    return error < 1e-6
+
+
+def architecture_table(args: argparse.Namespace) -> bool:
+    print(
+        f"Insens on narrowed real architectures: {args.size}x{args.size}x3 inputs, width "
+        f"{args.width}, {args.batch_size} example(s) per call, {args.reference} reference "
+        f"examples, float64, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+        f"medians of {args.repeats} interleaved runs, ms per call"
+    )
+    columns = ["first", "warm", "forward", "reverse", "loop", "plain", "jacrev", "jacfwd"]
+    print(
+        f"{'layer':<31} {'units':>6} {'chosen':>8} {'estimates ms':>18} "
+        + " ".join(f"{c:>8}" for c in columns)
+        + f" {'W/loop':>7} {'W/jac':>7} {'1st/min':>7} {'rel err':>8}"
+    )
+    agree = [
+        compare_architecture(args, name, model, layer)
+        for name, model, layer in architectures(args.size, args.width)
+    ]
+    print(
+        "first/warm: Insens's first call (strategies measured) and a later one; forward, "
+        "reverse, loop: Insens with jacobian_mode forced; plain: a user's per-neuron "
+        "autograd loop; jacrev/jacfwd: vmap over the batch of the whole Jacobian. "
+        "W/loop, W/jac: warm Insens over the plain loop and the best full Jacobian "
+        "(target <= 1); 1st/min: the first call over the better of the two. "
+        "estimates: what 'auto' estimated for each strategy on its last first call."
+    )
+    print("same Omega from all (max rel err < 1e-6):", "yes" if all(agree) else "NO")
+    return all(agree)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=1)
@@ -295,6 +530,13 @@ def main() -> None:
     parser.add_argument("--memory-batches", nargs="+", type=int, default=[4, 16])
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--architectures",
+        action="store_true",
+        help="the ResNet/VGG/ViT-style table instead of 2CONV's (--repeats 3 advised)",
+    )
+    parser.add_argument("--size", type=int, default=16, help="--architectures: input side")
+    parser.add_argument("--width", type=int, default=8, help="--architectures: base channels")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -303,6 +545,8 @@ def main() -> None:
         name, *numbers = args.memory_child
         measure_memory(name, *(int(n) for n in numbers))
         return
+    if args.architectures:
+        sys.exit(0 if architecture_table(args) else 1)
     ok = speed(args)
     if not args.no_memory:
         memory(args)

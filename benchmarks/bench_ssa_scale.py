@@ -22,6 +22,16 @@ Run from the repository root::
 
     python benchmarks/bench_ssa_scale.py [--quick] [--resnet 10000] [--before PATH]
 
+``--convnext`` prints instead (d): peak RSS and time of SSA on a ConvNeXt-like model
+(convnext_tiny's widths 96-192-384-768 and depths 3-3-9-3, random weights, 32x32
+inputs, eval mode) listing ``features[5], features[7], classifier[2]`` (the last two
+stages' outputs and the classifier's Linear), ``--convnext-count`` inputs in one batch,
+target 1, percentile 50, under the default 256 MiB memory budget, in float32 and
+float64, with ``passes="per_pair"`` (the default for gradients) and ``"single"``; for
+this checkout and, with ``--before PATH``, another one::
+
+    python benchmarks/bench_ssa_scale.py --convnext [--before PATH] [--dtypes float64]
+
 ``--quick`` shrinks (a) to 200 vs 2,000 inputs; the full ResNet run over
 10,000 inputs takes hours on a laptop CPU (four passes of ResNet-18 and 25
 backward passes per input), minutes on a GPU.
@@ -72,6 +82,94 @@ class WidePair(nn.Module):
         return self.conv2(torch.relu(self.conv1(x)))
 
 
+class ConvNeXtBlock(nn.Module):
+    """torchvision's CNBlock without stochastic depth: depthwise 7x7, LayerNorm,
+    Linear 4x, GELU, Linear, layer scale, residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.scale = nn.Parameter(torch.full((dim,), 0.1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.depthwise(x).permute(0, 2, 3, 1))
+        y = self.fc2(nn.functional.gelu(self.fc1(y))) * self.scale
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """convnext_tiny's layout: ``features`` = stem, then per stage (a downsampling
+    GroupNorm + 2x2 conv from the second on) its blocks; global average pooling;
+    ``classifier`` = Flatten, LayerNorm, Linear."""
+
+    def __init__(
+        self, dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (3, 3, 9, 3)
+    ) -> None:
+        super().__init__()
+        features: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), nn.GroupNorm(1, dims[0]))
+        ]
+        for stage, (dim, depth) in enumerate(zip(dims, depths)):
+            if stage:
+                features.append(
+                    nn.Sequential(
+                        nn.GroupNorm(1, dims[stage - 1]), nn.Conv2d(dims[stage - 1], dim, 2, 2)
+                    )
+                )
+            features.append(nn.Sequential(*[ConvNeXtBlock(dim) for _ in range(depth)]))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.LayerNorm(dims[-1]), nn.Linear(dims[-1], 10)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def measure_convnext(count: int, dtype_name: str, passes: str) -> dict[str, Any]:
+    """SSA's peak RSS above the model, the data and one forward pass, in this process."""
+    import warnings
+
+    from captum_ssa import StepwiseSensitivity
+
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    dtype = getattr(torch, dtype_name)
+    model = ConvNeXt().to(dtype).eval()
+    x = torch.randn(count, 3, 32, 32, dtype=dtype)
+    with torch.no_grad():
+        model(x)
+    before = peak_mb()
+    layers = [model.features[5], model.features[7], model.classifier[2]]
+    start = time.perf_counter()
+    StepwiseSensitivity(model, layers).attribute(x, target=1, percentile=50, passes=passes)
+    return {"seconds": time.perf_counter() - start, "extra_peak_mb": peak_mb() - before}
+
+
+def convnext_table(arguments: argparse.Namespace) -> None:
+    budget = 256
+    print(
+        f"(d) SSA on a ConvNeXt-like model (convnext_tiny widths, depths 3-3-9-3, 32x32), "
+        f"features[5], features[7], classifier[2], {arguments.convnext_count} inputs, "
+        f"{budget} MiB budget, {os.environ.get('OMP_NUM_THREADS', 'default')} thread(s): "
+        "peak RSS above model, data and one forward pass (MB), seconds; a fresh process each"
+    )
+    for label, path in [("this checkout", os.getcwd()), ("before", arguments.before)]:
+        if label == "before" and not path:
+            continue
+        for dtype in arguments.dtypes:
+            for passes in ("per_pair", "single"):
+                case = f"convnext:{dtype}:{passes}"
+                row = in_subprocess(case, arguments.convnext_count, path)
+                print(
+                    f"{label:<14} {dtype:<8} {passes:<9} +{row['extra_peak_mb']:7.0f} MB "
+                    f"({row['extra_peak_mb'] / budget:4.1f}x budget) {row['seconds']:7.1f} s",
+                    flush=True,
+                )
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -85,6 +183,9 @@ def measure(case: str, count: int, relevance: str = "gradient") -> dict[str, Any
     """One measurement, in this process."""
     from captum_ssa import StepwiseSensitivity
 
+    if case.startswith("convnext:"):
+        _, dtype_name, passes = case.split(":")
+        return measure_convnext(count, dtype_name, passes)
     torch.manual_seed(0)
     if case == "wide":
         model = WidePair().eval()
@@ -151,6 +252,9 @@ def main() -> None:
         "pass over 10,000 inputs takes minutes on a CPU",
     )
     parser.add_argument("--resnet-only", action="store_true", help="skip (a) and (b)")
+    parser.add_argument("--convnext", action="store_true", help="only (d), see above")
+    parser.add_argument("--convnext-count", type=int, default=100)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--measure", default="")
     parser.add_argument("--count", type=int, default=0)
     arguments = parser.parse_args()
@@ -158,6 +262,9 @@ def main() -> None:
         print(json.dumps(measure(arguments.measure, arguments.count, arguments.relevance)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if arguments.convnext:
+        convnext_table(arguments)
+        return
     small, large = (200, 2_000) if arguments.quick else (2_000, 20_000)
     if not arguments.resnet_only:
         first, second = in_subprocess("cnn", small), in_subprocess("cnn", large)

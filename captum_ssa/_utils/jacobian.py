@@ -305,11 +305,28 @@ class JacobianPlan:
 
 
 # Single-row backward passes timed for the per-neuron loop's estimate: one is too
-# noisy to compare with a whole chunk of the other strategies.
+# noisy to compare with a whole chunk of the other strategies, and a handful runs
+# faster than the long loop does (0.3 against 0.6 ms a row on a ResNet's first
+# stage), so at least 1 / LOOP_PART_TIMED of the rows are timed.
 LOOP_ROWS_TIMED = 4
+LOOP_PART_TIMED = 32
+
+# Where one chunk would finish a strategy's job, the part of it timed instead (1 /
+# PART_TIMED): the estimate scales the part's fixed cost up with it, so a small part
+# would favour the loop over a vectorised strategy on a near tie.
+PART_TIMED = 2
+
+
+def _work_clock() -> float:
+    """On one torch thread the calling thread's CPU time, which other processes'
+    load leaves alone (a wall clock under load times a few rows of the loop between
+    preemptions and a longer chunk across them: the loop looked 2-3x faster than it
+    ran); on several threads the wall clock, which sees their parallel speed-up."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
 
 # The clock the strategies are timed with (tests replace it to inject timings).
-_clock: Callable[[], float] = time.perf_counter
+_clock: Callable[[], float] = _work_clock
 
 
 def fastest(estimates: dict[str, float]) -> str:
@@ -321,7 +338,7 @@ def fastest(estimates: dict[str, float]) -> str:
 def estimated_time(elapsed: float, timed: int, chunk_size: int, total: int) -> float:
     """The time of a whole job of ``total`` rows or columns, done ``chunk_size`` at a
     time, from ``elapsed`` seconds for ``timed`` of them."""
-    per_chunk = elapsed * chunk_size / max(1, timed)
+    per_chunk = elapsed * min(chunk_size, total) / max(1, timed)
     return per_chunk * -(-total // chunk_size)
 
 
@@ -332,9 +349,10 @@ def _measured(
 ) -> tuple[_RowNorms, int]:
     """Time one chunk of each candidate strategy (after a first chunk that sizes its
     chunks and warms it up) and return the fastest, resumed where it stopped, with
-    its chunk size. A candidate that finishes the job while measured is taken as it
-    is; with ``allow_failure`` one that raises (no forward-mode derivative, a layer
-    in a worker thread) is left out."""
+    its chunk size. Where a whole chunk would finish a candidate's job, a part of
+    what is left is timed, so that every candidate is compared; one that finishes
+    anyway (a job of one row or column) is taken as it is. With ``allow_failure`` one that raises
+    (no forward-mode derivative, a layer in a worker thread) is left out."""
     estimates: dict[str, float] = {}
     measured: dict[str, tuple[_RowNorms, int]] = {}
     for make in candidates:
@@ -347,9 +365,14 @@ def _measured(
                 strategy.advance(min(strategy.total, size))
             if strategy.done >= strategy.total:
                 return strategy, size
-            timed = min(
-                strategy.total - strategy.done, LOOP_ROWS_TIMED if strategy.mode == "loop" else size
-            )
+            left = strategy.total - strategy.done
+            rows = max(LOOP_ROWS_TIMED, strategy.total // LOOP_PART_TIMED)
+            timed = min(left, rows if strategy.mode == "loop" else size)
+            if timed == left:
+                # A chunk that finished the job would keep this strategy for later
+                # calls unmeasured against the others (forward mode 1.7x slower than
+                # reverse on a ResNet's first stage): time a part of it instead.
+                timed = max(1, left // PART_TIMED)
             started = _clock()
             strategy.advance(strategy.done + timed)
             elapsed = _clock() - started

@@ -120,3 +120,22 @@ def test_a_job_finished_while_measured_is_kept_as_it_is(monkeypatch):
     omega = insens.attribute(x, jacobian_vectors_per_chunk=1000)
     assert not reads
     torch.testing.assert_close(omega, reference_insens(model, layers["fc3"], x, reference))
+
+
+@pytest.mark.parametrize("winner", MODES)
+def test_a_chunk_that_would_finish_the_job_leaves_the_others_measured(winner, monkeypatch):
+    # default chunks, 4 neurons: after the sizing row one chunk would finish every
+    # strategy; each is timed on a part, so the kept plan is the measured fastest
+    model, layers, shape = build("mlp", 0)
+    model.double()
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    reference = torch.randn(10, *shape, dtype=torch.float64)
+    insens = InactiveStateSensitivity(model, layers["fc3"]).fit(reference)
+    order = order_measured(4, x[0].numel())
+    clock = scripted_clock([1e-9 if mode == winner else 1.0 for mode in order])
+    monkeypatch.setattr(jacobian, "_clock", lambda: next(clock))
+    omega = insens.attribute(x)
+    (plan,) = insens._jacobian_plans.values()
+    assert plan.mode == winner
+    assert next(clock, None) is None  # all three strategies were timed
+    torch.testing.assert_close(omega, reference_insens(model, layers["fc3"], x, reference))
