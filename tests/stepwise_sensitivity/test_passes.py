@@ -137,7 +137,7 @@ def test_a_batch_larger_than_the_budget_is_split_and_the_graph_is_unchanged(monk
     one neuron and one example, below which nothing can be split)."""
     ssa, x, _ = data(count=10)
     whole = ssa.attribute(x, target=1, mode="local", branching=2)
-    budget = 3000
+    budget = 6000  # each of the forward piece and the neuron chunks gets half
     calls: list[tuple[int, int, int, int]] = []
     gradient = relevance_functions.BUILT_IN["gradient"]
 

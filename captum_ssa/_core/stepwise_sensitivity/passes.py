@@ -50,7 +50,11 @@ from captum_ssa._core.stepwise_sensitivity.steps import (
 from captum_ssa._utils._compat import progress
 from captum_ssa._utils.batches import Batch, BatchStream, pieces
 from captum_ssa._utils.distributed import all_reduce_sum
-from captum_ssa._utils.memory_budget import SavedTensorBytes, rows_within_budget
+from captum_ssa._utils.memory_budget import (
+    SavedTensorBytes,
+    get_memory_budget,
+    rows_within_budget,
+)
 from captum_ssa._utils.validation import fresh_leaf
 
 # Copies, per upper neuron and example, of Step I's (M, N, K) rows alive at
@@ -278,7 +282,7 @@ def upper_neurons_within_budget(pair: LayerPair) -> int:
         per_neuron += (upper[0].numel() + SEED_COPIES * pair.upper_input[0].numel()) * item
     if lower.numel() <= VECTORISED_GRADIENT_ELEMENTS:  # several per backward pass
         per_neuron += (upper.numel() + 2 * lower.numel()) * item
-    return rows_within_budget(per_neuron)
+    return rows_within_budget(per_neuron, get_memory_budget() // 2)
 
 
 def examples_within_budget(outputs: Sequence[Tensor], measured: int = 0) -> int:
@@ -289,7 +293,9 @@ def examples_within_budget(outputs: Sequence[Tensor], measured: int = 0) -> int:
         [measured]
         + [output[0].numel() * output.element_size() * GRADIENT_COPIES for output in outputs[:-1]]
     )
-    return rows_within_budget(per_example)
+    # the piece's graph lives while the upper neurons' chunks are computed on it: each
+    # gets half of the budget (upper_neurons_within_budget takes the other half)
+    return rows_within_budget(per_example, get_memory_budget() // 2)
 
 
 def bytes_per_example(network: Network, batch: Batch) -> Optional[int]:
