@@ -474,6 +474,12 @@ def jacobian_row_norms(
     strategy, size = _measured([makers[m] for m in order], chunk_size, allow_failure=True)
     if plans is not None:
         plans[key] = JacobianPlan(strategy.mode, size)
+    if strategy.mode == "forward":
+        # forward mode sums each row's norm over column chunks: chunks measured at other
+        # boundaries than the plan's would round differently from every later call that
+        # reuses the plan, so the job starts afresh (reverse rows and the loop's are each
+        # computed whole, wherever a chunk starts)
+        return makers["forward"]().finish(size, show_progress)
     return strategy.finish(size, show_progress)
 
 

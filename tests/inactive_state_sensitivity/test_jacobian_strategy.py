@@ -139,3 +139,24 @@ def test_a_chunk_that_would_finish_the_job_leaves_the_others_measured(winner, mo
     assert plan.mode == winner
     assert next(clock, None) is None  # all three strategies were timed
     torch.testing.assert_close(omega, reference_insens(model, layers["fc3"], x, reference))
+
+
+@pytest.mark.parametrize("winner", MODES)
+def test_the_first_call_equals_later_calls_bit_for_bit(winner, monkeypatch):
+    # float32, default chunks: the measured chunks' boundaries must not change the
+    # rounding of the result the plan then gives on every later call
+    torch.manual_seed(0)
+    model, layers, shape = build("cnn", 0)
+    layer = layers["conv2"]
+    x, reference = torch.randn(4, *shape), torch.randn(20, *shape)
+    insens = InactiveStateSensitivity(model, layer).fit(reference)
+    with torch.no_grad():
+        units = model.conv2(model.pool1(torch.relu(model.conv1(x[:1]))))[0].numel()
+    clock = scripted_clock(
+        [1e-9 if mode == winner else 1.0 for mode in order_measured(units, x[0].numel())]
+    )
+    monkeypatch.setattr(jacobian, "_clock", lambda: next(clock))
+    first = insens.attribute(x)
+    (plan,) = insens._jacobian_plans.values()
+    assert plan.mode == winner
+    assert torch.equal(insens.attribute(x), first)
