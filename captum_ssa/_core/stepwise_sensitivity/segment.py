@@ -295,15 +295,19 @@ def _is_elementwise_path(upper_input: Tensor, lower_output: Tensor) -> bool:
             return True
         if not classify(node) & OpKind.ELEMENTWISE:
             return False
-        children = [
-            child
-            for child, _ in node.next_functions
-            if child is not None and op_name(child) != "AccumulateGrad"
-        ]
-        if len(children) != 1:
-            return False
-        node = children[0]
+        node = _only_computed_input(node)
     return False
+
+
+def _only_computed_input(node: Any) -> Any:
+    """The one autograd node ``node`` reads that is computed (not a parameter or a
+    constant), or None where it reads several: the chain forks there."""
+    children = [
+        child
+        for child, _ in node.next_functions
+        if child is not None and op_name(child) != "AccumulateGrad"
+    ]
+    return children[0] if len(children) == 1 else None
 
 
 def elementwise_derivative(upper_input: Optional[Tensor], lower_output: Tensor) -> Optional[Tensor]:
@@ -466,14 +470,9 @@ def pooled_derivative(
                 return None
         elif not (classify(node) & OpKind.ELEMENTWISE or name in _ORDER_KEEPING):
             return None
-        children = [
-            child
-            for child, _ in node.next_functions
-            if child is not None and op_name(child) != "AccumulateGrad"
-        ]
-        if len(children) != 1:
+        node = _only_computed_input(node)
+        if node is None:
             return None
-        node = children[0]
     if target is None or windows is None:
         return None
     batch_size, size = lower_output.shape[:2]
