@@ -185,3 +185,16 @@ class ExplainedForward:
         with eager():
             raw = self.model_forward(*args, **kwargs)
         return select_output(raw, self.output)
+
+
+class ReadsModelOutput:
+    """Mixin of the explainers: ``_forward`` is the model as the method runs it,
+    ``forward_func`` through the module the user wrote, its output selected by the
+    ``output=`` the constructor checked (:func:`checked_output`)."""
+
+    forward_func: Callable[..., Any]
+    output: OutputSelector
+
+    @property
+    def _forward(self) -> ExplainedForward:
+        return ExplainedForward(self.forward_func, self.output)

@@ -21,7 +21,7 @@ from captum_ssa._utils._compat import (
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import check_layers_in_model, model_of
 from captum_ssa._utils.jacobian import JACOBIAN_MODES, JacobianPlan
-from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
+from captum_ssa._utils.model_output import OutputSelector, ReadsModelOutput, checked_output
 from captum_ssa._utils.model_state import (
     WeightsFingerprint,
     batch_dependent_modules,
@@ -43,7 +43,9 @@ from captum_ssa._utils.validation import (
 )
 
 
-class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAttribution):
+class InactiveStateSensitivity(
+    ReadsModelOutput, NoConvergenceDelta, NeuronAttribution, GradientAttribution
+):
     r"""
     Inactive state sensitivity (Insens): what keeps a layer's inactive neurons off.
 
@@ -159,12 +161,6 @@ class InactiveStateSensitivity(NoConvergenceDelta, NeuronAttribution, GradientAt
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
-
-    @property
-    def _forward(self) -> ExplainedForward:
-        """The model as Insens runs it: ``forward_func`` through the module the user
-        wrote, its output selected by ``output``."""
-        return ExplainedForward(self.forward_func, self.output)
 
     @property
     def activation_frequency(self) -> Union[Tensor, list[Tensor]]:

@@ -24,7 +24,7 @@ from captum_ssa._core.layered_influence.layer_choice import (
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _format_output, _is_tuple
 from captum_ssa._utils.embedding_layer import attributed_inputs, checked_embedding_layer
 from captum_ssa._utils.hooks import model_of, no_grad_capture
-from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
+from captum_ssa._utils.model_output import OutputSelector, ReadsModelOutput, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
 from captum_ssa._utils.sequence_mask import (
@@ -42,7 +42,9 @@ from captum_ssa._utils.validation import (
 )
 
 
-class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttribution):
+class LayeredInfluence(
+    ReadsModelOutput, NoConvergenceDelta, NeuronAttribution, GradientAttribution
+):
     r"""
     Layered explanations: pick an influential hidden layer, score its units
     with a monotone influence measure on data, and project the most
@@ -167,12 +169,6 @@ class LayeredInfluence(NoConvergenceDelta, NeuronAttribution, GradientAttributio
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
-
-    @property
-    def _forward(self) -> ExplainedForward:
-        """The model as the method runs it: ``forward_func`` through the module the user
-        wrote, its output selected by ``output``."""
-        return ExplainedForward(self.forward_func, self.output)
 
     @property
     def chosen_layer(self) -> Module:

@@ -31,7 +31,7 @@ from captum_ssa._core.stepwise_sensitivity.starts import (
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import BatchStream, is_batch_stream
 from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
-from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
+from captum_ssa._utils.model_output import OutputSelector, ReadsModelOutput, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
 from captum_ssa._utils.sequence_mask import checked_mask, warn_if_mask_in_forward_args
@@ -40,7 +40,7 @@ from captum_ssa._utils.warn import warn
 from captum_ssa.graph import DependencyGraph
 
 
-class StepwiseSensitivity(NoConvergenceDelta, Attribution):
+class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
     r"""
     Step-wise sensitivity analysis (SSA): the dependency graph of a decision.
 
@@ -148,12 +148,6 @@ class StepwiseSensitivity(NoConvergenceDelta, Attribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
-
-    @property
-    def _forward(self) -> ExplainedForward:
-        """The model as the passes run it: ``forward_func`` through the module the user
-        wrote, its output selected by ``output``."""
-        return ExplainedForward(self.forward_func, self.output)
 
     @log_usage()
     def attribute(

@@ -33,7 +33,7 @@ from captum_ssa._utils._compat import (
 )
 from captum_ssa._utils.embedding_layer import AttributedInputs, checked_embedding_layer
 from captum_ssa._utils.hooks import check_layers_in_model
-from captum_ssa._utils.model_output import ExplainedForward, OutputSelector, checked_output
+from captum_ssa._utils.model_output import OutputSelector, ReadsModelOutput, checked_output
 from captum_ssa._utils.validation import NeuronSelector, device_ids_checked
 
 
@@ -50,7 +50,7 @@ class SwitchedProjection(NamedTuple):
     centre: Union[Tensor, tuple[Tensor, ...]]
 
 
-class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
+class SwitchedLinearProjection(ReadsModelOutput, NeuronAttribution, GradientAttribution):
     r"""
     Switched linear projection of a neuron of a piecewise-linear network.
 
@@ -175,12 +175,6 @@ class SwitchedLinearProjection(NeuronAttribution, GradientAttribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return self._multiply_by_inputs
-
-    @property
-    def _forward(self) -> ExplainedForward:
-        """The model as the projection runs it: ``forward_func`` through the module the
-        user wrote, its output selected by ``output``."""
-        return ExplainedForward(self.forward_func, self.output)
 
     def has_convergence_delta(self) -> bool:
         return True
