@@ -268,7 +268,8 @@ def run_and_capture(
     stop_after_last: bool = False,
     neuron_dim: Optional[int] = None,
     in_caller_thread: bool = False,
-    in_autograd: bool = False,
+    graph_from_first_layer: bool = False,
+    _whole_graph: bool = False,
 ) -> tuple[Any, list[Tensor]]:
     """Run the model once and return its output and each layer's output.
 
@@ -292,11 +293,16 @@ def run_and_capture(
         in_caller_thread: raise :class:`LayerInOtherThreadError` when a layer
             runs in another thread than the caller's; for forward passes under
             a ``torch.func`` transform, which would not see them.
-        in_autograd: with gradients enabled, capture a floating-point output
-            that is outside autograd (computed by a frozen model from integer
-            inputs, token ids) as a leaf that requires grad, and continue the
-            network from it: gradients with respect to the layer outputs,
-            which SSA takes between layers, need them in autograd.
+        graph_from_first_layer: record the autograd graph only from the first
+            of ``layers`` to run: the forward pass below it runs without
+            gradients (its graph, which gradients between layer outputs never
+            use, would hold memory), and a floating-point output outside
+            autograd (also one computed by a frozen model from integer inputs,
+            token ids) is captured as a view of a leaf that requires grad, the
+            network continuing from it. Where the first layer runs in another
+            thread than the caller's and a later one in a thread without
+            gradients, the forward pass is run again with the whole graph
+            (``_whole_graph``).
 
     Returns:
         ``(model_output, [output of each layer])``.
@@ -305,6 +311,10 @@ def run_and_capture(
     calls = [0] * len(layers)
     replicated: list[Module] = []
     elsewhere: list[Module] = []
+    # under no_grad nothing is recorded, from the first layer or otherwise
+    graph_from_first_layer = graph_from_first_layer and torch.is_grad_enabled()
+    no_grad_below = graph_from_first_layer and not _whole_graph
+    ungraphed: list[Module] = []
     caller = threading.get_ident()
     counting = threading.Lock()  # a forward may run layers in several threads at once
 
@@ -325,6 +335,7 @@ def run_and_capture(
                     "tensor can be observed"
                 )
             with counting:
+                first_to_run = not any(calls)
                 calls[position] += 1
                 first = calls[position] == 1
                 done = all(count > 0 for count in calls)
@@ -340,9 +351,15 @@ def run_and_capture(
             # a moved view is what callers differentiate with respect to, so the
             # network must continue from it, not from the original output
             kept = output if axis == 1 else output.movedim(axis, 1)
+            if no_grad_below:
+                if first_to_run and threading.get_ident() == caller:
+                    torch.set_grad_enabled(True)  # the caller's no_grad block restores it
+                elif not torch.is_grad_enabled():
+                    ungraphed.append(layer)
             outside_autograd = not kept.requires_grad and kept.is_floating_point()
-            if in_autograd and outside_autograd and torch.is_grad_enabled():
-                kept = kept.detach().requires_grad_()
+            if graph_from_first_layer and outside_autograd:
+                # a view, not the leaf itself: walks down the graph stop at its node
+                kept = kept.detach().requires_grad_().view_as(kept)
             captured[position] = kept
             passed_on = kept.clone() if axis == 1 else kept.movedim(1, axis).clone()
             if stop_after_last and done:
@@ -358,7 +375,10 @@ def run_and_capture(
             for position, layer in enumerate(layers)
         ]
         try:
-            with contextlib.suppress(_StopForward):
+            with (
+                contextlib.suppress(_StopForward),
+                torch.set_grad_enabled(not no_grad_below and torch.is_grad_enabled()),
+            ):
                 model_output = call_forward(forward_func, inputs, additional_forward_args)
         finally:
             for handle in handles:
@@ -367,6 +387,18 @@ def run_and_capture(
         raise RuntimeError(replicated_layer_message(replicated[0]))
     if elsewhere:  # raised in the worker thread, and not passed on by the forward
         raise LayerInOtherThreadError(other_thread_message(elsewhere[0]))
+    if ungraphed:
+        return run_and_capture(
+            forward_func,
+            inputs,
+            layers,
+            additional_forward_args,
+            stop_after_last,
+            neuron_dim,
+            in_caller_thread,
+            graph_from_first_layer=True,
+            _whole_graph=True,
+        )
     for layer, output in zip(layers, captured):
         if output is None:
             raise ValueError(

@@ -5,6 +5,8 @@ not by process memory), with the same graph as when it reads them whole."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import Tensor, nn
 
@@ -110,3 +112,82 @@ def test_batch_shaped_additional_arguments_and_training_mode_batch_norm_still_wo
     inputs = torch.randn(5, 4, dtype=torch.float64)
     graph = StepwiseSensitivity(norm, layers).attribute(inputs, target=0)
     assert graph.neurons(graph.layer_names[-1]).tolist() == [0]
+
+
+class WideBelow(nn.Module):
+    """A 128-channel conv below the lowest listed layer (``top.narrow_in``), and narrow
+    layers above it: SSA's gradients only read what lies above ``narrow_in``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(1, 128, 3, padding=1)
+        self.top = nn.Module()
+        self.top.narrow_in = nn.Conv2d(128, 2, 3, padding=1)
+        self.top.narrow_out = nn.Conv2d(2, 2, 3, padding=1)
+        self.top.fc = nn.Linear(2 * 8 * 8, 3)
+        self.top.forward = lambda hidden: self.top.fc(  # type: ignore[method-assign]
+            torch.relu(self.top.narrow_out(torch.relu(self.top.narrow_in(hidden)))).flatten(1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.top(torch.relu(self.wide(x)))
+
+
+def test_nothing_below_the_lowest_listed_layer_is_recorded(monkeypatch):
+    torch.manual_seed(0)
+    model = WideBelow().double().eval()
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    hidden_bytes = 8 * 128 * 8 * 8 * 8  # the wide conv's output (and its ReLU's)
+    saved_per_capture: list[int] = []
+    capture = Network.capture
+
+    def counted(self, inputs, mask=None, depth=None):
+        with SavedTensorBytes() as saved:
+            result = capture(self, inputs, mask, depth)
+        saved_per_capture.append(saved.total)
+        return result
+
+    monkeypatch.setattr(Network, "capture", counted)
+    top = model.top
+    layers = [top.narrow_in, top.narrow_out, top.fc]
+    below = StepwiseSensitivity(model, layers).attribute(x, target=1, percentile=50)
+    # ReLU saves its output: the wide part's graph alone would be 64 KiB per example
+    assert saved_per_capture and max(saved_per_capture) < hidden_bytes / 2
+    # the same graph as SSA on the layers above, fed the wide part's output
+    with torch.no_grad():
+        hidden = torch.relu(model.wide(x))
+    above = StepwiseSensitivity(top, layers).attribute(hidden, target=1, percentile=50)
+    for name, other in zip(below.layer_names, above.layer_names):
+        assert torch.equal(below.neurons(name), above.neurons(other))
+        torch.testing.assert_close(below.relevance(name), above.relevance(other))
+
+
+class LowestInWorkerThread(WideBelow):
+    """WideBelow whose wide conv and lowest listed layer run in a worker thread (where
+    gradients are enabled), the layers above in the caller's thread."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with ThreadPoolExecutor(1) as pool:
+            lowest = pool.submit(lambda: self.top.narrow_in(torch.relu(self.wide(x)))).result()
+        narrow_out = self.top.narrow_out(torch.relu(lowest))
+        return self.top.fc(torch.relu(narrow_out).flatten(1))
+
+
+def test_a_lowest_layer_in_a_worker_thread_gives_the_eager_graph():
+    # the caller's thread runs without gradients until the lowest layer: a forward pass
+    # that runs it elsewhere is run again with the whole graph
+    torch.manual_seed(0)
+    threaded = LowestInWorkerThread().double().eval()
+    eager = WideBelow().double().eval()
+    eager.load_state_dict(threaded.state_dict())
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    graphs = [
+        StepwiseSensitivity(
+            model, [model.top.narrow_in, model.top.narrow_out, model.top.fc]
+        ).attribute(x, target=1, percentile=50)
+        for model in (threaded, eager)
+    ]
+    for name in graphs[1].layer_names:
+        assert torch.equal(graphs[0].neurons(name), graphs[1].neurons(name))
+        torch.testing.assert_close(graphs[0].relevance(name), graphs[1].relevance(name))
+    assert torch.is_grad_enabled()  # the caller's mode, restored

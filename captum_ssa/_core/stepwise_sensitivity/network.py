@@ -112,8 +112,9 @@ class Network:
                 forward_args_with_mask(mask, self.additional_forward_args),
                 stop_after_last=depth is not None,
                 neuron_dim=self.neuron_dim,
-                # token ids into a frozen model leave the layer outputs outside autograd
-                in_autograd=True,
+                # gradients are only taken between the layers (and token ids into a
+                # frozen model leave the layer outputs outside autograd)
+                graph_from_first_layer=True,
             )
         return Capture(
             inputs, model_output, outputs, calls.order, calls.inputs, weighted_calls, mask
