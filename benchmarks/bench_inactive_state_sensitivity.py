@@ -204,7 +204,7 @@ def compare_layer(
     assert isinstance(frequency, Tensor)
     units = frequency.numel()
     mode = choose_mode(units, features)
-    chunk = default_chunk_size(batch, widest_activation(model, name, x), 4, mode)
+    chunk = default_chunk_size(batch, widest_activation(model, name, x), 4)
 
     methods: dict[str, Callable[[], Tensor]] = {
         "insens": lambda: insens.attribute(x),
@@ -279,7 +279,7 @@ def memory(args: argparse.Namespace) -> None:
                 units = model.up_to(name, x[:1]).numel()
             mode = choose_mode(units, x[0].numel())
             whole = units if mode == "reverse" else x[0].numel()
-            default = default_chunk_size(batch, widest_activation(model, name, x), 4, mode)
+            default = default_chunk_size(batch, widest_activation(model, name, x), 4)
             # 0 asks attribute() for its default, sized by its own probe
             runs = [
                 memory_in_subprocess(name, batch, args.reference, chunk)["extra_mb"]
