@@ -321,10 +321,13 @@ LOOP_PART_TIMED = 32
 
 # Each strategy measured after the first is scouted on 1 / SCOUT_PART of what it would be
 # timed on, and left out where that part, scaled up to the whole job, takes more than
-# SCOUT_MARGIN times the best estimate so far. A smaller chunk costs more per row or
-# column than a whole one (up to 3x at 1/8 in the sweeps of benchmarks/README.md), so the
-# margin keeps the close ones; forward mode over a narrow late layer (7-12x reverse
-# mode's time on ResNet and VGG) then costs a scout instead of a chunk.
+# SCOUT_MARGIN times the best estimate so far and, scaled up to the part, more than the
+# best estimate itself. A smaller chunk costs more per row or column than a whole one
+# (up to 3x at 1/8 in the sweeps of benchmarks/README.md), so the margin keeps the close
+# ones; a part cheaper than the best job is timed anyway, so that a noisy scout of a
+# millisecond cannot leave out a strategy where timing it costs little. Forward mode
+# over a narrow late layer (7-12x reverse mode's time on ResNet and VGG) then costs a
+# scout instead of a chunk.
 SCOUT_PART = 8
 SCOUT_MARGIN = 4.0
 
@@ -374,10 +377,10 @@ def _measured(
     it stopped, with its chunk size.
 
     Each is warmed up on one row or column (the probe that sizes its chunks, or with
-    ``chunk_size`` given a plain one), restarted, and timed on its first chunk (the
-    whole job where one chunk does it), so that the chunks timed are the ones every
-    later call computes; the loop on at least ``LOOP_ROWS_TIMED`` rows. Each one after
-    the first is scouted first (see ``SCOUT_PART``) and left out if hopeless. With
+    ``chunk_size`` given a plain one), restarted, and timed on its first two chunks
+    (the whole job where one chunk does it), so that the chunks timed are the ones
+    every later call computes; the loop on at least ``LOOP_ROWS_TIMED`` rows. Each one
+    after the first is scouted first (see ``SCOUT_PART``) and left out if hopeless. With
     ``allow_failure`` one that raises (no forward-mode derivative, a layer in a worker
     thread) is left out.
     """
@@ -399,13 +402,20 @@ def _measured(
                 rows = max(LOOP_ROWS_TIMED, strategy.total // LOOP_PART_TIMED)
             timed = min(rows, strategy.total - strategy.done)
             if estimates:
+                best = min(estimates.values())
                 scout = max(1, timed // SCOUT_PART)
-                elapsed = timed_advance(strategy, scout)
-                if elapsed * strategy.total / scout > SCOUT_MARGIN * min(estimates.values()):
+                per_item = timed_advance(strategy, scout) / scout
+                if per_item * strategy.total > SCOUT_MARGIN * best and per_item * timed > best:
                     continue
                 strategy.restart()
                 timed = min(rows, strategy.total)
-            elapsed = timed_advance(strategy, timed)
+            estimate = estimated_time(timed_advance(strategy, timed), timed, size, strategy.total)
+            second = min(size, strategy.total - strategy.done)
+            if strategy.mode != "loop" and second > 0:
+                # the faster of two chunks: the first one at full size can pay for
+                # memory touched for the first time, and one reading can be noisy
+                elapsed = timed_advance(strategy, second)
+                estimate = min(estimate, estimated_time(elapsed, second, size, strategy.total))
         except (LayerInOtherThreadError, NotImplementedError) as error:
             # LayerInOtherThreadError is a NotImplementedError too: test it first
             no_forward_derivative = "forward AD" in str(error)
@@ -414,7 +424,7 @@ def _measured(
             ):
                 raise
             continue
-        estimates[strategy.mode] = estimated_time(elapsed, timed, size, strategy.total)
+        estimates[strategy.mode] = estimate
         measured[strategy.mode] = (strategy, size)
     return measured[fastest(estimates)]
 

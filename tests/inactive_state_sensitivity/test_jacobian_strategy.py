@@ -174,3 +174,30 @@ def test_the_first_call_equals_later_calls_and_the_forced_mode_bit_for_bit(winne
     assert plan.mode == winner
     assert torch.equal(insens.attribute(x), first)
     assert torch.equal(insens.attribute(x, jacobian_mode=winner), first)
+
+
+def test_a_strategy_is_estimated_from_the_faster_of_its_first_two_chunks(monkeypatch):
+    # reverse mode (measured first on conv2: fewer units than input features) has a
+    # slow first chunk, as where memory is touched for the first time: its second
+    # chunk still makes it the choice over forward mode and the loop
+    model, layers, shape = build("cnn", 2)
+    model.double()
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    insens = InactiveStateSensitivity(model, layers["conv2"]).fit(
+        torch.randn(12, *shape, dtype=torch.float64)
+    )
+    assert choose_mode(conv2_units(model, x), x[0].numel()) == "reverse"
+    reverse_parts: list[int] = []
+
+    def fake_timed_advance(strategy, count):
+        strategy.advance(strategy.done + count)
+        if strategy.mode != "reverse":
+            return 1.0 * count
+        reverse_parts.append(count)
+        return (100.0 if len(reverse_parts) == 1 else 1e-3) * count
+
+    monkeypatch.setattr(jacobian, "timed_advance", fake_timed_advance)
+    insens.attribute(x, jacobian_vectors_per_chunk=4)
+    assert reverse_parts == [4, 4]
+    (plan,) = insens._jacobian_plans.values()
+    assert plan.mode == "reverse"
