@@ -201,3 +201,31 @@ def test_a_strategy_is_estimated_from_the_faster_of_its_first_two_chunks(monkeyp
     assert reverse_parts == [4, 4]
     (plan,) = insens._jacobian_plans.values()
     assert plan.mode == "reverse"
+
+
+def test_a_slow_scout_is_read_again_before_the_strategy_is_left_out(monkeypatch):
+    # reverse mode (measured first) takes 1 s a row; forward mode's first scout reads
+    # its 100 columns at 10x reverse mode's job (within the margin's square), its
+    # second at 1 ms a column: it is timed on whole chunks after all, and chosen
+    model, layers, shape = build("cnn", 0)
+    model.double()
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    insens = InactiveStateSensitivity(model, layers["fc2"]).fit(
+        torch.randn(10, *shape, dtype=torch.float64)
+    )
+    units = model.fc2.out_features
+    assert choose_mode(units, x[0].numel()) == "reverse"
+    forward_parts: list[int] = []
+
+    def fake_timed_advance(strategy, count):
+        strategy.advance(strategy.done + count)
+        if strategy.mode != "forward":
+            return 1.0 * count
+        forward_parts.append(count)
+        return (10.0 * units / 100 if len(forward_parts) == 1 else 1e-3) * count
+
+    monkeypatch.setattr(jacobian, "timed_advance", fake_timed_advance)
+    insens.attribute(x, jacobian_vectors_per_chunk=16)
+    assert forward_parts == [2, 2, 16, 16]
+    (plan,) = insens._jacobian_plans.values()
+    assert plan.mode == "forward"
