@@ -35,13 +35,15 @@ from captum_ssa._utils.memory_budget import get_memory_budget
 # other modules use to size their own chunks.
 DEFAULT_JACOBIAN_ELEMENTS = 2**24
 
-# Default bound on the widest tensor one chunk of rows or columns creates anywhere
-# between the input and the layer, set by measurement on CPU (sweeps in the Insens
-# sections of benchmarks/README.md): fewer, bigger chunks save a fixed ~1 ms each until
-# their buffers outgrow the cache and are page-faulted afresh on every chunk. Both
-# modes were fastest at 1-4 MiB on 2CONV, ResNet and VGG layers, and 1.2-2x slower at
-# forward mode's former 16 MiB.
-CHUNK_BYTES = 2**21
+# Default bounds on a chunk of rows or columns, set by measurement on CPU (the chunk
+# sweep in benchmarks/README.md): fewer, bigger chunks save a fixed ~1 ms each, which
+# stops paying beyond 64-128 rows or columns of one example on 2CONV, ResNet and VGG
+# layers in both modes (and reverse mode's convolution backward slows down beyond
+# ~100-200 example-rows per call), and the widest tensor a chunk creates anywhere
+# between the input and the layer stays within CHUNK_BYTES (a byte bound alone gave
+# 1024 columns on a small ResNet's first stage, 2x slower than 128).
+CHUNK_EXAMPLE_VECTORS = 128
+CHUNK_BYTES = 2**24
 
 JACOBIAN_MODES = ("auto", "forward", "reverse", "loop")
 
@@ -64,12 +66,13 @@ def choose_mode(num_neurons: int, num_features: int) -> str:
 
 
 def default_chunk_size(batch_size: int, widest_per_example: int, element_size: int = 4) -> int:
-    """Rows (reverse) or columns (forward) per chunk within ``CHUNK_BYTES``: each row
+    """Rows (reverse) or columns (forward) per chunk: ``CHUNK_EXAMPLE_VECTORS`` over the
+    batch, and within ``CHUNK_BYTES`` and the package's memory budget, where each row
     or column of a chunk carries, for every example, one tensor as wide as the widest
-    activation between the inputs and the layer. That cap (larger chunks stop paying
-    off) applies within the package's memory budget."""
+    activation between the inputs and the layer."""
     budget = min(CHUNK_BYTES, get_memory_budget())
-    return max(1, budget // max(1, batch_size * widest_per_example * element_size))
+    within_budget = budget // max(1, batch_size * widest_per_example * element_size)
+    return max(1, min(CHUNK_EXAMPLE_VECTORS // batch_size, within_budget))
 
 
 class _WidestTensor(TorchFunctionMode):
@@ -323,7 +326,7 @@ LOOP_PART_TIMED = 32
 # timed on, and left out where that part, scaled up to the whole job, takes more than
 # SCOUT_MARGIN times the best estimate so far and, scaled up to the part, more than the
 # best estimate itself. A smaller chunk costs more per row or column than a whole one
-# (up to 3x at 1/8 in the sweeps of benchmarks/README.md), so the margin keeps the close
+# (up to 3x at 1/8 in the chunk sweep of benchmarks/README.md), so the margin keeps the close
 # ones; a part cheaper than the best job is timed anyway, so that a noisy scout of a
 # millisecond cannot leave out a strategy where timing it costs little. Forward mode
 # over a narrow late layer (7-12x reverse mode's time on ResNet and VGG) then costs a
@@ -455,7 +458,8 @@ def jacobian_row_norms(
         inputs: leaf tensors that require grad, each (N, ...).
         chunk_size: Jacobian rows (reverse) or columns (forward) per chunk; the
             default keeps the widest tensor a chunk creates between the inputs and
-            the layer within ``CHUNK_BYTES``.
+            the layer within ``CHUNK_BYTES``, and at most
+            ``CHUNK_EXAMPLE_VECTORS`` rows or columns of one example.
         mode: ``"reverse"``, ``"forward"``, ``"loop"`` (one backward pass per
             neuron), or ``"auto"``: each of them timed on one chunk (a hopeless
             one only on a part of it), and the fastest finishes the job (the

@@ -310,10 +310,10 @@ class InactiveStateSensitivity(
                         to rounding. Default: ``"auto"``
             jacobian_vectors_per_chunk (int, optional): How many Jacobian rows
                         (reverse mode) or columns (forward mode) exist at
-                        once (the loop computes one at a time). Default: sized
-                        so that the widest tensor a chunk creates between the
-                        inputs and the layer takes at most
-                        2 MiB, measured on a first chunk of one.
+                        once (the loop computes one at a time). Default: 128
+                        over the batch size, fewer where the widest tensor a
+                        chunk creates between the inputs and the layer would
+                        take more than 16 MiB, measured on a first chunk of one.
             show_progress (bool, optional): Show a progress bar over the
                         chunks. Default: False
             neuron_selector (int or tuple, optional): Sum only over these
