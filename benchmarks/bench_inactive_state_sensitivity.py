@@ -26,6 +26,11 @@ per-neuron loop and the best full Jacobian; also which strategy ``"auto"`` chose
 its estimates of each::
 
     python benchmarks/bench_inactive_state_sensitivity.py --architectures --threads 1
+
+``--chunk-sweep`` times Insens with each mode forced over a range of chunk sizes (what
+the default chunk bytes were set by)::
+
+    python benchmarks/bench_inactive_state_sensitivity.py --chunk-sweep --threads 1 --repeats 3
 """
 
 from __future__ import annotations
@@ -204,7 +209,7 @@ def compare_layer(
     assert isinstance(frequency, Tensor)
     units = frequency.numel()
     mode = choose_mode(units, features)
-    chunk = default_chunk_size(batch, widest_activation(model, name, x), 4, mode)
+    chunk = default_chunk_size(batch, widest_activation(model, name, x), 4)
 
     methods: dict[str, Callable[[], Tensor]] = {
         "insens": lambda: insens.attribute(x),
@@ -279,7 +284,7 @@ def memory(args: argparse.Namespace) -> None:
                 units = model.up_to(name, x[:1]).numel()
             mode = choose_mode(units, x[0].numel())
             whole = units if mode == "reverse" else x[0].numel()
-            default = default_chunk_size(batch, widest_activation(model, name, x), 4, mode)
+            default = default_chunk_size(batch, widest_activation(model, name, x), 4)
             # 0 asks attribute() for its default, sized by its own probe
             runs = [
                 memory_in_subprocess(name, batch, args.reference, chunk)["extra_mb"]
@@ -513,10 +518,64 @@ def architecture_table(args: argparse.Namespace) -> bool:
         "autograd loop; jacrev/jacfwd: vmap over the batch of the whole Jacobian. "
         "W/loop, W/jac: warm Insens over the plain loop and the best full Jacobian "
         "(target <= 1); 1st/min: the first call over the better of the two. "
-        "estimates: what 'auto' estimated for each strategy on its last first call."
+        "estimates: what 'auto' estimated for each strategy on its last first call "
+        "(one missing: left out after its scout, or no forward-mode derivative)."
     )
     print("same Omega from all (max rel err < 1e-6):", "yes" if all(agree) else "NO")
     return all(agree)
+
+
+def default_chunk(call: Callable[[], object]) -> int:
+    """The chunk size the probe of ``call`` (a forced mode, default chunks) chose."""
+    sizes: list[int] = []
+    sizing = jacobian.default_chunk_size
+
+    def recording(*args: int) -> int:
+        sizes.append(sizing(*args))
+        return sizes[-1]
+
+    jacobian.default_chunk_size = recording
+    try:
+        call()
+    finally:
+        jacobian.default_chunk_size = sizing
+    return sizes[-1]
+
+
+def chunk_sweep(args: argparse.Namespace) -> None:
+    """Insens with each mode forced, by ``jacobian_vectors_per_chunk``: what the default
+    chunk bytes (``jacobian.CHUNK_BYTES``) were set by."""
+    chunks = [16, 32, 64, 128, 256, 512]
+    print(
+        "Insens ms per call by rows (reverse) or columns (forward) per chunk, 1 example, "
+        f"{torch.get_num_threads()} thread(s), medians of {args.repeats} interleaved runs; "
+        "'default': the probe's chunk within CHUNK_BYTES, in brackets"
+    )
+    print(f"{'layer':<31} {'mode':>8} {'default':>12} " + " ".join(f"{c:>6}" for c in chunks))
+    torch.manual_seed(0)
+    two_conv = TwoConv().eval()
+    layers = [
+        (f"2conv {name} (float32)", two_conv, getattr(two_conv, name), torch.rand(1, *INPUT_SHAPE))
+        for name in ("conv2", "fc1")
+    ]
+    x = torch.randn(1, 3, args.size, args.size, dtype=torch.float64)
+    layers += [(n, m, layer, x) for n, m, layer in architectures(args.size, args.width)[:4]]
+    for name, model, layer, inputs in layers:
+        insens = InactiveStateSensitivity(model, layer)
+        for mode in ("forward", "reverse"):
+            calls: list[Callable[[], object]] = [
+                lambda c=c, m=mode, e=insens, x=inputs: e.attribute(
+                    x, weighting="uniform", jacobian_mode=m, jacobian_vectors_per_chunk=c
+                )
+                for c in [None, *chunks]
+            ]
+            default = default_chunk(calls[0])  # also warms up
+            times = median_times(calls, [args.repeats] * len(calls))
+            print(
+                f"{name:<31} {mode:>8} {f'{1000 * times[0]:.0f} ({default})':>12} "
+                + " ".join(f"{1000 * t:>6.0f}" for t in times[1:]),
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -537,6 +596,11 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=16, help="--architectures: input side")
     parser.add_argument("--width", type=int, default=8, help="--architectures: base channels")
+    parser.add_argument(
+        "--chunk-sweep",
+        action="store_true",
+        help="Insens's time by chunk size on 2CONV, ResNet and VGG layers (--repeats 3 advised)",
+    )
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -544,6 +608,9 @@ def main() -> None:
     if args.memory_child:
         name, *numbers = args.memory_child
         measure_memory(name, *(int(n) for n in numbers))
+        return
+    if args.chunk_sweep:
+        chunk_sweep(args)
         return
     if args.architectures:
         sys.exit(0 if architecture_table(args) else 1)

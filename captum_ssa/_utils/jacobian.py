@@ -6,11 +6,13 @@ squared norms (||w_i||^2) and products of it with a vector. The rows come
 from reverse mode over neuron chunks, the columns from forward mode over
 input-feature chunks, or from one plain backward pass per neuron (the loop a
 user would write, faster where ``vmap``'s batched backward is slow). Which is
-fastest depends on the model, so ``"auto"`` times one chunk of each and lets the
+fastest depends on the model, so ``"auto"`` times a chunk of each and lets the
 fastest finish (a caller may keep the choice for later calls of the same shapes).
 Examples are independent in eval mode, so one seed serves the whole batch.
 A chunk is sized by the widest tensor it creates on the way between the input
-and the layer, measured on a first chunk of one row or column.
+and the layer, measured on a probe of one row or column, which is then computed
+again in the first chunk: every call of a strategy, timed or not, computes the
+same chunks and so gives the same bits.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from captum_ssa._utils.memory_budget import get_memory_budget
 # other modules use to size their own chunks.
 DEFAULT_JACOBIAN_ELEMENTS = 2**24
 
-# Default bounds on the widest tensor one chunk of rows or columns creates anywhere
-# between the input and the layer, set by measurement on CPU (see the Insens section
-# of benchmarks/README.md): fewer, bigger chunks save a fixed ~1 ms each until their
-# buffers outgrow the cache. Forward mode's convolutions stay efficient up to larger
-# batches than reverse mode's convolution backward does.
-FORWARD_CHUNK_BYTES = 2**24
-REVERSE_CHUNK_BYTES = 2**22
+# Default bounds on a chunk of rows or columns, set by measurement on CPU (the chunk
+# sweep in benchmarks/README.md): fewer, bigger chunks save a fixed ~1 ms each, which
+# stops paying beyond 64-128 rows or columns of one example on 2CONV, ResNet and VGG
+# layers in both modes (and reverse mode's convolution backward slows down beyond
+# ~100-200 example-rows per call), and the widest tensor a chunk creates anywhere
+# between the input and the layer stays within CHUNK_BYTES (a byte bound alone gave
+# 1024 columns on a small ResNet's first stage, 2x slower than 128).
+CHUNK_EXAMPLE_VECTORS = 128
+CHUNK_BYTES = 2**24
 
 JACOBIAN_MODES = ("auto", "forward", "reverse", "loop")
 
@@ -61,16 +65,14 @@ def choose_mode(num_neurons: int, num_features: int) -> str:
     return "reverse" if num_neurons <= num_features else "forward"
 
 
-def default_chunk_size(
-    batch_size: int, widest_per_example: int, element_size: int = 4, mode: str = "forward"
-) -> int:
-    """Rows (reverse) or columns (forward) per chunk within the mode's byte budget:
-    each row or column of a chunk carries, for every example, one tensor as wide as
-    the widest activation between the inputs and the layer. The mode's own cap (larger
-    chunks stop paying off) applies within the package's memory budget."""
-    mode_cap = FORWARD_CHUNK_BYTES if mode == "forward" else REVERSE_CHUNK_BYTES
-    budget = min(mode_cap, get_memory_budget())
-    return max(1, budget // max(1, batch_size * widest_per_example * element_size))
+def default_chunk_size(batch_size: int, widest_per_example: int, element_size: int = 4) -> int:
+    """Rows (reverse) or columns (forward) per chunk: ``CHUNK_EXAMPLE_VECTORS`` over the
+    batch, and within ``CHUNK_BYTES`` and the package's memory budget, where each row
+    or column of a chunk carries, for every example, one tensor as wide as the widest
+    activation between the inputs and the layer."""
+    budget = min(CHUNK_BYTES, get_memory_budget())
+    within_budget = budget // max(1, batch_size * widest_per_example * element_size)
+    return max(1, min(CHUNK_EXAMPLE_VECTORS // batch_size, within_budget))
 
 
 class _WidestTensor(TorchFunctionMode):
@@ -147,14 +149,23 @@ class _RowNorms:
         self._work(self.done, stop)
         self.done = stop
 
+    def restart(self) -> None:
+        """Forget what was computed: the next chunk starts at row or column 0."""
+        self.done = 0
+        self.result().zero_()
+
     def first_chunk(self) -> int:
-        """Compute the first row or column under the probe and return the chunk size
-        the widest tensor it created allows within the budget."""
+        """Compute the first row or column under the probe, restart, and return the
+        chunk size the widest tensor it created allows within the budget. Restarting
+        puts the chunks at the same boundaries as a call with that chunk size given:
+        a row of reverse mode could round differently in a chunk of another size, and
+        forward mode sums each row's norm over its column chunks."""
         with self._probe():
             self.advance(1)
+        self.restart()
         batch = self._batch_size
         widest = -(-max(self._probe_elements, batch * self._known_width) // batch)
-        return default_chunk_size(batch, widest, self._element_size, self.mode)
+        return default_chunk_size(batch, widest, self._element_size)
 
     def finish(self, chunk_size: int, show_progress: bool) -> Tensor:
         """Compute the rest, ``chunk_size`` at a time, and return the norms."""
@@ -304,17 +315,29 @@ class JacobianPlan:
     chunk_size: int
 
 
-# Single-row backward passes timed for the per-neuron loop's estimate: one is too
-# noisy to compare with a whole chunk of the other strategies, and a handful runs
-# faster than the long loop does (0.3 against 0.6 ms a row on a ResNet's first
-# stage), so at least 1 / LOOP_PART_TIMED of the rows are timed.
+# Rows of the per-neuron loop timed for its estimate: one is too noisy to compare with
+# a whole chunk of the other strategies, and a handful runs faster than the long loop
+# does (0.3 against 0.6 ms a row on a ResNet's first stage), so at least
+# 1 / LOOP_PART_TIMED of the rows are timed.
 LOOP_ROWS_TIMED = 4
 LOOP_PART_TIMED = 32
 
-# Where one chunk would finish a strategy's job, the part of it timed instead (1 /
-# PART_TIMED): the estimate scales the part's fixed cost up with it, so a small part
-# would favour the loop over a vectorised strategy on a near tie.
-PART_TIMED = 2
+# Each strategy measured after the first is scouted on 1 / SCOUT_PART of what it would be
+# timed on, and left out where that part, scaled up to the whole job, takes more than
+# SCOUT_MARGIN times the best estimate so far and, scaled up to the part, more than the
+# best estimate itself. A smaller chunk costs more per row or column than a whole one
+# (up to 3x at 1/8 in the chunk sweep of benchmarks/README.md), so the margin keeps the close
+# ones; a part cheaper than the best job is timed anyway, so that a noisy scout of a
+# millisecond cannot leave out a strategy where timing it costs little. Forward mode
+# over a narrow late layer (7-12x reverse mode's time on ResNet and VGG) then costs a
+# scout instead of a chunk.
+SCOUT_PART = 8
+SCOUT_MARGIN = 4.0
+
+# Estimates within this fraction of the smallest are a tie, which goes to the first
+# measured (the cost model's favourite, then the other vectorised mode, then the loop),
+# so that timing noise does not flip a near tie between explainers or runs.
+TIE_MARGIN = 0.1
 
 
 def _work_clock() -> float:
@@ -325,14 +348,20 @@ def _work_clock() -> float:
     return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
 
 
-# The clock the strategies are timed with (tests replace it to inject timings).
-_clock: Callable[[], float] = _work_clock
+def timed_advance(strategy: _RowNorms, count: int) -> float:
+    """Compute the next ``count`` rows or columns of ``strategy`` and return how long
+    that took (tests replace this function to inject timings)."""
+    started = _work_clock()
+    strategy.advance(strategy.done + count)
+    return _work_clock() - started
 
 
 def fastest(estimates: dict[str, float]) -> str:
-    """The strategy with the smallest estimated time; on a tie, the first one
-    measured (the insertion order), so that the choice depends only on the times."""
-    return min(estimates, key=lambda mode: estimates[mode])
+    """The first strategy measured (the insertion order) whose estimated time is
+    within ``TIE_MARGIN`` of the smallest, so that the choice depends only on the
+    times and a near tie goes to the cost model's favourite."""
+    smallest = min(estimates.values())
+    return next(mode for mode, t in estimates.items() if t <= smallest * (1 + TIE_MARGIN))
 
 
 def estimated_time(elapsed: float, timed: int, chunk_size: int, total: int) -> float:
@@ -347,35 +376,55 @@ def _measured(
     chunk_size: Optional[int],
     allow_failure: bool,
 ) -> tuple[_RowNorms, int]:
-    """Time one chunk of each candidate strategy (after a first chunk that sizes its
-    chunks and warms it up) and return the fastest, resumed where it stopped, with
-    its chunk size. Where a whole chunk would finish a candidate's job, a part of
-    what is left is timed, so that every candidate is compared; one that finishes
-    anyway (a job of one row or column) is taken as it is. With ``allow_failure`` one that raises
-    (no forward-mode derivative, a layer in a worker thread) is left out."""
+    """Time a chunk of each candidate strategy and return the fastest, resumed where
+    it stopped, with its chunk size.
+
+    Each is warmed up on one row or column (the probe that sizes its chunks, or with
+    ``chunk_size`` given a plain one), restarted, and timed on its first two chunks
+    (the whole job where one chunk does it), so that the chunks timed are the ones
+    every later call computes; the loop on at least ``LOOP_ROWS_TIMED`` rows. Each one
+    after the first is scouted first (see ``SCOUT_PART``) and left out if hopeless. With
+    ``allow_failure`` one that raises (no forward-mode derivative, a layer in a worker
+    thread) is left out.
+    """
     estimates: dict[str, float] = {}
     measured: dict[str, tuple[_RowNorms, int]] = {}
     for make in candidates:
         try:
             strategy = make()
-            size = strategy.first_chunk() if chunk_size is None else chunk_size
-            if strategy.mode == "loop":
-                size = 1
-            if strategy.done == 0:  # an explicit chunk size: no sizing chunk, warm up
-                strategy.advance(min(strategy.total, size))
-            if strategy.done >= strategy.total:
+            if chunk_size is None or strategy.mode == "loop":
+                size = strategy.first_chunk()
+            else:
+                size = chunk_size
+                strategy.advance(1)
+                strategy.restart()
+            if strategy.done >= strategy.total:  # the loop over a single row
                 return strategy, size
-            left = strategy.total - strategy.done
-            rows = max(LOOP_ROWS_TIMED, strategy.total // LOOP_PART_TIMED)
-            timed = min(left, rows if strategy.mode == "loop" else size)
-            if timed == left:
-                # A chunk that finished the job would keep this strategy for later
-                # calls unmeasured against the others (forward mode 1.7x slower than
-                # reverse on a ResNet's first stage): time a part of it instead.
-                timed = max(1, left // PART_TIMED)
-            started = _clock()
-            strategy.advance(strategy.done + timed)
-            elapsed = _clock() - started
+            rows = size
+            if strategy.mode == "loop":
+                rows = max(LOOP_ROWS_TIMED, strategy.total // LOOP_PART_TIMED)
+            timed = min(rows, strategy.total - strategy.done)
+            if estimates:
+                best = min(estimates.values())
+                scout = max(1, timed // SCOUT_PART)
+                per_item = timed_advance(strategy, scout) / scout
+                job = per_item * strategy.total
+                if SCOUT_MARGIN * best < job < SCOUT_MARGIN**2 * best:
+                    # a second reading before leaving it out, unless far out: a scout of
+                    # a millisecond read 5x slow on the loaded machine
+                    strategy.restart()
+                    per_item = min(per_item, timed_advance(strategy, scout) / scout)
+                if per_item * strategy.total > SCOUT_MARGIN * best and per_item * timed > best:
+                    continue
+                strategy.restart()
+                timed = min(rows, strategy.total)
+            estimate = estimated_time(timed_advance(strategy, timed), timed, size, strategy.total)
+            second = min(size, strategy.total - strategy.done)
+            if strategy.mode != "loop" and second > 0:
+                # the faster of two chunks: the first one at full size can pay for
+                # memory touched for the first time, and one reading can be noisy
+                elapsed = timed_advance(strategy, second)
+                estimate = min(estimate, estimated_time(elapsed, second, size, strategy.total))
         except (LayerInOtherThreadError, NotImplementedError) as error:
             # LayerInOtherThreadError is a NotImplementedError too: test it first
             no_forward_derivative = "forward AD" in str(error)
@@ -384,10 +433,8 @@ def _measured(
             ):
                 raise
             continue
-        estimates[strategy.mode] = estimated_time(elapsed, timed, size, strategy.total)
+        estimates[strategy.mode] = estimate
         measured[strategy.mode] = (strategy, size)
-        if strategy.done >= strategy.total:
-            return strategy, size
     return measured[fastest(estimates)]
 
 
@@ -411,10 +458,12 @@ def jacobian_row_norms(
         inputs: leaf tensors that require grad, each (N, ...).
         chunk_size: Jacobian rows (reverse) or columns (forward) per chunk; the
             default keeps the widest tensor a chunk creates between the inputs and
-            the layer within ``REVERSE_CHUNK_BYTES`` or ``FORWARD_CHUNK_BYTES``.
+            the layer within ``CHUNK_BYTES``, and at most
+            ``CHUNK_EXAMPLE_VECTORS`` rows or columns of one example.
         mode: ``"reverse"``, ``"forward"``, ``"loop"`` (one backward pass per
-            neuron), or ``"auto"``: each of them timed on one chunk, and the
-            fastest finishes the job (the chunks measured count towards it).
+            neuron), or ``"auto"``: each of them timed on one chunk (a hopeless
+            one only on a part of it), and the fastest finishes the job (the
+            chunks measured count towards it).
             Forward mode is left out where the model has an operation without a
             forward-mode derivative or runs the layer in a worker thread
             (``torch.func.jvp`` does not follow it there).
@@ -467,19 +516,14 @@ def jacobian_row_norms(
     plan = None if plans is None else plans.get(key)
     if plan is not None:
         return makers[plan.mode]().finish(plan.chunk_size, show_progress)
-    # the cost model's favourite first: it is the one kept if it finishes the job
-    # while measured, and wins ties
+    # the cost model's favourite first: the others are scouted against it, and it wins
+    # near ties
     first = choose_mode(num_neurons, num_features)
     order = [first, "reverse" if first == "forward" else "forward", "loop"]
     strategy, size = _measured([makers[m] for m in order], chunk_size, allow_failure=True)
     if plans is not None:
         plans[key] = JacobianPlan(strategy.mode, size)
-    if strategy.mode == "forward":
-        # forward mode sums each row's norm over column chunks: chunks measured at other
-        # boundaries than the plan's would round differently from every later call that
-        # reuses the plan, so the job starts afresh (reverse rows and the loop's are each
-        # computed whole, wherever a chunk starts)
-        return makers["forward"]().finish(size, show_progress)
+    # the chunks measured are the plan's: this call gives the bits later calls give
     return strategy.finish(size, show_progress)
 
 

@@ -299,20 +299,21 @@ class InactiveStateSensitivity(
                         chunks of neurons), ``"forward"`` (over chunks of input
                         features, ``torch.func.jvp``), ``"loop"`` (one backward
                         pass per neuron), or ``"auto"``: on the first call for a
-                        layer and input shape, one chunk of each is timed and
-                        the fastest finishes the job (the choice is kept for
-                        later calls of this explainer with the same shapes);
+                        layer and input shape, one chunk of each is timed (one
+                        far slower than the best so far only on a part of it)
+                        and the fastest finishes the job (the choice is kept for
+                        later calls of this explainer with the same shapes, and
+                        they give the first call's result bit for bit);
                         forward mode is left out where an operation of the
                         model has no forward-mode derivative (e.g. LSTM, CPU
                         flash attention). Every mode gives the same result up
                         to rounding. Default: ``"auto"``
             jacobian_vectors_per_chunk (int, optional): How many Jacobian rows
                         (reverse mode) or columns (forward mode) exist at
-                        once (the loop computes one at a time). Default: sized
-                        so that the widest tensor a chunk creates between the
-                        inputs and the layer takes at most
-                        16 MiB (forward mode) or 4 MiB (reverse mode), measured
-                        on a first chunk of one.
+                        once (the loop computes one at a time). Default: 128
+                        over the batch size, fewer where the widest tensor a
+                        chunk creates between the inputs and the layer would
+                        take more than 16 MiB, measured on a first chunk of one.
             show_progress (bool, optional): Show a progress bar over the
                         chunks. Default: False
             neuron_selector (int or tuple, optional): Sum only over these
