@@ -4,6 +4,8 @@ names in one module, warnings of the package's own category."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import torch
+from packaging.requirements import Requirement
 from torch import nn
 
 import captum_ssa
@@ -120,3 +123,47 @@ def test_warn_points_at_the_line_that_called_into_the_package(depth, through_a_m
     assert [(w.category, w.filename, w.lineno) for w in caught] == [
         (CaptumSSAWarning, __file__, line)
     ]
+
+
+def test_import_leaves_scikit_learn_scipy_stats_and_pandas_to_the_code_that_uses_them():
+    # only LayeredInfluence's linear probe and a few evaluations need them: a second or
+    # more of import time that `import captum_ssa` should not pay
+    code = (
+        "import sys, captum_ssa\n"
+        "print(','.join(m for m in ('sklearn', 'scipy.stats', 'scipy.cluster', 'pandas') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def _imported_top_level_modules() -> set[str]:
+    names = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"captum_ssa", "__future__"}
+
+
+def test_every_imported_distribution_is_declared_and_every_declared_one_imported():
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(spec).name.lower() for spec in project["dependencies"]}
+    optional = {
+        Requirement(spec).name.lower()
+        for specs in project["optional-dependencies"].values()
+        for spec in specs
+    }
+    distributions = importlib.metadata.packages_distributions()
+    imported = {
+        distribution.lower()
+        for module in _imported_top_level_modules()
+        for distribution in distributions.get(module, [module])
+    }
+    assert imported - declared - optional == set()
+    assert declared - imported == set()  # no dependency declared but never imported

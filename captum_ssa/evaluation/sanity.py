@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import Tensor, nn
 
 from captum_ssa._utils.warn import warn
@@ -42,6 +41,8 @@ class RandomisationResult:
 def spearman_rows(first: Tensor, second: Tensor) -> np.ndarray:
     """Spearman rank correlation between matching rows (features flattened),
     with tied values sharing their average rank."""
+    from scipy.stats import rankdata  # imported where used: scipy.stats takes a second
+
     a = rankdata(first.detach().flatten(1).cpu().double().numpy(), axis=1)
     b = rankdata(second.detach().flatten(1).cpu().double().numpy(), axis=1)
     a -= a.mean(1, keepdims=True)

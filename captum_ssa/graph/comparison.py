@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar
 
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import dendrogram, linkage
 from torch import Tensor
 
 from captum_ssa.graph.model import GraphData
@@ -128,6 +127,8 @@ def cluster_classes(bag: BagOfNodes) -> np.ndarray:
     vectors = bag.vectors.double()
     norms = vectors.norm(dim=1, keepdim=True)
     normalised = torch.where(norms > 0, vectors / norms.clamp(min=1e-300), vectors)
+    from scipy.cluster.hierarchy import linkage  # imported where used, not with the package
+
     return linkage(normalised.numpy(), method="ward")
 
 
@@ -145,6 +146,7 @@ def plot_clustermap(bag: BagOfNodes) -> Figure:
         *matplotlib.figure.Figure* with the dendrogram and the heatmap.
     """
     import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram
 
     rows = len(bag.classes)
     figure, (tree_axes, map_axes) = plt.subplots(

@@ -21,7 +21,6 @@ from contextlib import nullcontext
 from typing import Any, Optional, Union
 
 import torch
-from scipy.stats import spearmanr
 from torch import Tensor
 from torch.nn import Module
 
@@ -413,6 +412,8 @@ def spearman_agreement(importance: Tensor, relevance: Tensor) -> float:
         )
     if first.numel() < 2 or bool((first == first[0]).all()) or bool((second == second[0]).all()):
         return math.nan  # rank correlation is undefined for constant rankings
+    from scipy.stats import spearmanr  # imported where used: scipy.stats takes a second
+
     return float(spearmanr(first.double().numpy(), second.double().numpy()).statistic)
 
 

@@ -12,10 +12,6 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 from torch.nn import Module
 
@@ -140,6 +136,12 @@ def linear_probe_accuracy(activities: Tensor, labels: Tensor) -> float:
             f"the linear probe leaves out classes {classes[counts < 2].tolist()}, "
             "predicted for only one reference point each",
         )
+    # scikit-learn is imported here, not with the package: only this probe uses it
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     folds = StratifiedKFold(
         n_splits=min(_MAX_FOLDS, int(counts[counts >= 2].min())), shuffle=True, random_state=0
     )
