@@ -11,8 +11,11 @@ PYTHON ?= python3
 VENV ?= .venv
 # a pip constraints file applied to every install into $(VENV) (e.g. .ci/floors.txt)
 CONSTRAINTS ?=
-# with constraints, torch's version comes from them
+# with constraints, torch's version comes from them, and its CPU build from PyTorch's CPU
+# index (PyPI's Linux wheels are CUDA builds with several GB of nvidia-* wheels; where
+# that index cannot be reached, pip warns and takes PyPI's)
 TORCH_PIN ?= $(if $(CONSTRAINTS),torch,torch==2.13.0)
+TORCH_INDEX ?= $(if $(CONSTRAINTS),--extra-index-url https://download.pytorch.org/whl/cpu)
 CAPTUM_PIN ?= captum>=0.8,<0.10
 FLOORS_PYTHON ?= python3.10
 BIN := $(VENV)/bin
@@ -22,7 +25,7 @@ PIP_INSTALL = $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constra
 
 $(VENV)/installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) "$(TORCH_PIN)"
+	$(PIP_INSTALL) $(TORCH_INDEX) "$(TORCH_PIN)"
 	$(PIP_INSTALL) "$(CAPTUM_PIN)" -e ".[dev]"
 	touch $@
 
