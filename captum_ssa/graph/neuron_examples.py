@@ -243,17 +243,19 @@ def layer_patterns(
     forward_func: Callable[..., Any],
     layer: Module,
     neurons: Tensor,
-    examples: tuple[Tensor, ...],
+    examples: list[tuple[Tensor, ...]],
+    device: torch.device,
     neuron_dim: Optional[int] = None,
     additional_forward_args: Any = None,
 ) -> Optional[Tensor]:
-    """The switched weights of ``neurons[r]`` of ``layer`` on example ``r`` of
-    ``examples`` (one input tuple per neuron), on the first input, summed over its
-    channels: ``(len(neurons), H, W)``; None where the network is not piecewise
-    linear between the inputs and the layer.
+    """The switched weights of ``neurons[r]`` of ``layer`` on ``examples[r]`` (the
+    inputs of one example), on the first input, summed over its channels:
+    ``(len(neurons), H, W)``; None where the network is not piecewise linear
+    between the inputs and the layer.
 
     The first neuron is projected alone and the bytes autograd saved for it size
-    the chunks of the others within the memory budget.
+    the chunks of the others within the memory budget; each chunk's examples are
+    stacked and moved to ``device`` when it runs.
     """
     from captum_ssa._core.switched_linear_projection import SwitchedLinearProjection
 
@@ -264,7 +266,10 @@ def layer_patterns(
         warnings.simplefilter("error", NotPiecewiseLinearWarning)
         while position < len(neurons):
             rows = slice(position, position + chunk)
-            inputs = tuple(tensor[rows] for tensor in examples)
+            inputs = tuple(
+                torch.stack([example[part] for example in examples[rows]]).to(device)
+                for part in range(len(examples[0]))
+            )
             with SavedTensorBytes() as saved:
                 try:
                     weights = projection.attribute(
@@ -397,13 +402,15 @@ def find_patterns(
     ):
         if not running.indices.numel():
             continue
-        leading = running.indices[:, 0].tolist()
-        examples = tuple(
-            torch.stack([firsts[index][position] for index in leading]).to(device)
-            for position in range(len(firsts[leading[0]]))
-        )
+        examples = [firsts[index] for index in running.indices[:, 0].tolist()]
         found = layer_patterns(
-            forward_func, layer, running.neurons, examples, neuron_dim, additional_forward_args
+            forward_func,
+            layer,
+            running.neurons,
+            examples,
+            device,
+            neuron_dim,
+            additional_forward_args,
         )
         for row, neuron in enumerate(running.neurons.tolist()):
             patterns[f"{running.name}:{neuron}"] = None if found is None else found[row]
@@ -443,61 +450,66 @@ def neuron_examples(
     negative). Neurons are projected in chunks within the memory budget
     (:func:`~captum_ssa.set_memory_budget`). Where the network is not piecewise
     linear between the inputs and a layer, the projection would only be a local
-    linearisation: that layer's patterns are None.
+    linearisation: that layer's patterns are None. For a model with several
+    inputs the thumbnails and patterns are of the first input. Thumbnails and
+    patterns are at most 64 pixels on the longer side (averaged down), and
+    smaller ones enlarged by a whole factor to at least 32, each pixel a block.
 
     Masks (padded token sequences) are not supported: a batch that carries one
     is an error. The model is left as it was (training flags, hooks, gradients).
 
     Args:
-            graph (DependencyGraph): The graph, e.g. from
-                        :class:`~captum_ssa.StepwiseSensitivity`.
-            examples (Tensor, tuple, or iterable of batches): The examples
-                        to rank, as SSA accepts data: a tensor (or tuple of
-                        tensors for a multi-input model), or a stream of
-                        batches such as a ``DataLoader`` (each a tensor, an
-                        ``(inputs, labels)`` pair, or a dict batch). An
-                        example's index counts over the whole stream. How an
-                        example is shown is decided by the first input of the
-                        first batch: floating-point ``(N, C, H, W)`` with
-                        ``C`` 1 or 3 as images, integer ``(N, T)`` as token
-                        ids, floating-point ``(N, F)`` as feature values.
-            forward_func (Callable, optional): The model. Default: the one the
-                        graph was built from (``graph.forward_func``, which
-                        :class:`~captum_ssa.StepwiseSensitivity` records); a
-                        graph read from a file has none, and its layers are
-                        found by name in this model, as
-                        :meth:`~captum_ssa.graph.DependencyGraph.mask` finds
-                        them.
-            additional_forward_args (Any, optional): Passed to the model after
-                        the inputs, the same for every batch. Default: None
-            top (int, optional): How many examples per neuron. Default: 6
-            decode (Callable, optional): For token ids: ``list of ids -> str``
-                        (e.g. a tokenizer's ``decode``). Default: the ids
-                        joined by spaces.
-            show_progress (bool, optional): Show progress bars over the
-                        batches and the layers' patterns. Default: False
+        graph (DependencyGraph): The graph, e.g. from
+                    :class:`~captum_ssa.StepwiseSensitivity`.
+        examples (Tensor, tuple, or iterable of batches): The examples
+                    to rank, as SSA accepts data: a tensor (or tuple of
+                    tensors for a multi-input model), or a stream of
+                    batches such as a ``DataLoader`` (each a tensor, an
+                    ``(inputs, labels)`` pair, or a dict batch). An
+                    example's index counts over the whole stream. How an
+                    example is shown is decided by the first input of the
+                    first batch: floating-point ``(N, C, H, W)`` with
+                    ``C`` 1 or 3 as images, integer ``(N, T)`` as token
+                    ids, floating-point ``(N, F)`` as feature values.
+        forward_func (Callable, optional): The model. Default: the one the
+                    graph was built from (``graph.forward_func``, which
+                    :class:`~captum_ssa.StepwiseSensitivity` records); a
+                    graph read from a file has none, and its layers are
+                    found by name in this model, as
+                    :meth:`~captum_ssa.graph.DependencyGraph.mask` finds
+                    them.
+        additional_forward_args (Any, optional): Passed to the model after
+                    the inputs, the same for every batch (and for the
+                    patterns' chunks of top examples), so they must not
+                    depend on the batch. Default: None
+        top (int, optional): How many examples per neuron. Default: 6
+        decode (Callable, optional): For token ids: ``list of ids -> str``
+                    (e.g. a tokenizer's ``decode``). Default: the ids
+                    joined by spaces.
+        show_progress (bool, optional): Show progress bars over the
+                    batches and the layers' patterns. Default: False
 
     Returns:
-            *dict* keyed by ``"<layer name>:<neuron index>"`` for every kept
-            neuron of every layer but the top one, each value
-            ``{"top": [...], "pattern": str or None}``: ``"top"`` lists at
-            most ``top`` dicts, highest activation first (ties by example
-            index), each with ``"example"`` (int, the index in
-            ``examples``), ``"activation"`` (float), ``"image"`` (a PNG
-            thumbnail, min-max scaled on its own, as a ``data:image/png``
-            URI, or None), ``"text"`` (str or None) and ``"values"`` (the
-            features to 4 significant digits, or None); ``"pattern"`` is a
-            PNG ``data:`` URI, or None where the inputs are not images or
-            the network is not piecewise linear.
+        *dict* keyed by ``"<layer name>:<neuron index>"`` for every kept
+        neuron of every layer but the top one, each value
+        ``{"top": [...], "pattern": str or None}``: ``"top"`` lists at
+        most ``top`` dicts, highest activation first (ties by example
+        index), each with ``"example"`` (int, the index in
+        ``examples``), ``"activation"`` (float), ``"image"`` (a PNG
+        thumbnail, min-max scaled on its own, as a ``data:image/png``
+        URI, or None), ``"text"`` (str or None) and ``"values"`` (the
+        features to 4 significant digits, or None); ``"pattern"`` is a
+        PNG ``data:`` URI, or None where the inputs are not images or
+        the network is not piecewise linear.
 
     Examples::
 
-            >>> graph = StepwiseSensitivity(net, [net.conv1, net.fc1, net.fc2]).attribute(
-            ...     x_of_class_3, target=3)
-            >>> shown = neuron_examples(graph, loader)     # a DataLoader of (x, y)
-            >>> shown["fc1:5"]["top"][0]["example"]        # fc1 unit 5's strongest example
-            >>> loaded = DependencyGraph.load("class3.json")
-            >>> shown = neuron_examples(loaded, x, forward_func=net, top=4)
+        >>> graph = StepwiseSensitivity(net, [net.conv1, net.fc1, net.fc2]).attribute(
+        ...     x_of_class_3, target=3)
+        >>> shown = neuron_examples(graph, loader)     # a DataLoader of (x, y)
+        >>> shown["fc1:5"]["top"][0]["example"]        # fc1 unit 5's strongest example
+        >>> loaded = DependencyGraph.load("class3.json")
+        >>> shown = neuron_examples(loaded, x, forward_func=net, top=4)
     """
     found = find(graph, examples, forward_func, additional_forward_args, top, show_progress)
     shown: dict[int, dict[str, Any]] = {}
