@@ -183,6 +183,20 @@ def neuron_axis(neuron_dim: Optional[int], dims: int, layer: str = "the layer") 
     return neuron_dim % dims
 
 
+def spatial_mean(tensor: Tensor, leading_dims: int = 1, weights: Optional[Tensor] = None) -> Tensor:
+    """Mean over every dim after the neuron axis: (..., K, *P) -> (..., K), the
+    activity of every neuron of a captured output (SSA's, and the graph page's).
+
+    With ``weights`` ``(N, P)`` (SSA's ``segment.layer_position_weights``, for a
+    layer with a mask) the mean over each example's valid positions only: the weighted sum.
+    """
+    keep = leading_dims + 1
+    flat = tensor.reshape(*tensor.shape[:keep], -1)
+    if weights is None:
+        return flat.mean(-1)
+    return (flat * weights[:, None, :].to(flat)).sum(-1)
+
+
 def call_forward(
     forward_func: Callable[..., Any],
     inputs: tuple[Tensor, ...],

@@ -18,7 +18,13 @@ from captum_ssa._utils.autograd_graph import (
     nodes_reaching,
     op_name,
 )
-from captum_ssa._utils.warn import warn
+from captum_ssa._utils.warn import CaptumSSAWarning, warn
+
+
+class NotPiecewiseLinearWarning(CaptumSSAWarning):
+    """The network is not piecewise linear between the inputs and a layer: a switched
+    linear projection there is only a local linearisation (code that shows projections
+    only where they are exact catches this one)."""
 
 
 def nonlinear_operations(output: Tensor, inputs: Sequence[Tensor]) -> list[str]:
@@ -60,6 +66,7 @@ def warn_if_not_piecewise_linear(
             f"the inputs and the layer (operations: {', '.join(operations)}); the "
             "switched linear projection is only a first-order local linearisation "
             "there, not an exact decomposition, and the convergence delta reports "
-            "its real error"
+            "its real error",
+            NotPiecewiseLinearWarning,
         )
     return bool(operations)

@@ -2,8 +2,9 @@
 (:mod:`~captum_ssa.graph.model`); above it files (:mod:`~captum_ssa.graph.io`),
 masking a model (:mod:`~captum_ssa.graph.masking`), drawing
 (:mod:`~captum_ssa.graph.drawing`), comparing class graphs
-(:mod:`~captum_ssa.graph.comparison`) and the interactive page
-(:mod:`~captum_ssa.graph.view`); above those the public
+(:mod:`~captum_ssa.graph.comparison`), the interactive page
+(:mod:`~captum_ssa.graph.view`) and what its neurons respond to
+(:mod:`~captum_ssa.graph.neuron_examples`); above those the public
 :class:`DependencyGraph` with them as methods
 (:mod:`~captum_ssa.graph.dependency_graph`); and on top the graph as a classifier
 (:mod:`~captum_ssa.graph.evaluation`, its result records and per-class rates in
@@ -30,6 +31,7 @@ from captum_ssa.graph.evaluation import (
     evaluate_graph,
     spearman_agreement,
 )
+from captum_ssa.graph.neuron_examples import neuron_examples
 from captum_ssa.graph.view import graphs_to_html
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "evaluate_graph",
     "graphs_to_html",
     "jaccard_similarity",
+    "neuron_examples",
     "plot_clustermap",
     "shared_subgraph",
     "spearman_agreement",

@@ -11,7 +11,7 @@ class comparison (:mod:`~captum_ssa.graph.comparison`) and the interactive page
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 import networkx as nx
@@ -51,6 +51,7 @@ class GraphData:
         edges: Sequence[Tensor],
         target: Target = None,
         metadata: Optional[dict[str, Any]] = None,
+        forward_func: Optional[Callable[..., Any]] = None,
     ) -> None:
         r"""
         Args:
@@ -88,6 +89,13 @@ class GraphData:
                         ``attribute`` options); ``"neuron_dim"`` (an int or
                         None) tells :meth:`mask` the neuron axis of the
                         layer outputs. Default: None
+            forward_func (Callable, optional): The model (or function of the
+                        inputs) the graph was built from, which
+                        StepwiseSensitivity records so that the graph's
+                        neurons can be run again (e.g.
+                        :func:`~captum_ssa.graph.neuron_examples`). Kept as
+                        the attribute ``forward_func``; not saved to files nor
+                        compared by ``==``. Default: None
         """
         self._layer_names = [str(name) for name in layer_names]
         self._layers = None if layers is None else list(layers)
@@ -97,6 +105,7 @@ class GraphData:
         self._edges = [as_index_pairs(e) for e in edges]
         self._target = normalise_target(target)
         self._metadata = dict(metadata or {})
+        self.forward_func = forward_func
         check_parts(
             self._layer_names,
             self._layers,

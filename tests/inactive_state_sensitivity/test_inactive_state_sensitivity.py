@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ssa import CaptumSSAWarning, InactiveStateSensitivity
+from captum_ssa._utils.linearity import NotPiecewiseLinearWarning
 from tests.models import PIECEWISE_LINEAR_MODELS, TwoInputs, build, layer_output
 
 SETTINGS = settings(max_examples=10, deadline=None)
@@ -298,7 +299,7 @@ def test_nonlinear_network_warns_once_per_instance_over_layers_and_calls():
         insens.attribute(x, weighting="uniform")
         insens.attribute(x, weighting="uniform")
     assert [(w.category, str(w.message)[:40]) for w in caught] == [
-        (CaptumSSAWarning, "InactiveStateSensitivity: the network is")
+        (NotPiecewiseLinearWarning, "InactiveStateSensitivity: the network is")
     ]
     with pytest.warns(CaptumSSAWarning, match="not piecewise linear.*Tanh"):
         InactiveStateSensitivity(net, net[2]).attribute(x, weighting="uniform")

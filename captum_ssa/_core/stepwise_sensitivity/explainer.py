@@ -455,10 +455,15 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             **options.metadata(),
             "neuron_dim": self.neuron_dim,
         }
-        return [self._graph_of(network, state, metadata) for state in states]
+        return [self._graph_of(network, state, metadata, self.forward_func) for state in states]
 
     @staticmethod
-    def _graph_of(network: Network, state: GraphState, metadata: dict[str, Any]) -> DependencyGraph:
+    def _graph_of(
+        network: Network,
+        state: GraphState,
+        metadata: dict[str, Any],
+        forward_func: Callable[..., Any],
+    ) -> DependencyGraph:
         if state.empty:
             warn(
                 f"no neuron of {state.empty[0]!r} is relevant: its relevance to the neurons "
@@ -475,6 +480,7 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             state.edges,
             target=state.start.target,
             metadata={**metadata, "num_examples": state.examples},
+            forward_func=forward_func,
         )
 
 

@@ -36,14 +36,13 @@ from captum_ssa._core.stepwise_sensitivity.segment import (
     activity_function,
     mean_gradient_magnitudes,
     mean_magnitude,
-    spatial_mean,
 )
 from captum_ssa._core.stepwise_sensitivity.weighted_connection import (
     WeightedCall,
     connecting_layer,
     connection_weights,
 )
-from captum_ssa._utils.hooks import neuron_axis
+from captum_ssa._utils.hooks import neuron_axis, spatial_mean
 
 
 @dataclass

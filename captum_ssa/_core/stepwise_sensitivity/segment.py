@@ -51,7 +51,7 @@ from captum_ssa._utils.autograd_graph import (
     op_name,
     walk,
 )
-from captum_ssa._utils.hooks import neuron_axis, run_and_capture
+from captum_ssa._utils.hooks import neuron_axis, run_and_capture, spatial_mean
 from captum_ssa._utils.jacobian import DEFAULT_JACOBIAN_ELEMENTS
 from captum_ssa._utils.sequence_mask import has_token_axis, position_weights
 
@@ -71,19 +71,6 @@ VECTORISED_GRADIENT_ELEMENTS = 2**16
 def is_weighted_layer(layer: Module) -> bool:
     """Whether ``layer`` is a plain ``nn.Linear`` or ``nn.Conv1d/2d/3d``."""
     return type(layer) is nn.Linear or type(layer) in _CONVOLUTIONS
-
-
-def spatial_mean(tensor: Tensor, leading_dims: int = 1, weights: Optional[Tensor] = None) -> Tensor:
-    """Mean over every dim after the neuron axis: (..., K, *P) -> (..., K).
-
-    With ``weights`` ``(N, P)`` (:func:`layer_position_weights`, for a layer with a
-    mask) the mean over each example's valid positions only: the weighted sum.
-    """
-    keep = leading_dims + 1
-    flat = tensor.reshape(*tensor.shape[:keep], -1)
-    if weights is None:
-        return flat.mean(-1)
-    return (flat * weights[:, None, :].to(flat)).sum(-1)
 
 
 def layer_position_weights(

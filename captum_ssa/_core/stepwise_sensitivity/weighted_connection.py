@@ -23,9 +23,9 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from torch.nn import Module
 
-from captum_ssa._core.stepwise_sensitivity.segment import is_weighted_layer, spatial_mean
+from captum_ssa._core.stepwise_sensitivity.segment import is_weighted_layer
 from captum_ssa._utils.autograd_graph import OpKind, classify, nodes_reaching, op_name
-from captum_ssa._utils.hooks import claimed_modules
+from captum_ssa._utils.hooks import claimed_modules, spatial_mean
 
 
 @dataclass
