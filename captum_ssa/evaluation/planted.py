@@ -39,14 +39,23 @@ class PlantedMLP(nn.Module):
         self.depth = depth
         sizes = [features] + [width] * depth
         for layer in range(1, depth + 1):
-            setattr(self, f"hidden{layer}", nn.Linear(sizes[layer - 1], width))
+            setattr(self, f"hidden{layer}", self.hidden_layer(sizes[layer - 1], width))
             setattr(self, f"relu{layer}", nn.ReLU())
         self.logits = nn.Linear(width, classes)
 
-    def forward(self, inputs: Tensor) -> Tensor:
+    @staticmethod
+    def hidden_layer(inputs: int, outputs: int) -> nn.Module:
+        """One hidden layer (before its ReLU)."""
+        return nn.Linear(inputs, outputs)
+
+    def hidden(self, inputs: Tensor) -> Tensor:
+        """The last hidden layer's ReLU output."""
         for layer in range(1, self.depth + 1):
             inputs = getattr(self, f"relu{layer}")(getattr(self, f"hidden{layer}")(inputs))
-        return self.logits(inputs)
+        return inputs
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.logits(self.hidden(inputs))
 
 
 class PlantedCNN(PlantedMLP):
@@ -55,16 +64,15 @@ class PlantedCNN(PlantedMLP):
 
     def __init__(self, features: int, width: int, depth: int, classes: int) -> None:
         super().__init__(features, width, depth, classes)
-        sizes = [features] + [width] * depth
-        for layer in range(1, depth + 1):
-            setattr(self, f"hidden{layer}", nn.Conv2d(sizes[layer - 1], width, 3, padding=1))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
 
+    @staticmethod
+    def hidden_layer(inputs: int, outputs: int) -> nn.Module:
+        return nn.Conv2d(inputs, outputs, 3, padding=1)
+
     def forward(self, inputs: Tensor) -> Tensor:
-        for layer in range(1, self.depth + 1):
-            inputs = getattr(self, f"relu{layer}")(getattr(self, f"hidden{layer}")(inputs))
-        return self.logits(self.flatten(self.pool(inputs)))
+        return self.logits(self.flatten(self.pool(self.hidden(inputs))))
 
 
 @dataclass
@@ -111,17 +119,21 @@ class PlantedNetwork:
         return sorted(self.planted_neurons)
 
     def inputs(
-        self, examples_per_class: int, seed: int = 0, noise: float = 0.5, bump: float = 1.0
+        self,
+        examples_per_class: int,
+        seed: int = 0,
+        input_noise: float = 0.5,
+        bump: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
         r"""
-        Examples of every class: uniform noise in ``[0, noise)`` on every feature,
+        Examples of every class: uniform noise in ``[0, input_noise)`` on every feature,
         plus ``bump`` on the class's own input features (every pixel of the
         class's channels for the CNN).
 
         Args:
             examples_per_class (int): Examples drawn per class.
             seed (int, optional): Seed of the noise. Default: 0
-            noise (float, optional): Width of the uniform noise. Default: 0.5
+            input_noise (float, optional): Width of the uniform noise. Default: 0.5
             bump (float, optional): Added to the class's features. Default: 1.0
 
         Returns:
@@ -139,7 +151,7 @@ class PlantedNetwork:
         shape: tuple[int, ...] = (len(labels), self.features)
         if self.architecture == "cnn":
             shape += (self.image_size, self.image_size)
-        inputs = torch.rand(shape, generator=generator) * noise
+        inputs = torch.rand(shape, generator=generator) * input_noise
         for label in self.classes:
             rows = (labels == label).nonzero().flatten()
             columns = torch.tensor(self.input_features[label])
