@@ -10,6 +10,11 @@ robustness and sanity metrics, with Quantus through one ``explain_func``.
 - :class:`GraphMaskedAttribution`, :func:`ssa_explainer`: SSA's class graphs as an
   input-shaped map (a gradient method through the graph's neurons only).
 - :func:`quantus_explain`, :func:`run_quantus_metric`: Quantus without glue.
+- Planted circuits, the ground truth of a graph: :func:`planted_network` ->
+  :class:`PlantedNetwork` (MLP or small CNN with known class circuits),
+  :func:`score_graph` -> :class:`PlantedScore` (precision, recall, F1 of kept
+  neurons and edges), :func:`layer_attribution_graph` (Captum's layer methods
+  as top-k graphs), :func:`missed_neurons`.
 - The DeepDIVE robot arm: :func:`robot_arm_dataset`, :func:`robot_arm_jacobian`,
   :func:`train_robot_arm`, :func:`importance_agreement`, :func:`direction_agreement`.
 """
@@ -23,6 +28,14 @@ from captum_ssa.evaluation.faithfulness import (
     topk_flip,
 )
 from captum_ssa.evaluation.graph_attribution import GraphMaskedAttribution, ssa_explainer
+from captum_ssa.evaluation.planted import (
+    PlantedNetwork,
+    PlantedScore,
+    layer_attribution_graph,
+    missed_neurons,
+    planted_network,
+    score_graph,
+)
 from captum_ssa.evaluation.quantus_adapter import quantus_explain, run_quantus_metric
 from captum_ssa.evaluation.robot_arm import (
     AgreementRow,
@@ -51,6 +64,8 @@ __all__ = [
     "DirectionAgreement",
     "Explainer",
     "GraphMaskedAttribution",
+    "PlantedNetwork",
+    "PlantedScore",
     "RandomisationResult",
     "ReLUTan",
     "SelectivityResult",
@@ -62,7 +77,10 @@ __all__ = [
     "explain_function",
     "importance_agreement",
     "infidelity_score",
+    "layer_attribution_graph",
     "max_sensitivity",
+    "missed_neurons",
+    "planted_network",
     "quantus_explain",
     "randomisable_layers",
     "randomisation_check",
@@ -70,6 +88,7 @@ __all__ = [
     "robot_arm_jacobian",
     "robot_arm_position",
     "run_quantus_metric",
+    "score_graph",
     "selectivity",
     "spearman_rows",
     "ssa_explainer",

@@ -191,6 +191,7 @@ def reference_graph(
     max_neurons: Optional[int] = None,
     neuron_dim: Optional[int] = None,
     weighted: Optional[list[nn.Module]] = None,
+    upper_aggregation: str = "mean",
 ) -> dict[str, Any]:
     """Neurons, edges, relevance vectors and matrices of SSA, computed plainly.
 
@@ -233,6 +234,13 @@ def reference_graph(
             continue
         matrix_array = np.array(matrix)
         vector = matrix_array.mean(0)
+        if upper_aggregation == "relevance_weighted":
+            vector = weighted_upper_aggregation(
+                matrix_array,
+                [1.0] * len(upper_set)
+                if upper == len(layers) - 1
+                else [vectors[upper][n] for n in upper_set],
+            )
         if mode == "global":
             chosen = most_relevant(vector, percentile, branching)
             if max_neurons is not None and len(chosen) > max_neurons:
@@ -261,6 +269,19 @@ def reference_graph(
         )
         upper_set = chosen
     return {"neurons": kept, "vectors": vectors, "matrices": matrices, "edges": edges}
+
+
+def weighted_upper_aggregation(matrix: np.ndarray, weights: list[float]) -> np.ndarray:
+    """r[k] = sum_n w_n matrix[n, k] / sum_n w_n, one term at a time (the plain mean
+    when every weight is zero)."""
+    total = sum(weights)
+    if total == 0:
+        return matrix.mean(0)
+    vector = np.zeros(matrix.shape[1])
+    for k in range(matrix.shape[1]):
+        for row, weight in enumerate(weights):
+            vector[k] += weight * matrix[row, k]
+    return vector / total
 
 
 def assert_matches_reference(graph: DependencyGraph, expected: dict[str, Any]) -> None:

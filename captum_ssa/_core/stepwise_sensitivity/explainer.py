@@ -167,6 +167,7 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
         show_progress: bool = False,
         passes: str = "auto",
         mask: Optional[Tensor] = None,
+        upper_aggregation: str = "mean",
     ) -> DependencyGraph:
         r"""
         The dependency graph of the starting neurons over ``inputs``.
@@ -301,6 +302,25 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
                         a dict ``{"input_ids": ..., "attention_mask": ...,
                         "labels": ...}``, and may then have different lengths.
                         Default: None (every position is a token)
+            upper_aggregation (str, optional): Step III, how the upper
+                        neurons' rows of the Step II matrix are combined into
+                        one relevance per lower neuron. ``"mean"``, the
+                        paper's rule: every kept upper neuron counts alike.
+                        ``"relevance_weighted"``, an extension beyond the
+                        paper: each row is weighted by its upper neuron's own
+                        Step III relevance (1 for the starting neurons),
+                        :math:`r_k = \sum_n r_n\, \omega[n, k] / \sum_n r_n`,
+                        so the neurons kept at a threshold for little
+                        relevance do not outvote the relevant ones below
+                        them (on planted circuits it recovers planted neurons
+                        that the mean loses in global mode: see
+                        ``captum_ssa.evaluation.planted_network`` and
+                        ``docs/stepwise_sensitivity.md``). It changes global
+                        mode's selection and, in both modes, the nodes'
+                        ``relevance``; local mode's choices read the matrix
+                        rows and do not change. Recorded in
+                        ``graph.metadata["upper_aggregation"]``.
+                        Default: ``"mean"``
 
         Returns:
             *DependencyGraph* of the kept neurons of every layer (the top
@@ -335,6 +355,9 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             >>> # padded ids: the model takes the mask after the ids, forward(ids, mask)
             >>> graph = ssa.attribute(batch["input_ids"], target=1,
             ...                       mask=batch["attention_mask"])
+            >>> # beyond the paper: upper neurons weighted by their own relevance
+            >>> weighted = ssa.attribute(x_cats, target=3,
+            ...                          upper_aggregation="relevance_weighted")
         """
         options = Options.checked(
             relevance,
@@ -347,6 +370,7 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             upper_neurons_per_chunk,
             show_progress,
             passes,
+            upper_aggregation,
         )
         request = StartRequest(target=target, top_neurons=top_neurons)
         (graph,) = self._graphs(inputs, additional_forward_args, options, request, mask)

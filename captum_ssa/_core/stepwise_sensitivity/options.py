@@ -17,7 +17,11 @@ from captum_ssa._core.stepwise_sensitivity.relevance import (
     needs_gradients,
     resolve_relevance,
 )
-from captum_ssa._core.stepwise_sensitivity.steps import AGGREGATIONS, check_signed_relevance
+from captum_ssa._core.stepwise_sensitivity.steps import (
+    AGGREGATIONS,
+    UPPER_AGGREGATIONS,
+    check_signed_relevance,
+)
 from captum_ssa._utils.validation import positive_int
 
 MODES = ("global", "local")
@@ -39,6 +43,7 @@ class Options:
     upper_neurons_per_chunk: Optional[int]
     passes: str
     show_progress: bool
+    upper_aggregation: str = "mean"
 
     @classmethod
     def checked(
@@ -53,6 +58,7 @@ class Options:
         upper_neurons_per_chunk: Optional[int],
         show_progress: bool,
         passes: str,
+        upper_aggregation: str = "mean",
     ) -> Options:
         """Check every option and resolve the relevance function, or raise naming the
         option."""
@@ -73,6 +79,10 @@ class Options:
             raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
         if passes not in PASSES:
             raise ValueError(f"passes must be one of {PASSES}, got {passes!r}")
+        if upper_aggregation not in UPPER_AGGREGATIONS:
+            raise ValueError(
+                f"upper_aggregation must be one of {UPPER_AGGREGATIONS}, got {upper_aggregation!r}"
+            )
         # in the order of the fields
         return cls(
             relevance_function,
@@ -86,6 +96,7 @@ class Options:
             positive_int("upper_neurons_per_chunk", upper_neurons_per_chunk),
             passes,
             show_progress,
+            upper_aggregation,
         )
 
     @property
@@ -121,4 +132,5 @@ class Options:
             "percentile": self.percentile,
             "branching": self.branching,
             "max_neurons": self.max_neurons,
+            "upper_aggregation": self.upper_aggregation,
         }

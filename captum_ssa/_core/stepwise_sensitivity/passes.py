@@ -250,7 +250,14 @@ def finish_pair(network: Network, options: Options, state: GraphState, upper: in
     if options.absolute_of_mean:
         matrix = matrix.abs()
     if len(upper_neurons):
-        vector = aggregate_upper_neurons(matrix)
+        # the relevance-weighted rule (an extension) weighs each row by the Step III
+        # relevance found for its upper neuron one pair above (1 for the starting neurons)
+        weights = (
+            state.relevances[0][upper_neurons]
+            if options.upper_aggregation == "relevance_weighted"
+            else None
+        )
+        vector = aggregate_upper_neurons(matrix, weights)
         kept, pair_edges = threshold(
             matrix,
             vector,

@@ -209,12 +209,26 @@ class RunningAggregate:
 # ---------------------------------------------------------------- Step III
 
 
-def aggregate_upper_neurons(relevance_matrix: Tensor) -> Tensor:
+def aggregate_upper_neurons(
+    relevance_matrix: Tensor, upper_relevance: Optional[Tensor] = None
+) -> Tensor:
     r"""
     Step III: the relevance vector :math:`r[k] = \mathrm{mean}_n\, \omega[n, k]`.
 
+    With ``upper_relevance``, the relevance-weighted aggregation, an extension
+    beyond the paper: each upper neuron's row counts in proportion to that
+    neuron's own relevance :math:`r_n`,
+    :math:`r[k] = \sum_n r_n\, \omega[n, k] / \sum_n r_n`. The paper's mean
+    counts every kept upper neuron alike, so the neurons kept at the upper
+    layer's threshold for little relevance outvote the few that matter; the
+    weights let the relevance found above carry down. Upper relevances that
+    are all zero weigh nothing, and the plain mean is returned.
+
     Args:
         relevance_matrix (Tensor): :math:`\omega[n, k]` shaped ``(M, K)`` (Step II).
+        upper_relevance (Tensor, optional): :math:`r_n` shaped ``(M,)``, the
+                    Step III relevance of each upper neuron (non-negative).
+                    Default: None (the paper's mean)
 
     Returns:
         *Tensor* shaped ``(K,)``: how much each lower neuron matters to the
@@ -224,8 +238,25 @@ def aggregate_upper_neurons(relevance_matrix: Tensor) -> Tensor:
 
         >>> aggregate_upper_neurons(torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
         tensor([2., 1.])
+        >>> aggregate_upper_neurons(torch.tensor([[1.0, 0.0], [3.0, 2.0]]),
+        ...                         torch.tensor([3.0, 1.0]))
+        tensor([1.5000, 0.5000])
     """
-    return relevance_matrix.mean(0)
+    if upper_relevance is None:
+        return relevance_matrix.mean(0)
+    weights = upper_relevance.to(relevance_matrix)
+    if weights.shape != relevance_matrix.shape[:1]:
+        raise ValueError(
+            f"upper_relevance must hold one value per row of the relevance matrix, "
+            f"{relevance_matrix.shape[0]}, got shape {tuple(weights.shape)}"
+        )
+    total = weights.sum()
+    if total == 0:
+        return relevance_matrix.mean(0)
+    return (weights @ relevance_matrix) / total
+
+
+UPPER_AGGREGATIONS = ("mean", "relevance_weighted")
 
 
 # ---------------------------------------------------------------- Step IV
