@@ -28,7 +28,9 @@ inputs, eval mode) listing ``features[5], features[7], classifier[2]`` (the last
 stages' outputs and the classifier's Linear), ``--convnext-count`` inputs in one batch,
 target 1, percentile 50, under the default 256 MiB memory budget, in float32 and
 float64, with ``passes="per_pair"`` (the default for gradients) and ``"single"``; for
-this checkout and, with ``--before PATH``, another one::
+this checkout and, with ``--before PATH``, another one; ``--convnext-lowest 1`` lists
+``features[1]`` (the first stage's output) instead, so that the whole network lies between
+the listed layers::
 
     python benchmarks/bench_ssa_scale.py --convnext [--before PATH] [--dtypes float64]
 
@@ -128,7 +130,7 @@ class ConvNeXt(nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
-def measure_convnext(count: int, dtype_name: str, passes: str) -> dict[str, Any]:
+def measure_convnext(count: int, dtype_name: str, passes: str, lowest: int = 5) -> dict[str, Any]:
     """SSA's peak RSS above the model, the data and one forward pass, in this process."""
     import warnings
 
@@ -142,7 +144,7 @@ def measure_convnext(count: int, dtype_name: str, passes: str) -> dict[str, Any]
     with torch.no_grad():
         model(x)
     before = peak_mb()
-    layers = [model.features[5], model.features[7], model.classifier[2]]
+    layers = [model.features[lowest], model.features[7], model.classifier[2]]
     start = time.perf_counter()
     StepwiseSensitivity(model, layers).attribute(x, target=1, percentile=50, passes=passes)
     return {"seconds": time.perf_counter() - start, "extra_peak_mb": peak_mb() - before}
@@ -152,7 +154,8 @@ def convnext_table(arguments: argparse.Namespace) -> None:
     budget = 256
     print(
         f"(d) SSA on a ConvNeXt-like model (convnext_tiny widths, depths 3-3-9-3, 32x32), "
-        f"features[5], features[7], classifier[2], {arguments.convnext_count} inputs, "
+        f"features[{arguments.convnext_lowest}], features[7], classifier[2], "
+        f"{arguments.convnext_count} inputs, "
         f"{budget} MiB budget, {os.environ.get('OMP_NUM_THREADS', 'default')} thread(s): "
         "peak RSS above model, data and one forward pass (MB), seconds; a fresh process each"
     )
@@ -161,7 +164,7 @@ def convnext_table(arguments: argparse.Namespace) -> None:
             continue
         for dtype in arguments.dtypes:
             for passes in ("per_pair", "single"):
-                case = f"convnext:{dtype}:{passes}"
+                case = f"convnext:{dtype}:{passes}:{arguments.convnext_lowest}"
                 row = in_subprocess(case, arguments.convnext_count, path)
                 print(
                     f"{label:<14} {dtype:<8} {passes:<9} +{row['extra_peak_mb']:7.0f} MB "
@@ -184,8 +187,8 @@ def measure(case: str, count: int, relevance: str = "gradient") -> dict[str, Any
     from captum_ssa import StepwiseSensitivity
 
     if case.startswith("convnext:"):
-        _, dtype_name, passes = case.split(":")
-        return measure_convnext(count, dtype_name, passes)
+        _, dtype_name, passes, lowest = case.split(":")
+        return measure_convnext(count, dtype_name, passes, int(lowest))
     torch.manual_seed(0)
     if case == "wide":
         model = WidePair().eval()
@@ -254,6 +257,12 @@ def main() -> None:
     parser.add_argument("--resnet-only", action="store_true", help="skip (a) and (b)")
     parser.add_argument("--convnext", action="store_true", help="only (d), see above")
     parser.add_argument("--convnext-count", type=int, default=100)
+    parser.add_argument(
+        "--convnext-lowest",
+        type=int,
+        default=5,
+        help="the lowest listed layer, features[N]: 5 (the issue's), 1 (the whole net between)",
+    )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--measure", default="")
     parser.add_argument("--count", type=int, default=0)
