@@ -452,6 +452,8 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             states = build_graphs(network, data, request, options)
         metadata = {
             "method": type(self).__name__,
+            # what the graph was made from, for its file and page
+            "model": model_name(self.forward_func),
             **options.metadata(),
             "neuron_dim": self.neuron_dim,
         }
@@ -476,6 +478,14 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             target=state.start.target,
             metadata={**metadata, "num_examples": state.examples},
         )
+
+
+def model_name(forward_func: Callable[..., Any]) -> str:
+    """The class name of the model behind ``forward_func``, or the function's own name."""
+    model = model_of(forward_func)
+    if model is not None:
+        return type(model).__name__
+    return str(getattr(forward_func, "__qualname__", type(forward_func).__name__))
 
 
 # The options' defaults are attribute's own, written once in its signature.
