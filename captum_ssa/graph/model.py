@@ -85,9 +85,11 @@ class GraphData:
                         or as an int when they are all one class.
                         Default: None
             metadata (dict, optional): How the graph was built (the
-                        ``attribute`` options); ``"neuron_dim"`` (an int or
-                        None) tells :meth:`mask` the neuron axis of the
-                        layer outputs. Default: None
+                        ``attribute`` options; StepwiseSensitivity adds
+                        ``"method"``, ``"model"``, the class name of the
+                        model, and ``"num_examples"``); ``"neuron_dim"`` (an
+                        int or None) tells :meth:`mask` the neuron axis of
+                        the layer outputs. Default: None
         """
         self._layer_names = [str(name) for name in layer_names]
         self._layers = None if layers is None else list(layers)
