@@ -310,9 +310,7 @@ def _view_data(
 def _edges_per_neuron(pairs: list[torch.Tensor], max_edges: int) -> int:
     """The largest ``k`` (at least 1) such that the ``k`` strongest in-edges of every upper
     neuron are at most ``max_edges`` edges in all."""
-    degrees = torch.cat(
-        [torch.unique(pair[:, 1], return_counts=True)[1] for pair in pairs if len(pair)]
-    )
+    degrees = torch.cat([torch.bincount(pair[:, 1]) for pair in pairs if len(pair)])
     low, high = 1, int(degrees.max())
     while low < high:  # the count grows with k: the largest k within max_edges
         middle = (low + high + 1) // 2
@@ -326,19 +324,21 @@ def _edges_per_neuron(pairs: list[torch.Tensor], max_edges: int) -> int:
 def _strongest_in_edges(pair: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
     """The rows of ``pair`` that are among the ``k`` largest ``|weight|`` into their upper
     neuron (ties in row order; not finite counts as largest)."""
-    if len(pair) == 0:
+    count = len(pair)
+    if count == 0:
         return torch.zeros(0, dtype=torch.bool)
     magnitude = weight.abs().double().nan_to_num(nan=math.inf)
-    # rows by upper neuron, then by decreasing |weight|, stable: a row's place in its group
-    order = torch.argsort(-magnitude, stable=True)
-    order = order[torch.argsort(pair[order, 1], stable=True)]
+    # each row's place by decreasing |weight| (ties in row order), then the rows by upper
+    # neuron and that place: one sort of distinct keys
+    place = torch.empty(count, dtype=torch.long)
+    place[torch.argsort(-magnitude, stable=True)] = torch.arange(count)
+    order = torch.argsort(pair[:, 1] * count + place)
     upper = pair[order, 1]
     starts = torch.ones_like(upper, dtype=torch.bool)
     starts[1:] = upper[1:] != upper[:-1]
-    group_start = torch.cummax(torch.where(starts, torch.arange(len(upper)), 0), 0).values
-    rank = torch.arange(len(upper)) - group_start
-    keep = torch.zeros(len(pair), dtype=torch.bool)
-    keep[order[rank < k]] = True
+    group_start = torch.cummax(torch.where(starts, torch.arange(count), 0), 0).values
+    keep = torch.zeros(count, dtype=torch.bool)
+    keep[order[torch.arange(count) - group_start < k]] = True
     return keep
 
 
