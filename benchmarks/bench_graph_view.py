@@ -21,7 +21,9 @@ fresh loads of:
 - slider: a new edge threshold (0.5, 0.05, 0.3, 0 in turn) until two animation
   frames later (redrawn and painted); median and largest;
 - click: selecting a neuron (ancestors, descendants, redraw) until painted;
-- zoom: one wheel step until painted.
+- zoom: one wheel step until painted (on pages of over 2,000 edges in the top k,
+  that frame shows the last full paint moved and scaled); zoom settled: until the
+  full paint that follows once the view rests 150 ms.
 
 ``--screenshot PATH`` also saves the demo page with a fc1 neuron selected and
 hovered (the README's picture). Run from the repository root::
@@ -50,7 +52,7 @@ from captum_ssa import CaptumSSAWarning, DependencyGraph, StepwiseSensitivity, g
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tutorials"))
 from digits import load_digits_tensors, train_digits_cnn
 
-RESULTS = ("load ms", "slider ms", "slider max ms", "click ms", "zoom ms")
+RESULTS = ("load ms", "slider ms", "slider max ms", "click ms", "zoom ms", "zoom settled ms")
 SLIDER_STEPS = ("0.5", "0.05", "0.3", "0")
 # from a change of the page until two animation frames later: the change is painted
 TIME_UNTIL_PAINTED = """
@@ -63,6 +65,16 @@ SET_THRESHOLD = (
     "const s = document.getElementById('threshold'); s.value = '{value}';"
     "s.dispatchEvent(new Event('input'));"
 )
+# as TIME_UNTIL_PAINTED, until the full paint that follows a zoom (after SETTLE_MS of rest)
+TIME_UNTIL_SETTLED = """
+const [change, done] = [arguments[0], arguments[arguments.length - 1]];
+const started = performance.now();
+new Function(change)();
+const painted = () => requestAnimationFrame(() => done(performance.now() - started));
+const wait = () =>
+  document.body.dataset.settling === "false" ? painted() : requestAnimationFrame(wait);
+requestAnimationFrame(wait);
+"""
 WHEEL = (
     "const s = document.getElementById('stage'), b = s.getBoundingClientRect();"
     "s.dispatchEvent(new WheelEvent('wheel', {{deltaY: {delta}, clientX: b.left + b.width / 2,"
@@ -126,7 +138,7 @@ def load(driver: Any, page: Path) -> float:
 
 
 def measure(driver: Any, page: Path, node: str, loads: int) -> dict[str, float]:
-    first, slider, click, zoom = [], [], [], []
+    first, slider, click, zoom, settled = [], [], [], [], []
     for _ in range(loads):
         first.append(load(driver, page))
         for value in SLIDER_STEPS:
@@ -135,6 +147,10 @@ def measure(driver: Any, page: Path, node: str, loads: int) -> dict[str, float]:
             )
         for delta in (-100, 100):
             zoom.append(driver.execute_async_script(TIME_UNTIL_PAINTED, WHEEL.format(delta=delta)))
+            # the full paint that follows (the page's settle time included)
+            settled.append(
+                driver.execute_async_script(TIME_UNTIL_SETTLED, WHEEL.format(delta=delta))
+            )
         click.append(driver.execute_async_script(TIME_UNTIL_PAINTED, CLICK_NODE.format(node=node)))
     return {
         "load ms": statistics.median(first),
@@ -142,6 +158,7 @@ def measure(driver: Any, page: Path, node: str, loads: int) -> dict[str, float]:
         "slider max ms": max(slider),
         "click ms": statistics.median(click),
         "zoom ms": statistics.median(zoom),
+        "zoom settled ms": statistics.median(settled),
     }
 
 

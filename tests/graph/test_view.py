@@ -476,6 +476,16 @@ def wait_painted(driver: Any) -> None:
     )
 
 
+def wait_settled(driver: Any) -> None:
+    """Until the full paint that follows zooming or panning a page of many edges is painted."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(
+        lambda d: d.execute_script("return document.body.dataset.settling === 'false'")
+    )
+    wait_painted(driver)
+
+
 def metadata_text(value: Any) -> str:
     """A metadata value as the provenance panel writes it."""
     if value is None:
@@ -998,10 +1008,13 @@ def test_many_edges_draw_from_cached_bins_as_the_filters_and_selection_change(
         "{deltaY: -300, clientX: 600, clientY: 400, bubbles: true, cancelable: true}))"
     )
     wait_painted(browser)
+    # the wheel's frame is the last full paint moved and scaled; the full paint follows
+    assert opaque_pixels(browser) > 0
+    wait_settled(browser)
     assert opaque_pixels(browser) > 0
     browser.execute_script("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}))")
     browser.execute_script("document.dispatchEvent(new KeyboardEvent('keydown', {key: '0'}))")
-    wait_painted(browser)
+    wait_settled(browser)
     assert transform(browser) == [1, 0, 0]
     assert opaque_pixels(browser) == drawn[0.3]
     assert page_errors(browser) == []
