@@ -712,6 +712,15 @@ def test_provenance_matches_the_graph_metadata_and_the_legend_names_every_colour
     x = torch.randn(12, *shape, generator=torch.Generator().manual_seed(0))
     graph = StepwiseSensitivity(model, list(layers.values())).attribute(x, target=1, branching=3)
     assert graph.metadata["model"] == "MLP" and graph.metadata["num_examples"] == 12
+    # the model inside a wrapper; a plain function by its name
+    wrapped = StepwiseSensitivity(torch.nn.DataParallel(model), list(layers.values()))
+    assert wrapped.attribute(x, target=1, branching=3).metadata["model"] == "MLP"
+
+    def logits(inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs)
+
+    function = StepwiseSensitivity(logits, list(layers.values()))
+    assert function.attribute(x, target=1, branching=3).metadata["model"] == "logits"
     open_page(browser, graph.to_html(tmp_path / "view.html"))
     shown = provenance(browser)
     metadata = json.loads(json.dumps(graph.metadata))
