@@ -32,6 +32,8 @@ TOP_K = 8
 # the edges one view keeps at most; a page beyond that takes seconds to open and to redraw in a
 # browser without a GPU (bench_graph_view.py), and 500k edges were not painted after minutes
 MAX_EDGES = 100_000
+# the key of the shared subgraph's view: no key of the user's
+_SHARED = object()
 
 
 def graphs_to_html(
@@ -155,7 +157,7 @@ def graphs_to_html(
 
 
 def _views(graphs: Mapping[Any, GraphData], shared: bool) -> list[tuple[Any, GraphData]]:
-    """``(key, graph)`` of every view in order; the shared view's key is None."""
+    """``(key, graph)`` of every view in order; the shared view's key is ``_SHARED``."""
     views: list[tuple[Any, GraphData]] = list(_named_views(graphs))
     if shared and len(views) >= 2:
         try:
@@ -164,7 +166,7 @@ def _views(graphs: Mapping[Any, GraphData], shared: bool) -> list[tuple[Any, Gra
             raise ValueError(
                 f"{error}; or pass shared=False to leave out the shared view"
             ) from None
-        views.append((None, common))
+        views.append((_SHARED, common))
     return views
 
 
@@ -190,7 +192,7 @@ def _page_data(
     names = dict(class_names or {})
     written = []
     for key, graph in views:
-        name = f"shared by all {len(views) - 1}" if key is None else str(key)
+        name = f"shared by all {len(views) - 1}" if key is _SHARED else str(key)
         written.append(_view_data(name, graph, names, max_edges))
         written[-1]["label"] = _class_label(key, name, names)
     return {"title": str(title), "version": __version__, "top_k": top_k or 0, "views": written}
@@ -199,7 +201,7 @@ def _page_data(
 def _class_label(key: Any, name: str, class_names: Mapping[Any, str]) -> str:
     """``"<class name> (<name>)"`` where ``key`` has a class name, else ``name``."""
     try:
-        known = key is not None and key in class_names
+        known = key is not _SHARED and key in class_names
     except TypeError:  # an unhashable key (e.g. a list of targets) names no class
         known = False
     return f"{class_names[key]} ({name})" if known else name
