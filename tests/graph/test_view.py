@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -721,6 +722,12 @@ def test_provenance_matches_the_graph_metadata_and_the_legend_names_every_colour
 
     function = StepwiseSensitivity(logits, list(layers.values()))
     assert function.attribute(x, target=1, branching=3).metadata["model"] == "logits"
+    # the model's name is provenance, not part of the graph (a wrapper computes the same graph)
+    renamed = copy.copy(graph)
+    renamed._metadata = {**graph.metadata, "model": "Wrapper"}
+    assert renamed == graph
+    renamed._metadata = {**graph.metadata, "mode": "local"}
+    assert renamed != graph
     open_page(browser, graph.to_html(tmp_path / "view.html"))
     shown = provenance(browser)
     metadata = json.loads(json.dumps(graph.metadata))
