@@ -5,17 +5,25 @@ Graphs measured:
 - the demo's page: the class graphs of 3 and 8 of the digits CNN (trained as in
   ``tutorials/demo.py``) and their shared subgraph;
 - synthetic graphs, every pair of neurons of consecutive layers an edge, random
-  relevances and weights: layers 48-64-48-10 (6,624 edges) and 128-256-256-10
-  (101,376 edges).
+  relevances and weights: layers 48-64-48-10 (6,624 edges), 128-256-256-10
+  (100,864 edges) with the page's default top 8 in-edges per neuron and with
+  all edges shown, and 256-2048-1 (526,336 edges: the VGG-11 graph of issue 20,
+  ``features[26], classifier[3], classifier[6]``), written with the default
+  ``max_edges`` (the strongest in-edges per neuron, 98,352 edges) and in full.
 
 For each page, in headless Chromium (Debian's ``chromium`` and
-``chromium-driver``, driven by Selenium), medians over fresh loads of:
+``chromium-driver``, driven by Selenium, software rendering), medians over
+fresh loads of:
 
-- load to first render: from navigation start to the page's
-  ``performance.mark("graph-view-rendered")`` after its first render (HTML
-  parsing, JSON parsing, layout, SVG neurons, canvas edges);
-- slider: a new edge threshold until two animation frames later (redraw and paint);
-- click: selecting a neuron (ancestors, descendants, redraw) until painted.
+- load: from navigation start to the page's ``performance.mark("graph-view-rendered")``,
+  which the page sets two animation frames after its first render: after the
+  first paint;
+- slider: a new edge threshold (0.5, 0.05, 0.3, 0 in turn) until two animation
+  frames later (redrawn and painted); median and largest;
+- click: selecting a neuron (ancestors, descendants, redraw) until painted;
+- zoom: one wheel step until painted (on pages of over 2,000 edges in the top k,
+  that frame shows the last full paint moved and scaled); zoom settled: until the
+  full paint that follows once the view rests 150 ms.
 
 ``--screenshot PATH`` also saves the demo page with a fc1 neuron selected and
 hovered (the README's picture). Run from the repository root::
@@ -32,18 +40,20 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from captum_ssa import DependencyGraph, StepwiseSensitivity, graphs_to_html
+from captum_ssa import CaptumSSAWarning, DependencyGraph, StepwiseSensitivity, graphs_to_html
 
 # the demo's data and model
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tutorials"))
 from digits import load_digits_tensors, train_digits_cnn
 
-RESULTS = ("load ms", "slider ms", "click ms")
+RESULTS = ("load ms", "slider ms", "slider max ms", "click ms", "zoom ms", "zoom settled ms")
+SLIDER_STEPS = ("0.5", "0.05", "0.3", "0")
 # from a change of the page until two animation frames later: the change is painted
 TIME_UNTIL_PAINTED = """
 const [change, done] = [arguments[0], arguments[arguments.length - 1]];
@@ -54,6 +64,21 @@ requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now() -
 SET_THRESHOLD = (
     "const s = document.getElementById('threshold'); s.value = '{value}';"
     "s.dispatchEvent(new Event('input'));"
+)
+# as TIME_UNTIL_PAINTED, until the full paint that follows a zoom (after SETTLE_MS of rest)
+TIME_UNTIL_SETTLED = """
+const [change, done] = [arguments[0], arguments[arguments.length - 1]];
+const started = performance.now();
+new Function(change)();
+const painted = () => requestAnimationFrame(() => done(performance.now() - started));
+const wait = () =>
+  document.body.dataset.settling === "false" ? painted() : requestAnimationFrame(wait);
+requestAnimationFrame(wait);
+"""
+WHEEL = (
+    "const s = document.getElementById('stage'), b = s.getBoundingClientRect();"
+    "s.dispatchEvent(new WheelEvent('wheel', {{deltaY: {delta}, clientX: b.left + b.width / 2,"
+    " clientY: b.top + b.height / 2, bubbles: true, cancelable: true}}));"
 )
 CLICK_NODE = (
     "document.querySelector('[data-node=\"{node}\"]')"
@@ -113,18 +138,27 @@ def load(driver: Any, page: Path) -> float:
 
 
 def measure(driver: Any, page: Path, node: str, loads: int) -> dict[str, float]:
-    first, slider, click = [], [], []
+    first, slider, click, zoom, settled = [], [], [], [], []
     for _ in range(loads):
         first.append(load(driver, page))
-        for value in ("0.5", "0"):
+        for value in SLIDER_STEPS:
             slider.append(
                 driver.execute_async_script(TIME_UNTIL_PAINTED, SET_THRESHOLD.format(value=value))
+            )
+        for delta in (-100, 100):
+            zoom.append(driver.execute_async_script(TIME_UNTIL_PAINTED, WHEEL.format(delta=delta)))
+            # the full paint that follows (the page's settle time included)
+            settled.append(
+                driver.execute_async_script(TIME_UNTIL_SETTLED, WHEEL.format(delta=delta))
             )
         click.append(driver.execute_async_script(TIME_UNTIL_PAINTED, CLICK_NODE.format(node=node)))
     return {
         "load ms": statistics.median(first),
         "slider ms": statistics.median(slider),
+        "slider max ms": max(slider),
         "click ms": statistics.median(click),
+        "zoom ms": statistics.median(zoom),
+        "zoom settled ms": statistics.median(settled),
     }
 
 
@@ -155,31 +189,44 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path, help="save the demo page's picture here")
     args = parser.parse_args()
 
-    cases = {"demo: classes 3, 8 + shared": (demo_graphs(), "fc1")}
-    titles = {"demo: classes 3, 8 + shared": "DigitsCNN: SSA class graphs of 3, 8"}
-    for sizes in ([48, 64, 48, 10], [128, 256, 256, 10]):
-        name = "-".join(map(str, sizes))
-        cases[f"synthetic {name}"] = ({name: dense_graph(sizes)}, "layer1")
+    demo = "demo: classes 3, 8 + shared"
+    # page, (graphs, layer of the neuron clicked, graphs_to_html's keywords)
+    cases: dict[str, tuple[dict[Any, DependencyGraph], str, dict[str, Any]]] = {
+        demo: (demo_graphs(), "fc1", {"title": "DigitsCNN: SSA class graphs of 3, 8"}),
+        "synthetic 48-64-48-10": ({"s": dense_graph([48, 64, 48, 10])}, "layer1", {}),
+    }
+    wide = {"s": dense_graph([128, 256, 256, 10])}
+    cases["synthetic 128-256-256-10, top 8"] = (wide, "layer1", {"max_edges": None})
+    cases["synthetic 128-256-256-10, all"] = (wide, "layer1", {"max_edges": None, "top_k": None})
+    vgg = {"s": dense_graph([256, 2048, 1])}
+    cases["synthetic 256-2048-1, max_edges 100k"] = (vgg, "layer1", {})
+    cases["synthetic 256-2048-1, all"] = (vgg, "layer1", {"max_edges": None, "top_k": None})
     driver = start_browser()
     try:
         with tempfile.TemporaryDirectory() as folder:
             print(f"| page | neurons | edges | size KiB | write ms | {' | '.join(RESULTS)} |")
             print("|---" * (5 + len(RESULTS)) + "|")
-            for case, (graphs, layer) in cases.items():
+            for case, (graphs, layer, keywords) in cases.items():
                 page = Path(folder) / "view.html"
                 started = time.perf_counter()
-                graphs_to_html(graphs, page, title=titles.get(case, case))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CaptumSSAWarning)  # the page says it too
+                    graphs_to_html(graphs, page, **{"title": case, **keywords})
                 written = 1000 * (time.perf_counter() - started)
                 first = next(iter(graphs.values())).to_networkx()
                 node = next(f"{name}:{index}" for name, index in first.nodes if name == layer)
                 results = measure(driver, page, node, args.loads)
+                edges = driver.execute_script(
+                    "return document.getElementById('edge-count').textContent"
+                ).split(" edges")[0]
                 print(
-                    f"| {case} | {first.number_of_nodes()} | {first.number_of_edges()} | "
+                    f"| {case} | {first.number_of_nodes()} | {edges} | "
                     f"{page.stat().st_size / 1024:.0f} | {written:.0f} | "
                     + " | ".join(f"{results[key]:.1f}" for key in RESULTS)
-                    + " |"
+                    + " |",
+                    flush=True,
                 )
-                if args.screenshot is not None and case.startswith("demo"):
+                if args.screenshot is not None and case == demo:
                     screenshot(driver, page, args.screenshot)
     finally:
         driver.quit()

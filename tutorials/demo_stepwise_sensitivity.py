@@ -108,6 +108,8 @@ def run(model: DigitsCNN, digits: Digits, output_dir: Path) -> list[str]:
         named(graphs),
         output_dir / "ssa_class_graphs.html",
         title=f"DigitsCNN: SSA class graphs of {', '.join(map(str, CLASSES))}",
+        # the logits by name: the search box finds "digit 8"
+        class_names={digit: f"digit {digit}" for digit in range(10)},
     )
     lines.append(
         f"  interactive view of both graphs and their shared subgraph: {page.name} "

@@ -83,6 +83,18 @@ def _adds_a_level(parent: Module, name: str) -> bool:
     )
 
 
+def user_model(model: Module) -> Module:
+    """The model inside the wrappers around ``model`` (DataParallel, DistributedDataParallel,
+    ``torch.compile``): the one the user wrote."""
+    while True:
+        inner = next(
+            (child for name, child in model.named_children() if _adds_a_level(model, name)), None
+        )
+        if inner is None:
+            return model
+        model = inner
+
+
 def user_named_modules(model: Module) -> Iterator[tuple[str, Module]]:
     """``model.named_modules()`` with the wrappers' levels left out of the names.
 

@@ -8,6 +8,7 @@ class, so none of them needs it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -79,30 +80,72 @@ class DependencyGraph(GraphData):
         """
         io.save(self, Path(path))
 
-    def to_html(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+    def to_html(
+        self,
+        path: Union[str, Path],
+        title: Optional[str] = None,
+        class_names: Optional[Mapping[Any, str]] = None,
+        top_k: Optional[int] = view.TOP_K,
+        max_edges: Optional[int] = view.MAX_EDGES,
+        examples: Any = None,
+        forward_func: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Path:
         r"""
         Write the graph as one self-contained, interactive HTML page: layered,
-        neurons sized by relevance, edges filtered by a weight slider, hover
-        for a neuron's relevance and strongest edges, click for its ancestors
-        and descendants. See :func:`graphs_to_html`, which writes several
-        graphs (e.g. one per class) into one page.
+        zoomable, neurons sized by relevance, edges filtered by a weight slider
+        and a per-neuron top k, a search box, hover for a neuron's relevance,
+        strongest edges and (with ``examples``) top-activating examples, click
+        for its ancestors and descendants, the graph's provenance, state in the
+        URL, and SVG, PNG, JSON and GraphML export. See :func:`graphs_to_html`,
+        which writes several graphs (e.g. one per class) into one page.
 
         Args:
             path (str or Path): Where to write the page (conventionally ``.html``).
             title (str, optional): The page's title. Default: "Dependency graph"
                         and the target, if any.
+            class_names (Mapping[Hashable, str], optional): Names of classes:
+                        the target's name joins the view's name, and the top
+                        layer's neuron ``i`` is labelled ``class_names[i]``.
+                        Default: None
+            top_k (int, optional): The strongest in-edges per neuron shown
+                        when the page opens; None or 0 shows all. Default: 8
+            max_edges (int, optional): The most edges the page keeps (the
+                        strongest per neuron; a :class:`CaptumSSAWarning`
+                        says how many were left out). None keeps all.
+                        Default: 100000
+            examples (Any, optional): Inputs whose top-activating examples
+                        the page shows per kept neuron below the top layer.
+                        Default: None
+            forward_func (Callable, optional): The model, for ``examples``.
+                        Default: None
+            additional_forward_args (Any, optional): Passed to the model
+                        after ``examples``. Default: None
 
         Returns:
             *Path* of the page written.
 
         Examples::
 
-            >>> graph.to_html("class3.html")   # open it in a browser
+            >>> graph.to_html("class3.html", class_names={3: "three"})   # open it in a browser
         """
         name = "graph" if self._target is None else f"target {self._target}"
         if title is None:
             title = "Dependency graph" + ("" if self._target is None else f" of {name}")
-        return view.graphs_to_html({name: self}, path, title=title)
+        names = dict(class_names or {})
+        if isinstance(self._target, int) and self._target in names:
+            names[name] = names[self._target]  # the view is named by its target's class
+        return view.graphs_to_html(
+            {name: self},
+            path,
+            title=title,
+            class_names=names,
+            top_k=top_k,
+            max_edges=max_edges,
+            examples=examples,
+            forward_func=forward_func,
+            additional_forward_args=additional_forward_args,
+        )
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> DependencyGraph:

@@ -86,9 +86,11 @@ class GraphData:
                         or as an int when they are all one class.
                         Default: None
             metadata (dict, optional): How the graph was built (the
-                        ``attribute`` options); ``"neuron_dim"`` (an int or
-                        None) tells :meth:`mask` the neuron axis of the
-                        layer outputs. Default: None
+                        ``attribute`` options; StepwiseSensitivity adds
+                        ``"method"``, ``"model"``, the class name of the
+                        model, and ``"num_examples"``); ``"neuron_dim"`` (an
+                        int or None) tells :meth:`mask` the neuron axis of
+                        the layer outputs. Default: None
             forward_func (Callable, optional): The model (or function of the
                         inputs) the graph was built from, which
                         StepwiseSensitivity records so that the graph's
@@ -240,7 +242,9 @@ class GraphData:
         return graph
 
     def __eq__(self, other: object) -> bool:
-        """Equal neurons, relevances, matrices, edges, target and metadata (not modules).
+        """Equal neurons, relevances, matrices, edges, target and metadata (not modules, nor
+        ``metadata["model"]``: the same graph computed through a wrapper of the model, a
+        thread pool or DataParallel, is equal).
 
         NaN equals NaN here, so a graph equals its own saved and loaded copy.
         """
@@ -255,7 +259,10 @@ class GraphData:
                 and all(map(same_tensor, getattr(self, name), getattr(other, name)))
                 for name in tensors
             )
-            and same_value(json_compatible(self._metadata), json_compatible(other._metadata))
+            and same_value(
+                json_compatible(_without_model(self._metadata)),
+                json_compatible(_without_model(other._metadata)),
+            )
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -274,3 +281,8 @@ class GraphData:
             f"{type(self).__name__}(target={self._target!r}, neurons={{{kept}}}, "
             f"edges={sum(len(e) for e in self._edges)}{options})"
         )
+
+
+def _without_model(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` less the name of the model it was computed on."""
+    return {key: value for key, value in metadata.items() if key != "model"}

@@ -30,7 +30,12 @@ from captum_ssa._core.stepwise_sensitivity.starts import (
 )
 from captum_ssa._utils._compat import TensorOrTupleOfTensorsGeneric, _is_tuple
 from captum_ssa._utils.batches import BatchStream, is_batch_stream
-from captum_ssa._utils.hooks import check_layers_in_model, model_of, unique_layer_names
+from captum_ssa._utils.hooks import (
+    check_layers_in_model,
+    model_of,
+    unique_layer_names,
+    user_model,
+)
 from captum_ssa._utils.model_output import OutputSelector, ReadsModelOutput, checked_output
 from captum_ssa._utils.model_state import untouched_model
 from captum_ssa._utils.no_convergence_delta import NoConvergenceDelta
@@ -476,6 +481,8 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             states = build_graphs(network, data, request, options)
         metadata = {
             "method": type(self).__name__,
+            # what the graph was made from, for its file and page
+            "model": model_name(self.forward_func),
             **options.metadata(),
             "neuron_dim": self.neuron_dim,
         }
@@ -506,6 +513,15 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             metadata={**metadata, "num_examples": state.examples},
             forward_func=forward_func,
         )
+
+
+def model_name(forward_func: Callable[..., Any]) -> str:
+    """The class name of the model behind ``forward_func`` (inside any DataParallel or
+    ``torch.compile`` wrapper: the same graph names the same model), or the function's name."""
+    model = model_of(forward_func)
+    if model is not None:
+        return type(user_model(model)).__name__
+    return str(getattr(forward_func, "__name__", type(forward_func).__name__))
 
 
 # The options' defaults are attribute's own, written once in its signature.
