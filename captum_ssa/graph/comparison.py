@@ -213,7 +213,8 @@ def shared_subgraph(graphs: Sequence[Graph]) -> Graph:
     intersection of the graphs' kept sets, its edges the intersection of their
     edge sets, and its relevance vectors and matrices (hence node relevances
     and edge weights) the mean over the graphs. It has no target; its
-    ``metadata["shared_by"]`` lists the graphs' targets.
+    ``metadata["shared_by"]`` lists the graphs' targets. Where all the graphs
+    were built from one model (``forward_func``), so is the shared graph.
 
     Args:
         graphs (Sequence[DependencyGraph]): At least one graph, all over the
@@ -254,6 +255,8 @@ def shared_subgraph(graphs: Sequence[Graph]) -> Graph:
             common &= set(map(tuple, graph.edges(upper_name, lower_name).tolist()))
         edges.append(torch.tensor(sorted(common), dtype=torch.long).reshape(-1, 2))
     modules = graphs[0].layers
+    # the model travels with the shared graph where every graph was built from the same one
+    forward_funcs = {id(graph.forward_func) for graph in graphs}
     return type(graphs[0])(
         layer_names,
         modules,
@@ -263,6 +266,7 @@ def shared_subgraph(graphs: Sequence[Graph]) -> Graph:
         edges,
         target=None,
         metadata={"shared_by": [graph.target for graph in graphs]},
+        forward_func=graphs[0].forward_func if len(forward_funcs) == 1 else None,
     )
 
 

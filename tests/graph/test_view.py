@@ -1034,3 +1034,41 @@ def test_many_edges_draw_from_cached_bins_as_the_filters_and_selection_change(
     assert transform(browser) == [1, 0, 0]
     assert opaque_pixels(browser) == drawn[0.3]
     assert page_errors(browser) == []
+
+
+def test_examples_from_the_model_cover_every_kept_hidden_neuron_of_every_view(
+    browser: Any, tmp_path: Path
+) -> None:
+    # the page and neuron_examples together, on class graphs from the model and their
+    # shared subgraph (which is not itself built from a forward pass)
+    from captum_ssa import StepwiseSensitivity
+    from captum_ssa.graph.neuron_examples import neuron_examples
+    from tests.models import CNN
+
+    torch.manual_seed(0)
+    model = CNN().eval()
+    x = torch.randn(24, 1, 10, 10)
+    labels = torch.arange(24) % 2
+    layers = [model.conv1, model.conv2, model.fc1, model.fc2]
+    graphs = StepwiseSensitivity(model, layers).class_graphs(x, labels, classes=[0, 1])
+    # the graphs know their model: no forward_func needed, also for the shared view
+    path = graphs_to_html(graphs, tmp_path / "examples.html", examples=x)
+    views = page_data(path)["views"]
+    assert len(views) == 3  # the two classes and their shared subgraph
+    for view, graph in zip(views, [*graphs.values(), shared_subgraph(list(graphs.values()))]):
+        kept = {
+            f"{layer['name']}:{index}"
+            for layer in view["layers"][:-1]
+            for index in layer["neurons"]
+        }
+        assert set(view["neuron_examples"]) == kept
+        expected = neuron_examples(graph, x, forward_func=model)
+        for key in kept:
+            shown = view["neuron_examples"][key]
+            assert [e["example"] for e in shown["top"]] == [
+                e["example"] for e in expected[key]["top"]
+            ]
+            assert all(e["image"].startswith("data:image/png;base64,") for e in shown["top"])
+            assert shown["pattern"].startswith("data:image/png;base64,")  # ReLU net: exact
+    open_page(browser, path)
+    assert page_errors(browser) == []
