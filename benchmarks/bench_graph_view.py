@@ -3,7 +3,8 @@
 Graphs measured:
 
 - the demo's page: the class graphs of 3 and 8 of the digits CNN (trained as in
-  ``tutorials/demo.py``) and their shared subgraph;
+  ``tutorials/demo.py``) and their shared subgraph, with each hidden neuron's top test
+  digits and switched-weights pattern (``examples=``);
 - synthetic graphs, every pair of neurons of consecutive layers an edge, random
   relevances and weights: layers 48-64-48-10 (6,624 edges), 128-256-256-10
   (100,864 edges) with the page's default top 8 in-edges per neuron and with
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from captum_ssa import CaptumSSAWarning, DependencyGraph, StepwiseSensitivity, graphs_to_html
 
@@ -86,12 +88,13 @@ CLICK_NODE = (
 )
 
 
-def demo_graphs() -> dict[str, DependencyGraph]:
+def demo_graphs() -> tuple[dict[str, DependencyGraph], Tensor]:
+    """The demo's class graphs and the test digits whose top examples the page shows."""
     digits = load_digits_tensors()
     model = train_digits_cnn(digits.x_train, digits.y_train)
     ssa = StepwiseSensitivity(model, [model.conv1, model.conv2, model.fc1, model.fc2])
     graphs = ssa.class_graphs(digits.x_train, digits.y_train, classes=[3, 8])
-    return {f"class {label}": graph for label, graph in graphs.items()}
+    return {f"class {label}": graph for label, graph in graphs.items()}, digits.x_test
 
 
 def dense_graph(sizes: list[int], seed: int = 0) -> DependencyGraph:
@@ -189,10 +192,19 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path, help="save the demo page's picture here")
     args = parser.parse_args()
 
-    demo = "demo: classes 3, 8 + shared"
+    demo = "demo: classes 3, 8 + shared, with examples"
+    demo_views, test_digits = demo_graphs()
     # page, (graphs, layer of the neuron clicked, graphs_to_html's keywords)
     cases: dict[str, tuple[dict[Any, DependencyGraph], str, dict[str, Any]]] = {
-        demo: (demo_graphs(), "fc1", {"title": "DigitsCNN: SSA class graphs of 3, 8"}),
+        demo: (
+            demo_views,
+            "fc1",
+            {
+                "title": "DigitsCNN: SSA class graphs of 3, 8",
+                "class_names": {digit: f"digit {digit}" for digit in range(10)},
+                "examples": test_digits,
+            },
+        ),
         "synthetic 48-64-48-10": ({"s": dense_graph([48, 64, 48, 10])}, "layer1", {}),
     }
     wide = {"s": dense_graph([128, 256, 256, 10])}

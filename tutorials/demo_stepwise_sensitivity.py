@@ -110,9 +110,12 @@ def run(model: DigitsCNN, digits: Digits, output_dir: Path) -> list[str]:
         title=f"DigitsCNN: SSA class graphs of {', '.join(map(str, CLASSES))}",
         # the logits by name: the search box finds "digit 8"
         class_names={digit: f"digit {digit}" for digit in range(10)},
+        # each hidden neuron's top test digits and switched-weights pattern, on hover
+        examples=digits.x_test,
     )
     lines.append(
-        f"  interactive view of both graphs and their shared subgraph: {page.name} "
+        f"  interactive view of both graphs and their shared subgraph, with each hidden "
+        f"neuron's top test digits: {page.name} "
         f"({page.stat().st_size / 1024:.0f} KiB, self-contained)"
     )
     return lines
