@@ -92,3 +92,24 @@ def test_signed_weight_act_differs_from_weight_act_abs_only_by_the_weights_sign(
         signed_matrix.abs(), absolute.relevance_matrix(model.fc3, model.relu2)
     )
     assert (signed_matrix < 0).any()
+
+
+def test_the_papers_conv_net_shape_has_one_pool_between_the_convs() -> None:
+    # the SSA paper: conv 3x3x64, max-pool, conv 3x3x64, fc 328, fc 194, 10 outputs
+    import digits
+
+    net = digits.PaperConvNet()
+    kinds = [type(m).__name__ for m in net.children()]
+    assert kinds == [
+        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "Flatten",
+        "Linear", "ReLU", "Linear", "ReLU", "Linear",
+    ]  # fmt: skip
+    assert [net.conv1.out_channels, net.conv2.out_channels] == [64, 64]
+    assert [net.fc1.out_features, net.fc2.out_features] == [328, 194]
+    # its forward runs the children in order: the same output as the layers chained by hand
+    x = torch.rand(5, 1, 8, 8)
+    chained = x
+    for module in net.children():
+        chained = module(chained)
+    assert net(x).shape == (5, 10)
+    assert torch.equal(net(x), chained)
