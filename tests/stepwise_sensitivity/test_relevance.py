@@ -383,7 +383,8 @@ def test_layer_lrp_relevance_is_activation_times_weight_and_keeps_the_users_rule
     # a_k = relu(lower pre-activation): with SSA's mean over the data and |.|,
     # mean_i |relu(z1_ik) W2[n, k]| (eps 1e-9 is negligible here)
     from captum.attr import LayerLRP
-    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    from captum_ssa._utils._compat import EpsilonRule
 
     torch.manual_seed(0)
     model = FlatMLP().eval()
