@@ -17,8 +17,14 @@ from captum._utils.progress import progress
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr._utils.common import _tensorize_baseline
 
+# LRP's rules have no public path (Captum's own LRP tutorial imports them from here); a model
+# with a layer Captum has no default rule for (nn.Flatten) needs one to use
+# CaptumRelevance(LayerLRP): the tests and tutorials/09 take it from this file
+from captum.attr._utils.lrp_rules import EpsilonRule
+
 __all__ = [
     "BaselineType",
+    "EpsilonRule",
     "TargetType",
     "TensorOrTupleOfTensorsGeneric",
     "_format_additional_forward_args",

@@ -359,3 +359,52 @@ def test_elementwise_derivative_is_the_diagonal_and_absent_where_examples_mix():
         connection(training_bn, training_bn[0], training_bn[2], inputs[0]).module
         is (training_bn[2])
     )
+
+
+class FlatMLP(nn.Module):
+    """Flatten -> fc1 -> ReLU -> fc2 -> ReLU -> fc3: LRP has no default rule for Flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(6, 5)
+        self.relu1 = nn.ReLU()
+        self.fc2 = nn.Linear(5, 4)
+        self.relu2 = nn.ReLU()
+        self.fc3 = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(self.flatten(x))))))
+
+
+def test_layer_lrp_relevance_is_activation_times_weight_and_keeps_the_users_rules() -> None:
+    # LRP's epsilon rule between two Linear layers gives the lower neuron k the
+    # share a_k W[n, k] z_n / (z_n + eps) of the upper neuron's activity z_n,
+    # a_k = relu(lower pre-activation): with SSA's mean over the data and |.|,
+    # mean_i |relu(z1_ik) W2[n, k]| (eps 1e-9 is negligible here)
+    from captum.attr import LayerLRP
+
+    from captum_ssa._utils._compat import EpsilonRule
+
+    torch.manual_seed(0)
+    model = FlatMLP().eval()
+    model.flatten.rule = EpsilonRule()  # the user's rule; LRP deletes it after each call
+    x = torch.randn(12, 2, 3)
+    ssa = StepwiseSensitivity(model, [model.fc1, model.fc2, model.fc3])
+    graph = ssa.attribute(
+        x, top_neurons=[0, 1, 2], relevance=CaptumRelevance(LayerLRP), percentile=0
+    )
+    with torch.no_grad():
+        z1 = model.fc1(model.flatten(x))
+        a2 = torch.relu(model.fc2(torch.relu(z1)))
+        expected = {
+            ("fc2", "fc1"): (torch.relu(z1)[None] * model.fc2.weight[:, None, :]).abs().mean(1),
+            ("fc3", "fc2"): (a2[None] * model.fc3.weight[:, None, :]).abs().mean(1),
+        }
+    for (upper, lower), reference in expected.items():
+        rows = graph.neurons(upper)
+        assert len(rows) > 1  # several upper neurons: the rule must survive between calls
+        torch.testing.assert_close(
+            graph.relevance_matrix(upper, lower), reference[rows], rtol=1e-4, atol=1e-6
+        )
+    assert isinstance(model.flatten.rule, EpsilonRule)

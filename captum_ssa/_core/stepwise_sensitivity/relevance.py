@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import torch
-from captum.attr import Attribution, LayerAttribution
+from captum.attr import LRP, Attribution, LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
@@ -42,7 +42,7 @@ from captum_ssa._core.stepwise_sensitivity.weighted_connection import (
     connecting_layer,
     connection_weights,
 )
-from captum_ssa._utils.hooks import neuron_axis, spatial_mean
+from captum_ssa._utils.hooks import model_of, neuron_axis, spatial_mean
 
 
 @dataclass
@@ -449,16 +449,35 @@ class CaptumRelevance(Relevance):
             pair.neuron_dim,
             masked=pair.mask is not None,
         )
+        rules: dict[Module, Any] = {}
+        if issubclass(self.method_class, LRP):
+            # LRP walks model.modules() to attach its rules, so it needs a Module
+            # that holds the model's layers, not a plain function
+            model = model_of(pair.forward_func)
+            if model is None:
+                raise TypeError(
+                    f"{self.__name__} needs the model to be an nn.Module (LRP attaches "
+                    f"rules to its layers); got {type(pair.forward_func).__name__}"
+                )
+            forward = _ActivityModule(model, forward)
+            # LRP deletes every layer's `rule` when an attribution ends, the user's
+            # too: those are put back after each call, or the next neuron's would
+            # fail (no default rule for e.g. Flatten) or silently use another rule
+            rules = {layer: layer.rule for layer in model.modules() if getattr(layer, "rule", None)}
         method = self.method_class(forward, pair.lower_layer, **self.constructor_kwargs)
         inputs = tuple(t.detach() for t in pair.inputs)
         rows = []
         for neuron in upper_neurons.tolist():
-            attribution = method.attribute(
-                inputs,
-                target=neuron,
-                additional_forward_args=pair.additional_forward_args,
-                **self.attribute_kwargs,
-            )
+            try:
+                attribution = method.attribute(
+                    inputs,
+                    target=neuron,
+                    additional_forward_args=pair.additional_forward_args,
+                    **self.attribute_kwargs,
+                )
+            finally:
+                for layer, rule in rules.items():
+                    layer.rule = rule
             if not isinstance(attribution, Tensor):
                 raise TypeError(
                     f"{self.__name__} returned {type(attribution).__name__}; a relevance "
@@ -471,6 +490,22 @@ class CaptumRelevance(Relevance):
         if not rows:
             return pair.lower_output.new_zeros(0, *pair.lower_output.shape[:2])
         return torch.stack(rows)
+
+
+class _ActivityModule(Module):
+    """The upper layer's activities as a Module whose only child is the model.
+
+    LRP's rules are found and attached through ``modules()``/``children()``;
+    the wrapper itself has no parameters and no rule of its own.
+    """
+
+    def __init__(self, model: Module, activity: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.activity = activity
+
+    def forward(self, *arguments: Any) -> Tensor:
+        return self.activity(*arguments)
 
 
 def resolve_relevance(relevance: Any) -> tuple[RelevanceFunction, str]:
