@@ -151,7 +151,7 @@ class DependencyGraph(GraphData):
         ``metadata["neuron_dim"]``) outside the graph; the biases of
         later layers are untouched. The hooks are removed on leaving the block,
         also when it raises, so the model is left as it was. A
-        ``torch.compile``d model runs as written inside the block (its compiled
+        compiled model (``torch.compile``) runs as written inside the block (its compiled
         code would call no hook); on torch before 2.6, which cannot do that, it
         is an error that says to pass the original module.
 
