@@ -140,9 +140,24 @@ def _resolve_unqualified(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any
     )
 
 
+# the ids the pages mark as GitHub does, ``<a id="x"></a>``
+_HTML_ANCHOR = re.compile(r'^<a id="([^"]+)"></a>$', re.MULTILINE)
+HTML_ANCHORS = {
+    anchor for page in DOCS.glob("*.md") for anchor in _HTML_ANCHOR.findall(page.read_text())
+}
+_LINK_TO_ANCHOR = re.compile(r"\[([^\]`]+)\]\((?:[\w.-]+\.md)?#([\w-]+)\)")
+
+
 def _html_anchors_as_targets(app: Sphinx, docname: str, source: list[str]) -> None:
-    """The pages mark anchors as GitHub does, ``<a id="x"></a>``; Sphinx knows MyST targets."""
-    source[0] = re.sub(r'^<a id="([^"]+)"></a>$', r"(\1)=", source[0], flags=re.MULTILINE)
+    """GitHub's anchors as MyST targets, and the links to them as references to those targets
+    (MyST resolves ``page.md#id`` against headings only, before myst-parser 5)."""
+
+    def as_reference(link: re.Match[str]) -> str:
+        text, anchor = link.groups()
+        return f"{{ref}}`{text} <{anchor}>`" if anchor in HTML_ANCHORS else link.group(0)
+
+    text = _HTML_ANCHOR.sub(r"(\1)=", source[0])
+    source[0] = _LINK_TO_ANCHOR.sub(as_reference, text)
 
 
 def setup(app: Sphinx) -> None:

@@ -128,7 +128,11 @@ def _repository_text_files():
 
     for path in ROOT.rglob("*"):
         relative = path.relative_to(ROOT)
-        if any(skipped(part) for part in relative.parts):
+        # docs/tutorials/ holds the copies of tutorials/*.ipynb that `make docs` reads
+        if any(skipped(part) for part in relative.parts) or relative.parts[:2] == (
+            "docs",
+            "tutorials",
+        ):
             continue
         if path.is_file() and path.suffix in {".py", ".md", ".toml", ".txt", ".ipynb", ".html"}:
             yield relative, path.read_text(errors="replace")
