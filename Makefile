@@ -4,6 +4,9 @@
 # Both create the virtual environment .venv on first use. torch is pinned to the
 # CPU build that installs locally in seconds; an unpinned torch pulls a CUDA build.
 #
+# make docs builds the documentation site into docs/_build/html (Sphinx, warnings as errors,
+# every internal reference checked; nothing fetched, the notebooks' stored outputs shown).
+#
 # make test-floors runs the suite against the oldest versions pyproject.toml declares
 # (the pins of .ci/floors.txt) on Python 3.10, in .venv-floors. The same works by hand:
 #   make test VENV=.venv-floors CONSTRAINTS=.ci/floors.txt PYTHON=python3.10
@@ -21,7 +24,7 @@ FLOORS_PYTHON ?= python3.10
 BIN := $(VENV)/bin
 PIP_INSTALL = $(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),--constraint $(CONSTRAINTS))
 
-.PHONY: demo test test-floors lint benchmarks clean
+.PHONY: demo test test-floors lint docs benchmarks clean
 
 $(VENV)/installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +46,16 @@ lint: $(VENV)/installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# the docs extra is installed on first use only: `make test` needs none of it
+$(VENV)/docs-installed: $(VENV)/installed
+	$(PIP_INSTALL) -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/docs-installed
+	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+
 benchmarks: $(VENV)/installed
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-floors out
+	rm -rf $(VENV) .venv-floors out docs/_build docs/tutorials

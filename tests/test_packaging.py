@@ -71,9 +71,10 @@ def test_every_runtime_floor_is_pinned_in_the_floors_run(requirement):
     )
 
 
-def test_every_test_tool_floor_is_pinned_in_the_floors_run():
+@pytest.mark.parametrize("extra", ["test", "docs"])
+def test_every_test_tool_floor_is_pinned_in_the_floors_run(extra):
     pins = _floor_pins()
-    for requirement in PROJECT["optional-dependencies"]["test"]:
+    for requirement in PROJECT["optional-dependencies"][extra]:
         name, floor = _requirement_floor(requirement)
         assert name in pins and _same_version(floor, pins[name]), requirement
 
@@ -122,11 +123,16 @@ def _repository_text_files():
     def skipped(part: str) -> bool:
         # caches, virtual environments and build outputs; .ci holds tracked files
         hidden = part.startswith(".") and part != ".ci"
-        return hidden or part in {"out", "build", "dist"} or part.endswith(".egg-info")
+        built = part in {"out", "build", "dist", "_build"} or part.endswith(".egg-info")
+        return hidden or built
 
     for path in ROOT.rglob("*"):
         relative = path.relative_to(ROOT)
-        if any(skipped(part) for part in relative.parts):
+        # docs/tutorials/ holds the copies of tutorials/*.ipynb that `make docs` reads
+        if any(skipped(part) for part in relative.parts) or relative.parts[:2] == (
+            "docs",
+            "tutorials",
+        ):
             continue
         if path.is_file() and path.suffix in {".py", ".md", ".toml", ".txt", ".ipynb", ".html"}:
             yield relative, path.read_text(errors="replace")

@@ -79,7 +79,7 @@ def selectivity(
         steps (int, optional): L, the number of steps; default: until every
                     feature is removed.
         output (str, optional): ``"probability"`` or ``"logit"``.
-        absolute (bool, optional): Rank by |attribution|. Default: False.
+        absolute (bool, optional): Rank by ``|attribution|``. Default: False.
         rows_per_batch (int, optional): The most perturbed inputs per forward pass.
 
     Returns:
@@ -167,7 +167,7 @@ def topk_flip(
     r"""
     The top-k flip test of DeepDIVE (Coimbra Vera, "Interpreting deep neural
     networks through backpropagation", IST Lisbon): perturb the k features of
-    largest |attribution| and report how often the predicted class changes,
+    largest ``|attribution|`` and report how often the predicted class changes,
     for k = 1..K; and the check "when perturbing the 2nd-most important
     feature alone flips the prediction, does the most important alone flip it
     too?" (the thesis found 100%).

@@ -155,7 +155,7 @@ def quantus_explain(
 
     Fits are cached per model object and redone when its weights change (an
     in-place re-initialisation by Quantus's MPRT, a new copy), keyed by
-    :func:`weights_fingerprint` and the identity of ``fit_inputs``. Where a
+    the weights' fingerprint (``weights_fingerprint``) and the identity of ``fit_inputs``. Where a
     fit fails on a model (LayeredInfluence on a randomised model that predicts
     one class everywhere) the result is NaN, with a warning, as in
     :func:`randomisation_check`.

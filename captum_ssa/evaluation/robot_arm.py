@@ -123,10 +123,10 @@ def importance_agreement(
     r"""
     DeepDIVE's Table III test for one axis.
 
-    Keep the examples where one angle's |importance| is at least ``threshold``
+    Keep the examples where one angle's ``|importance|`` is at least ``threshold``
     times the other's; move each angle by ±``step`` radians; count the kept
     examples where the more important angle moves the model's ``axis`` output
-    more (:func:`movement`, the mean over both directions). The thesis leaves
+    more (``movement``, the mean over both directions). The thesis leaves
     the step and how the two directions combine open: these are our choices.
 
     Args:
@@ -163,8 +163,8 @@ class DirectionAgreement:
     Attributes:
         cosine (Tensor): ``(N,)`` cosine between attribution and true gradient.
         sign (Tensor): ``(N,)`` bool, both components have the true gradient's sign.
-        ranking (Tensor): ``(N,)`` bool, the larger |attribution| is the larger
-                    |true gradient|.
+        ranking (Tensor): ``(N,)`` bool, the larger ``|attribution|`` is the larger
+                    ``|true gradient|``.
     """
 
     cosine: Tensor

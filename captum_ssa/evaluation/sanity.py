@@ -28,7 +28,7 @@ class RandomisationResult:
                     row i has layers[0..i] re-initialised, in independent mode
                     only layers[i]; in full mode one row with all of them.
         correlations (numpy.ndarray): ``(rows, N)``, the Spearman rank
-                    correlation of |attribution| between the trained and the
+                    correlation of ``|attribution|`` between the trained and the
                     randomised model per example (NaN for a constant map, or for
                     a method that cannot be rebuilt on a copy).
     """
@@ -92,7 +92,7 @@ def randomisation_check(
     The model-parameter randomisation test of Adebayo et al., "Sanity checks
     for saliency maps", 2018, arXiv:1810.03292: an explanation that depends on
     what the model learnt must change when the weights are re-initialised, so
-    the Spearman correlation of |attribution| between the trained and the
+    the Spearman correlation of ``|attribution|`` between the trained and the
     randomised model should be **low**.
 
     Layers are re-initialised with their own ``reset_parameters`` on a deep copy

@@ -148,21 +148,39 @@ class DependencyGraph(GraphData):
         )
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> DependencyGraph:
+    def load(cls, path: Union[str, Path], model: Optional[Any] = None) -> DependencyGraph:
         r"""
         Read a graph written by :meth:`save` as ``.graphml`` or ``.json``.
 
         Everything but the modules is restored: the result equals the saved
-        graph (``==``), and its layers are known by name (pass names to the
-        accessors; :meth:`mask` finds the modules by name in the model).
+        graph (``==``). A file names its layers only, so without ``model``
+        they are known by name (pass names to the accessors; :meth:`mask`
+        finds the modules by name in the model it is given). With ``model``
+        the layers are found by name in it, once, so the accessors also take
+        the modules (``graph.relevance(model.fc1)``), and the model is kept
+        as ``forward_func``, as on the graph StepwiseSensitivity returned.
 
         Args:
             path (str or Path): A ``.graphml`` or ``.json`` file from :meth:`save`.
+            model (torch.nn.Module, optional): The model the graph was built
+                        on (or one with the same layer names; a wrapped or
+                        compiled model is read through the module inside).
+                        Default: None
 
         Returns:
             *DependencyGraph* equal to the one saved.
+
+        Examples::
+
+            >>> graph.save("class3.graphml")
+            >>> loaded = DependencyGraph.load("class3.graphml", model=net)
+            >>> loaded.relevance(net.fc1)   # as graph.relevance(net.fc1)
         """
-        return cls(layers=None, **io.read_state(Path(path)))
+        state = io.read_state(Path(path))
+        loaded = cls(layers=None, **state)
+        if model is None:
+            return loaded
+        return cls(layers=masking.graph_modules(loaded, model), forward_func=model, **state)
 
     # ------------------------------------------------------------------ uses
 
@@ -176,7 +194,7 @@ class DependencyGraph(GraphData):
         ``metadata["neuron_dim"]``) outside the graph; the biases of
         later layers are untouched. The hooks are removed on leaving the block,
         also when it raises, so the model is left as it was. A
-        ``torch.compile``d model runs as written inside the block (its compiled
+        compiled model (``torch.compile``) runs as written inside the block (its compiled
         code would call no hook); on torch before 2.6, which cannot do that, it
         is an error that says to pass the original module.
 

@@ -223,3 +223,22 @@ def test_random_graphs_survive_every_format(graph: DependencyGraph) -> None:
             assert_same_networkx(read_back(path), reference_networkx(graph, _string_ids))
             if suffix in (".graphml", ".json"):
                 assert DependencyGraph.load(path) == graph
+
+
+@pytest.mark.parametrize("suffix", [".graphml", ".json"])
+def test_a_graph_loaded_with_its_model_takes_the_modules(cnn: Any, tmp_path: Path, suffix: str):
+    model, layers = cnn
+    graph = make_graph(layers, KEPT)
+    graph.save(tmp_path / f"graph{suffix}")
+    by_name = DependencyGraph.load(tmp_path / f"graph{suffix}")
+    with pytest.raises(KeyError, match="knows its layers only by name"):
+        by_name.relevance(next(iter(layers.values())))
+    loaded = DependencyGraph.load(tmp_path / f"graph{suffix}", model=model)
+    assert loaded == graph and loaded.forward_func is model
+    assert loaded.layers is not None
+    for name, module in layers.items():
+        assert loaded.layers[loaded.depth_of(name)] is module
+        assert torch.equal(loaded.relevance(module), graph.relevance(name))
+        assert torch.equal(loaded.neurons(module), graph.neurons(module))
+    with pytest.raises(ValueError, match="is not in the model"):
+        DependencyGraph.load(tmp_path / f"graph{suffix}", model=nn.Sequential(nn.Linear(2, 2)))

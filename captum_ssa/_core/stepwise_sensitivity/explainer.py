@@ -211,18 +211,13 @@ class StepwiseSensitivity(ReadsModelOutput, NoConvergenceDelta, Attribution):
             relevance (str, Attribution or Callable, optional): Step I's
                         relevance function: ``"gradient"``, ``"activation"``,
                         ``"gradient_x_activation"``, ``"weight"`` or
-                        ``"weight_activation"``; the paper's four strategies,
-                        with the absolute value where the paper puts it:
-                        ``"weight_abs"`` ("the absolute value of the
-                        weights", :math:`|W[n, k]|`), ``"activations_abs"``
-                        ("the absolute average activation of a neuron over
-                        the target data", :math:`|\mathrm{mean}_i a_k(x_i)|`,
-                        not the mean of :math:`|a_k|`), ``"weight_act_abs"``
-                        (:math:`|W[n, k]|` times that) and ``"gradients"``
-                        ("the absolute gradient values ... averaged across the
-                        target data", :math:`\mathrm{mean}_i |\partial a_n /
-                        \partial a_k|`); a Captum layer attribution class or
-                        instance (e.g.
+                        ``"weight_activation"``; the paper's four strategies
+                        ``"weight_abs"``, ``"activations_abs"``,
+                        ``"weight_act_abs"`` and ``"gradients"`` (which of
+                        the paper's table rows each reproduces, and where the
+                        absolute value goes: docs/stepwise_sensitivity.md,
+                        "Matching the paper's strategies"); a Captum layer
+                        attribution class or instance (e.g.
                         :class:`captum.attr.LayerIntegratedGradients`, see
                         ``CaptumRelevance``); or a callable
                         ``(pair, upper_neurons, absolute) -> (M, N, K) tensor``

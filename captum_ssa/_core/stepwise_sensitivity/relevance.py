@@ -49,7 +49,7 @@ from captum_ssa._utils.hooks import model_of, neuron_axis, spatial_mean
 class LayerPair:
     """What Step I may need about two consecutive listed layers, from one forward pass.
 
-    ``lower_output`` (N, K, *P) and ``upper_output`` (N, C, *Q) are the layers'
+    ``lower_output`` ``(N, K, *P)`` and ``upper_output`` ``(N, C, *Q)`` are the layers'
     outputs in the autograd graph of that pass; ``upper_input`` is the upper
     layer's input when it was observed (plain Linear/Conv layers), else None.
     ``forward_func``, ``inputs`` and ``additional_forward_args`` let a relevance

@@ -377,8 +377,8 @@ class SwitchedLinearProjection(ReadsModelOutput, NeuronAttribution, GradientAttr
         The full switched linear projection of the selected neuron.
 
         Args:
-            inputs, target, additional_forward_args, neuron_selector,
-            attribute_to_neuron_input: as in :meth:`attribute`.
+            inputs, target, additional_forward_args, neuron_selector, attribute_to_neuron_input:
+                        as in :meth:`attribute`.
 
         Returns:
             *SwitchedProjection* ``(weights, bias, activity, centre)``:
@@ -429,9 +429,9 @@ class SwitchedLinearProjection(ReadsModelOutput, NeuronAttribution, GradientAttr
         prediction of :math:`v(x) - v(x_0)`.
 
         Args:
-            inputs, target, additional_forward_args, neuron_selector,
-            baselines, return_convergence_delta, attribute_to_neuron_input:
+            inputs, target, additional_forward_args, neuron_selector, baselines:
                         as in :meth:`attribute`.
+            return_convergence_delta, attribute_to_neuron_input: as in :meth:`attribute`.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, shaped like
@@ -486,8 +486,8 @@ class SwitchedLinearProjection(ReadsModelOutput, NeuronAttribution, GradientAttr
                         ``baselines`` accepts; None means zeros, as in Captum.
             end_point (Tensor or tuple[Tensor, ...]): The inputs (token ids
                         with ``embedding_layer``).
-            target, additional_forward_args, neuron_selector,
-            attribute_to_neuron_input: as in :meth:`attribute`.
+            target, additional_forward_args, neuron_selector, attribute_to_neuron_input:
+                        as in :meth:`attribute`.
 
         Returns:
             *Tensor* of **deltas** of shape (N,).
