@@ -120,7 +120,7 @@ def graphs_to_html(
                     (thumbnails for images, text for tokens, bars for tabular
                     rows; for images also the neuron's switched-weights
                     pattern), computed by
-                    :func:`~captum_ssa.graph.neuron_examples.neuron_examples`
+                    :func:`~captum_ssa.graph.neuron_examples`
                     for every view. Default: None
         forward_func (Callable, optional): The model, for ``examples``; needed
                     where the graphs do not hold their modules' model.
