@@ -123,7 +123,12 @@ def coefficients(values: Tensor, squared_norms: Tensor, frequency: Tensor) -> Te
 def per_neuron_loop(model: TwoConv, name: str, x: Tensor, frequency: Tensor) -> Tensor:
     """One backward pass per neuron (for the whole batch: examples are independent)."""
     x = x.detach().requires_grad_()
-    flat = model.up_to(name, x).flatten(1)
+    return omega_by_loop(model.up_to(name, x).flatten(1), x, frequency)
+
+
+def omega_by_loop(flat: Tensor, x: Tensor, frequency: Tensor) -> Tensor:
+    """Omega of the layer output ``flat`` (N, units), computed from ``x``, one backward
+    pass per unit."""
     values, weights = flat.detach(), frequency.flatten()
     omega = torch.zeros_like(x).flatten(1)
     for neuron in range(flat.shape[1]):
@@ -384,16 +389,7 @@ def layer_output(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
 def loop_on(model: nn.Module, layer: nn.Module, x: Tensor, frequency: Tensor) -> Tensor:
     """The per-neuron loop of :func:`per_neuron_loop` on any model."""
     x = x.detach().requires_grad_()
-    flat = layer_output(model, layer, x).flatten(1)
-    values, weights = flat.detach(), frequency.flatten()
-    omega = torch.zeros_like(x).flatten(1)
-    for neuron in range(flat.shape[1]):
-        (row,) = torch.autograd.grad(flat[:, neuron].sum(), x, retain_graph=True)
-        row = row.flatten(1)
-        omega += (
-            coefficients(values[:, neuron], row.square().sum(1), weights[neuron])[:, None] * row
-        )
-    return omega.view_as(x)
+    return omega_by_loop(layer_output(model, layer, x).flatten(1), x, frequency)
 
 
 def full_jacobian_on(

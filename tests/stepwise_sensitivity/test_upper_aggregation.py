@@ -1,4 +1,4 @@
-"""Step III's relevance-weighted aggregation (an extension beyond the paper, METHODS §9):
+"""Step III's relevance-weighted aggregation (an extension beyond the paper):
 against a plain loop, through StepwiseSensitivity, and on planted circuits."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from captum_ssa._core.stepwise_sensitivity import aggregate_upper_neurons
 from captum_ssa.evaluation import planted_network, score_graph
 from tests.stepwise_sensitivity.references import (
     CASES,
+    OPTIONS,
     assert_matches_reference,
     case,
     reference_graph,
@@ -19,13 +20,7 @@ from tests.stepwise_sensitivity.references import (
 )
 
 WEIGHTED_OPTIONS = {
-    "mean_global": {"aggregation": "mean", "mode": "global"},
-    "tukey_global_capped": {
-        "aggregation": "tukey",
-        "mode": "global",
-        "percentile": 30,
-        "max_neurons": 3,
-    },
+    **{name: OPTIONS[name] for name in ("mean_global", "tukey_global_capped")},
     "mean_local_top": {"aggregation": "mean", "mode": "local", "branching": 2},
 }
 
