@@ -295,15 +295,19 @@ def find(
     additional_forward_args: Any = None,
     top: int = 6,
     show_progress: bool = False,
+    neurons: Optional[list[Tensor]] = None,
 ) -> Found:
-    """:func:`neuron_examples` before encoding: the tensors it shows."""
+    """:func:`neuron_examples` before encoding: the tensors it shows; of ``neurons``
+    (one tensor per layer but the top one) instead of the graph's kept neurons."""
     top_count = positive_int("top", top, optional=False)
     assert top_count is not None
     forward_func = forward_func_of(graph, forward_func)
     layers = graph_layers(graph, forward_func)[:-1]
     names, sizes = graph.layer_names[:-1], graph.layer_sizes[:-1]
     neuron_dim = graph.metadata.get("neuron_dim")
-    tops = [RunningTop(name, graph.neurons(name)) for name in names]
+    if neurons is None:
+        neurons = [graph.neurons(name) for name in names]
+    tops = [RunningTop(name, kept) for name, kept in zip(names, neurons)]
     previews: dict[int, Tensor] = {}
     firsts: dict[int, tuple[Tensor, ...]] = {}  # the top examples' inputs, for patterns
     kind: Optional[str] = None
@@ -512,6 +516,49 @@ def neuron_examples(
         >>> shown = neuron_examples(loaded, x, forward_func=net, top=4)
     """
     found = find(graph, examples, forward_func, additional_forward_args, top, show_progress)
+    return encoded(found, decode)
+
+
+def neuron_examples_of_graphs(
+    graphs: list[GraphData],
+    examples: Any,
+    forward_func: Optional[Callable[..., Any]] = None,
+    additional_forward_args: Any = None,
+) -> list[dict[str, Any]]:
+    """:func:`neuron_examples` of each of ``graphs`` (e.g. a page's class graphs and
+    their shared subgraph), in one pass over ``examples`` for all the graphs of one
+    model over the same layers: a neuron's examples do not depend on the graph."""
+    models = [forward_func_of(graph, forward_func) for graph in graphs]
+    first = graphs[0]
+    alike = all(
+        model is models[0]
+        and graph.layer_names == first.layer_names
+        and graph.metadata.get("neuron_dim") == first.metadata.get("neuron_dim")
+        for graph, model in zip(graphs, models)
+    )
+    if not alike:
+        return [
+            neuron_examples(graph, examples, forward_func, additional_forward_args)
+            for graph in graphs
+        ]
+    union = [
+        torch.cat([graph.neurons(name) for graph in graphs]).unique()
+        for name in first.layer_names[:-1]
+    ]
+    found = find(first, examples, models[0], additional_forward_args, neurons=union)
+    everything = encoded(found, None)
+    return [
+        {
+            f"{name}:{neuron}": everything[f"{name}:{neuron}"]
+            for name in graph.layer_names[:-1]
+            for neuron in graph.neurons(name).tolist()
+        }
+        for graph in graphs
+    ]
+
+
+def encoded(found: Found, decode: Optional[Callable[[list[int]], str]]) -> dict[str, Any]:
+    """The JSON of :func:`neuron_examples` from what :func:`find` found."""
     shown: dict[int, dict[str, Any]] = {}
 
     def show(index: int) -> dict[str, Any]:

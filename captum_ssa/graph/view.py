@@ -142,15 +142,13 @@ def graphs_to_html(
     data = _page_data(views, title, class_names=class_names, top_k=top_k, max_edges=max_edges)
     if examples is not None:
         # the examples module pulls in the model-running code only where a page asks for it
-        from captum_ssa.graph.neuron_examples import neuron_examples
+        from captum_ssa.graph.neuron_examples import neuron_examples_of_graphs
 
-        for view, (_, graph) in zip(data["views"], views):
-            view["neuron_examples"] = neuron_examples(
-                graph,
-                examples,
-                forward_func=forward_func,
-                additional_forward_args=additional_forward_args,
-            )
+        shown = neuron_examples_of_graphs(
+            [graph for _, graph in views], examples, forward_func, additional_forward_args
+        )
+        for view, neurons in zip(data["views"], shown):
+            view["neuron_examples"] = neurons
     path = Path(path)
     path.write_text(_page(data), encoding="utf-8")
     return path
@@ -301,7 +299,7 @@ def _view_data(
     }
     if per_neuron is not None:
         view["left_out"] = {
-            "edges": total - sum(len(p) for p in pairs),
+            "edges": left_out,
             "of": total,
             "per_neuron": per_neuron,
             "max_edges": max_edges,

@@ -16,6 +16,7 @@ from typing import Any
 import networkx as nx
 import pytest
 import torch
+from torch import Tensor
 
 from captum_ssa.graph import DependencyGraph, graphs_to_html, shared_subgraph
 
@@ -1051,8 +1052,19 @@ def test_examples_from_the_model_cover_every_kept_hidden_neuron_of_every_view(
     labels = torch.arange(24) % 2
     layers = [model.conv1, model.conv2, model.fc1, model.fc2]
     graphs = StepwiseSensitivity(model, layers).class_graphs(x, labels, classes=[0, 1])
+
+    class CountedBatches:
+        """Two batches of ``x``, counting the passes over them."""
+
+        passes = 0
+
+        def __iter__(self) -> Iterator[Tensor]:
+            CountedBatches.passes += 1
+            return iter(x.split(12))
+
     # the graphs know their model: no forward_func needed, also for the shared view
-    path = graphs_to_html(graphs, tmp_path / "examples.html", examples=x)
+    path = graphs_to_html(graphs, tmp_path / "examples.html", examples=CountedBatches())
+    assert CountedBatches.passes == 1  # one pass over the examples for all three views
     views = page_data(path)["views"]
     assert len(views) == 3  # the two classes and their shared subgraph
     for view, graph in zip(views, [*graphs.values(), shared_subgraph(list(graphs.values()))]):
