@@ -15,6 +15,11 @@ SwitchedLinearProjection patterns (timed by wrapping ``find_patterns``). Run fro
 the repository root::
 
     python benchmarks/bench_neuron_examples.py [--repeats 5]
+
+``--views`` times instead, interleaved in this process, a page's three views (the
+class graphs of 3 and 8 and their shared subgraph) over the 450 test digits: one
+``neuron_examples`` call per view against ``neuron_examples_of_graphs`` (one pass for
+all, what ``graphs_to_html(examples=)`` does), and checks that they agree.
 """
 
 from __future__ import annotations
@@ -134,11 +139,43 @@ def case(times: int) -> dict[str, Any]:
     }
 
 
+def views() -> None:
+    """Per-view calls against one pass for all views, medians of 5 interleaved runs."""
+    from digits import load_digits_tensors, train_digits_cnn
+
+    from captum_ssa import StepwiseSensitivity
+    from captum_ssa.graph import shared_subgraph
+
+    module = importlib.import_module("captum_ssa.graph.neuron_examples")
+    torch.set_num_threads(1)
+    digits = load_digits_tensors()
+    model = train_digits_cnn(digits.x_train, digits.y_train)
+    ssa = StepwiseSensitivity(model, [model.conv1, model.conv2, model.fc1, model.fc2])
+    graphs = list(ssa.class_graphs(digits.x_train, digits.y_train, classes=[3, 8]).values())
+    graphs.append(shared_subgraph(graphs))
+    per_view, one_pass = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        separate = [module.neuron_examples(graph, digits.x_test) for graph in graphs]
+        per_view.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        together = module.neuron_examples_of_graphs(graphs, digits.x_test)
+        one_pass.append(time.perf_counter() - started)
+        assert separate == together
+    each, once = statistics.median(per_view), statistics.median(one_pass)
+    print(f"load average {os.getloadavg()[0]:.2f}, 3 views, {len(digits.x_test)} test digits")
+    print(f"one call per view {each:.3f} s, one pass for all {once:.3f} s: {each / once:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="fresh runs per case")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--views", action="store_true", help="per-view calls vs one pass")
     arguments = parser.parse_args()
+    if arguments.views:
+        views()
+        return
     if arguments.case is not None:
         print(json.dumps(case(arguments.case)))
         return
