@@ -132,8 +132,9 @@ class DependencyGraph(GraphData):
         name = "graph" if self._target is None else f"target {self._target}"
         if title is None:
             title = "Dependency graph" + ("" if self._target is None else f" of {name}")
-        names = dict(class_names or {})
-        if isinstance(self._target, int) and self._target in names:
+        # anything but a mapping goes on as it is, for graphs_to_html's error
+        names = dict(class_names) if isinstance(class_names, Mapping) else class_names
+        if isinstance(names, dict) and isinstance(self._target, int) and self._target in names:
             names[name] = names[self._target]  # the view is named by its target's class
         return view.graphs_to_html(
             {name: self},

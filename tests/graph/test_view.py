@@ -557,6 +557,8 @@ def test_new_argument_errors(graphs: dict[int, DependencyGraph], tmp_path: Path)
             graphs_to_html(graphs, path, max_edges=max_edges)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="class_names must be a mapping"):
         graphs_to_html(graphs, path, class_names=["zero"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="class_names must be a mapping"):
+        graphs[0].to_html(path, class_names=[(0, "zero")])  # type: ignore[arg-type]
     assert not path.exists()
 
 
